@@ -1,0 +1,273 @@
+"""Tasks: GLUE from a local `glue_data` folder (or the hub), or any CSV/TSV/JSONL file.
+
+A task is its examples per split plus what it is scored with; everything downstream (parsing, attention
+statistics, evaluation) sees only `Example`s, so new data sources plug in here.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .errors import SynpruneError
+from .io import sha256_file
+
+
+@dataclass(frozen=True)
+class Example:
+    text_a: str
+    text_b: str | None = None
+    label: float | int | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Where a GLUE task's columns are and how it is scored (metrics in the order reported; first is main)."""
+
+    name: str
+    folder: str
+    train: str | None
+    dev: tuple[str, ...]
+    text_a: str | int
+    text_b: str | int | None
+    label: str | int
+    num_labels: int  # 1 = regression
+    metrics: tuple[str, ...]
+    header: bool = True
+    label_map: dict[str, int] | None = None
+    hub_name: str | None = None
+
+
+_NLI2 = {"entailment": 0, "not_entailment": 1}
+GLUE: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec("cola", "CoLA", "train.tsv", ("dev.tsv",), 3, None, 1, 2, ("matthews",), header=False),
+        TaskSpec("sst2", "SST-2", "train.tsv", ("dev.tsv",), "sentence", None, "label", 2, ("accuracy",)),
+        TaskSpec("mrpc", "MRPC", "train.tsv", ("dev.tsv",), "#1 String", "#2 String", "Quality", 2, ("f1", "accuracy")),
+        TaskSpec("stsb", "STS-B", "train.tsv", ("dev.tsv",), "sentence1", "sentence2", "score", 1, ("spearman", "pearson")),
+        TaskSpec("qqp", "QQP", "train.tsv", ("dev.tsv",), "question1", "question2", "is_duplicate", 2, ("accuracy", "f1")),
+        TaskSpec("mnli", "MNLI", "train.tsv", ("dev_matched.tsv", "dev_mismatched.tsv"), "sentence1", "sentence2",
+                 "gold_label", 3, ("accuracy",), label_map={"entailment": 0, "neutral": 1, "contradiction": 2}),
+        TaskSpec("qnli", "QNLI", "train.tsv", ("dev.tsv",), "question", "sentence", "label", 2, ("accuracy",), label_map=_NLI2),
+        TaskSpec("rte", "RTE", "train.tsv", ("dev.tsv",), "sentence1", "sentence2", "label", 2, ("accuracy",), label_map=_NLI2),
+        TaskSpec("wnli", "WNLI", "train.tsv", ("dev.tsv",), "sentence1", "sentence2", "label", 2, ("accuracy",)),
+    )
+}
+ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "sts": "stsb"}
+
+
+@dataclass
+class TaskData:
+    """A loaded task: splits of examples, label space, metrics and provenance (file hashes)."""
+
+    name: str
+    splits: dict[str, list[Example]]
+    num_labels: int
+    metrics: tuple[str, ...]
+    source: str
+    hashes: dict[str, str] = field(default_factory=dict)
+    eval_splits: tuple[str, ...] = ("dev",)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    @property
+    def is_pair(self) -> bool:
+        return any(e.text_b is not None for s in self.splits.values() for e in s[:10])
+
+    @property
+    def has_labels(self) -> bool:
+        return all(e.label is not None for s in self.splits.values() for e in s)
+
+
+def default_glue_dir() -> Path | None:
+    """--glue-dir, else SYNPRUNE_GLUE_DIR, else ../shared/data/glue beside the checkout or the working dir."""
+    if env := os.environ.get("SYNPRUNE_GLUE_DIR"):
+        return Path(env)
+    repo_root = Path(__file__).resolve().parents[2]
+    for base in (repo_root, Path.cwd()):
+        cand = base.parent / "shared" / "data" / "glue"
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def _read_tsv(path: Path, spec: TaskSpec) -> list[Example]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows:
+        raise SynpruneError(f"{path} is empty; point --glue-dir at a complete GLUE folder")
+    header: dict[str, int] = {}
+    if spec.header:
+        header = {name: i for i, name in enumerate(rows[0])}
+        rows = rows[1:]
+
+    def col(key: str | int | None) -> int | None:
+        if key is None or isinstance(key, int):
+            return key
+        if key not in header:
+            raise SynpruneError(f"{path} has no column {key!r} (columns: {', '.join(header)}); is it a GLUE {spec.name} file?")
+        return header[key]
+
+    ia, ib, il = col(spec.text_a), col(spec.text_b), col(spec.label)
+    out = []
+    for row in rows:
+        if not row or len(row) <= max(i for i in (ia, ib, il) if i is not None):
+            continue
+        out.append(Example(row[ia], row[ib] if ib is not None else None, _label(row[il], spec)))
+    return out
+
+
+def _label(raw: str, spec: TaskSpec) -> float | int | None:
+    raw = raw.strip()
+    if raw in ("", "-"):
+        return None
+    if spec.label_map is not None:
+        return spec.label_map.get(raw)
+    return float(raw) if spec.num_labels == 1 else int(raw)
+
+
+def load_glue(name: str, glue_dir: str | Path | None = None) -> TaskData:
+    spec = GLUE[name]
+    root = Path(glue_dir) if glue_dir is not None else default_glue_dir()
+    if root is None:
+        return _load_glue_hub(spec)
+    if not root.is_dir():
+        raise SynpruneError(f"GLUE folder {root} does not exist; pass --glue-dir DIR or set SYNPRUNE_GLUE_DIR to a glue_data folder")
+    folder = root / spec.folder
+    if not folder.is_dir():
+        raise SynpruneError(f"{folder} not found: the GLUE folder {root} has no {spec.folder}/; pass --glue-dir to one that does")
+    splits: dict[str, list[Example]] = {}
+    hashes: dict[str, str] = {}
+    files = ([("train", spec.train)] if spec.train else []) + [
+        ("dev" if i == 0 else Path(f).stem, f) for i, f in enumerate(spec.dev)
+    ]
+    for split, fname in files:
+        path = folder / fname
+        if path.is_file():
+            splits[split] = _read_tsv(path, spec)
+            hashes[f"{spec.folder}/{fname}"] = sha256_file(path)
+    if "dev" not in splits:
+        raise SynpruneError(f"{folder / spec.dev[0]} not found; GLUE task {name} needs its dev split there")
+    evals = tuple(s for s in ["dev", *(Path(f).stem for f in spec.dev[1:])] if s in splits)
+    return TaskData(name, splits, spec.num_labels, spec.metrics, str(folder), hashes, evals)
+
+
+def _load_glue_hub(spec: TaskSpec) -> TaskData:
+    try:
+        import datasets  # type: ignore[import-not-found]
+    except ImportError:
+        raise SynpruneError(
+            f"no local GLUE folder found for {spec.name}; pass --glue-dir DIR, set SYNPRUNE_GLUE_DIR, "
+            "or `pip install synprune[hub]` to read GLUE from the Hugging Face hub"
+        ) from None
+    try:
+        ds = datasets.load_dataset("nyu-mll/glue", spec.name)
+    except Exception as e:  # network errors come in many types
+        raise SynpruneError(f"could not load GLUE {spec.name} from the hub ({type(e).__name__}); pass --glue-dir DIR") from None
+    keys = {"cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
+            "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"), "mnli": ("premise", "hypothesis"),
+            "qnli": ("question", "sentence"), "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2")}
+    ka, kb = keys[spec.name]
+    names = {"train": "train", "validation": "dev", "validation_matched": "dev", "validation_mismatched": "dev_mismatched"}
+    splits = {
+        names[s]: [Example(r[ka], r[kb] if kb else None, r["label"]) for r in ds[s]] for s in ds if s in names
+    }
+    return TaskData(spec.name, splits, spec.num_labels, spec.metrics, "hub:nyu-mll/glue",
+                    {}, tuple(s for s in ("dev", "dev_mismatched") if s in splits))
+
+
+def load_file(path: str | Path, text_col: str, text_pair_col: str | None = None, label_col: str | None = None) -> TaskData:
+    """A CSV, TSV or JSONL file with a text column, optional second text and label columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise SynpruneError(f"data file {path} not found")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    elif suffix in (".csv", ".tsv"):
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    else:
+        raise SynpruneError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
+    if not rows:
+        raise SynpruneError(f"{path} has no rows")
+    columns = list(rows[0])
+    for name in (text_col, text_pair_col, label_col):
+        if name is not None and name not in columns:
+            raise SynpruneError(f"{path} has no column {name!r} (columns: {', '.join(columns)}); fix --text-col/--text-pair-col/--label-col")
+    raw = [r.get(label_col) for r in rows] if label_col else [None] * len(rows)
+    labels, num_labels = _infer_labels(raw, path)
+    examples = [
+        Example(str(r[text_col] or ""), str(r[text_pair_col] or "") if text_pair_col else None, y)
+        for r, y in zip(rows, labels)
+    ]
+    metrics = ("spearman", "pearson") if num_labels == 1 else ("accuracy", "f1") if num_labels == 2 else ("accuracy",)
+    return TaskData(path.stem, {"all": examples}, num_labels, metrics, str(path), {path.name: sha256_file(path)}, ("all",))
+
+
+def _infer_labels(raw: Sequence, path: Path) -> tuple[list, int]:
+    if all(v is None for v in raw):
+        return list(raw), 0
+    if any(v is None or str(v).strip() == "" for v in raw):
+        raise SynpruneError(f"{path}: some rows have an empty label; fill them or drop --label-col")
+    try:
+        values = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        names = sorted({str(v) for v in raw})
+        index = {n: i for i, n in enumerate(names)}
+        return [index[str(v)] for v in raw], len(names)
+    if all(v.is_integer() for v in values) and len(set(values)) <= 20:
+        return [int(v) for v in values], max(2, int(max(values)) + 1)
+    return values, 1
+
+
+def load_task(task: str, glue_dir: str | Path | None = None, text_col: str | None = None,
+              text_pair_col: str | None = None, label_col: str | None = None) -> TaskData:
+    """A GLUE task name, or a path to a CSV/TSV/JSONL file (then `text_col` is required)."""
+    key = ALIASES.get(task.lower(), task.lower())
+    if key in GLUE:
+        return load_glue(key, glue_dir)
+    if Path(task).suffix.lower() in (".csv", ".tsv", ".jsonl"):
+        if text_col is None:
+            raise SynpruneError(f"{task} is a data file: name its text column with --text-col")
+        return load_file(task, text_col, text_pair_col, label_col)
+    raise SynpruneError(f"unknown task {task!r}: use one of {', '.join(GLUE)} or a .csv/.tsv/.jsonl file")
+
+
+@dataclass(frozen=True)
+class Split:
+    """The calibration sample and the evaluation examples, which never overlap."""
+
+    calibration: list[Example]
+    evaluation: dict[str, list[Example]]
+    note: str
+
+
+def make_split(data: TaskData, calib_size: int = 512, seed: int = 0) -> Split:
+    """Calibration: a seeded sample of train; evaluation: the dev split(s). Without train, halve dev."""
+    rng = random.Random(seed)
+    if "train" in data.splits and data.splits["train"]:
+        train = data.splits["train"]
+        idx = sorted(rng.sample(range(len(train)), min(calib_size, len(train))))
+        return Split([train[i] for i in idx], {s: data.splits[s] for s in data.eval_splits},
+                     f"calibration: {len(idx)} seeded examples of train; evaluation: {', '.join(data.eval_splits)}")
+    name = data.eval_splits[0]
+    pool = data.splits[name]
+    if len(pool) < 2:
+        raise SynpruneError(f"task {data.name} has {len(pool)} examples; need at least 2 to calibrate and evaluate")
+    order = list(range(len(pool)))
+    rng.shuffle(order)
+    half = len(pool) // 2
+    calib_idx = sorted(order[:half][:calib_size])
+    eval_idx = sorted(order[half:])
+    return Split([pool[i] for i in calib_idx], {name: [pool[i] for i in eval_idx]},
+                 f"no train split: a seeded half of {name} ({len(calib_idx)} examples) calibrates, "
+                 f"the other half ({len(eval_idx)}) evaluates")
