@@ -1,0 +1,1 @@
+"""Subcommands of `synprune`: one module each, registering on `synprune.cli.app`."""
