@@ -1,0 +1,126 @@
+"""Score a (masked or pruned) model on task examples with the task's metrics.
+
+Inputs are tokenized once (`Prepared`) and reused: Candidate Filtering and the sweep evaluate the same
+examples many times under different head masks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .errors import SynpruneError
+from .models import TaskModel
+from .tasks import Example, TaskData
+
+
+@dataclass
+class Batch:
+    """Tokenized inputs; for embedding models `inputs_b` holds the second sentences, encoded separately."""
+
+    index: np.ndarray  # positions of these examples in the original list
+    inputs: dict[str, torch.Tensor]
+    inputs_b: dict[str, torch.Tensor] | None
+    labels: torch.Tensor | None
+
+
+@dataclass
+class Prepared:
+    batches: list[Batch]
+    n: int
+    labels: np.ndarray | None
+
+
+def task_metrics(tm: TaskModel, task: TaskData) -> tuple[str, ...]:
+    """The metrics this model can be scored with on this task, or a clear refusal."""
+    if tm.kind == "embedding":
+        if not (task.is_regression and task.is_pair):
+            raise SynpruneError(
+                f"{tm.name} is a sentence-embedding model: it can only be scored zero-shot on STS-B-like pair "
+                f"similarity tasks, not {task.name}; pass a fine-tuned classifier (see `synprune finetune`)"
+            )
+        return ("spearman", "pearson")
+    n = int(getattr(tm.model.config, "num_labels", task.num_labels))
+    if task.num_labels and n != task.num_labels:
+        raise SynpruneError(f"{tm.name} predicts {n} labels but task {task.name} has {task.num_labels}; use a model fine-tuned on it")
+    return task.metrics
+
+
+def prepare(tm: TaskModel, examples: Sequence[Example], batch_size: int = 64, max_length: int = 128) -> Prepared:
+    """Tokenize once, in length-sorted batches (less padding, faster on CPU)."""
+    tok = tm.tokenizer
+    order = np.argsort([-(len(e.text_a) + len(e.text_b or "")) for e in examples], kind="stable")
+    has_labels = bool(examples) and all(e.label is not None for e in examples)
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ex = [examples[i] for i in idx]
+        kw = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        if tm.kind == "embedding":
+            inputs = dict(tok([e.text_a for e in ex], **kw))
+            inputs_b = dict(tok([e.text_b or "" for e in ex], **kw)) if ex[0].text_b is not None else None
+        else:
+            pair = [e.text_b for e in ex] if ex[0].text_b is not None else None
+            inputs, inputs_b = dict(tok([e.text_a for e in ex], pair, **kw)), None
+        labels = torch.tensor([e.label for e in ex], dtype=torch.float32) if has_labels else None
+        batches.append(Batch(idx, inputs, inputs_b, labels))
+    labels = np.array([e.label for e in examples], dtype=np.float64) if has_labels else None
+    return Prepared(batches, len(examples), labels)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def _model_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def embed(tm: TaskModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = tm.model(**_model_inputs(tm.model, inputs))
+    return mean_pool(out.last_hidden_state, inputs["attention_mask"].to(out.last_hidden_state.device))
+
+
+def outputs(tm: TaskModel, batch: Batch) -> torch.Tensor:
+    """Differentiable model output per example: cosine similarity (embedding) or logits (classifier)."""
+    if tm.kind == "embedding":
+        a = embed(tm, batch.inputs)
+        if batch.inputs_b is None:
+            return a
+        return torch.nn.functional.cosine_similarity(a, embed(tm, batch.inputs_b), dim=-1)
+    return tm.model(**_model_inputs(tm.model, batch.inputs)).logits
+
+
+def loss(tm: TaskModel, batch: Batch, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Task loss for gradient methods: squared error to gold/5 (embedding on STS-B) or the classifier's loss."""
+    out = outputs(tm, batch) if out is None else out
+    if batch.labels is None:
+        raise SynpruneError("this method needs labels; the calibration data has none")
+    y = batch.labels.to(out.device)
+    if tm.kind == "embedding":
+        return torch.mean((out - y / 5.0) ** 2)
+    if out.shape[-1] == 1:
+        return torch.nn.functional.mse_loss(out.squeeze(-1), y)
+    return torch.nn.functional.cross_entropy(out, y.long())
+
+
+@torch.no_grad()
+def predict(tm: TaskModel, prepared: Prepared) -> np.ndarray:
+    preds = np.zeros(prepared.n)
+    for b in prepared.batches:
+        out = outputs(tm, b).float().cpu()
+        if out.ndim == 2:
+            out = out.squeeze(-1) if out.shape[-1] == 1 else out.argmax(-1).float()
+        preds[b.index] = out.numpy()
+    return preds
+
+
+def evaluate(tm: TaskModel, prepared: Prepared, metric_names: Sequence[str]) -> dict[str, float]:
+    if prepared.labels is None:
+        raise SynpruneError("evaluation needs labels; pass --label-col for a data file")
+    return M.compute(metric_names, predict(tm, prepared), prepared.labels)
