@@ -19,6 +19,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Prune transformer attention heads without retraining, compare methods, and explain what was kept."""
+
+
 def _load_commands() -> None:
     from . import commands
 

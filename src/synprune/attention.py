@@ -1,0 +1,142 @@
+"""Word-level attention statistics, accumulated batch by batch (SPEC section 2).
+
+`scan` runs the model with eager attention over the calibration items and hands each batch (token
+attention, word attention, dependency arcs) to a list of collectors. Nothing the size of the dataset is
+kept: each collector holds running sums, so memory does not grow with the number of sentences.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+
+from . import align as A
+from .dependencies import arcs
+from .models import TaskModel
+from .parse import Parse
+from .progress import bar
+
+DIRECTIONS = ("dep2head", "head2dep", "max")
+
+
+@dataclass(frozen=True)
+class CalibItem:
+    """One model input as the model reads it: a sentence, or a sentence pair encoded together."""
+
+    text_a: str
+    parse_a: Parse
+    text_b: str | None = None
+    parse_b: Parse | None = None
+
+
+def calibration_items(tm: TaskModel, texts_a: Sequence[str], parses_a: Sequence[Parse],
+                      texts_b: Sequence[str | None] | None = None, parses_b: Sequence[Parse | None] | None = None) -> list[CalibItem]:
+    """Embedding models read each sentence alone; classifiers read a pair as one input."""
+    texts_b = texts_b or [None] * len(texts_a)
+    parses_b = parses_b or [None] * len(texts_a)
+    items = []
+    for ta, pa, tb, pb in zip(texts_a, parses_a, texts_b, parses_b):
+        if tb is not None and tm.kind == "embedding":
+            items += [CalibItem(ta, pa), CalibItem(tb, pb)]
+        else:
+            items.append(CalibItem(ta, pa, tb, pb))
+    return items
+
+
+@dataclass
+class Arcs:
+    """Dependency arcs of a batch as flat index tensors (item, head word, dependent word, label id)."""
+
+    item: torch.Tensor
+    head: torch.Tensor
+    dep: torch.Tensor
+    label: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.item.numel())
+
+
+@dataclass
+class AttentionBatch:
+    token_attn: torch.Tensor  # (B, L, H, T, T) attention probabilities
+    token_mask: torch.Tensor  # (B, T) bool, real (non-padding) tokens
+    word_attn: torch.Tensor  # (B, L, H, W, W) word-level attention
+    word_mask: torch.Tensor  # (B, W) bool, words that kept at least one sub-token
+    arcs: Arcs
+    items: Sequence[CalibItem]
+
+    def arc_attention(self, direction: str = "dep2head") -> torch.Tensor:
+        """(P, L, H) attention value of each arc in the chosen direction."""
+        a = self.arcs
+        d2h = self.word_attn[a.item, :, :, a.dep, a.head]
+        if direction == "dep2head":
+            return d2h
+        h2d = self.word_attn[a.item, :, :, a.head, a.dep]
+        if direction == "head2dep":
+            return h2d
+        if direction == "max":
+            return torch.maximum(d2h, h2d)
+        raise ValueError(f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
+
+    def pair_mask(self) -> torch.Tensor:
+        """(B, W, W) bool: word pairs i != j that both survived truncation."""
+        m = self.word_mask[:, :, None] & self.word_mask[:, None, :]
+        eye = torch.eye(m.shape[-1], dtype=torch.bool)
+        return m & ~eye
+
+
+class Collector(Protocol):
+    def update(self, batch: AttentionBatch) -> None: ...
+
+
+def _batch_arcs(items: Sequence[CalibItem], alignments: Sequence, label_index: dict[str, int], keep_punct: bool) -> Arcs:
+    rows: list[tuple[int, int, int, int]] = []
+    for b, (item, al) in enumerate(zip(items, alignments)):
+        dropped = set(al.dropped)
+        offset = 0
+        for parse in (item.parse_a, item.parse_b):
+            if parse is None:
+                continue
+            for head, dep, label in arcs(parse, keep_punct):
+                h, d = head + offset, dep + offset
+                if h in dropped or d in dropped or label not in label_index:
+                    continue
+                rows.append((b, h, d, label_index[label]))
+            offset += len(parse.words)
+    t = torch.tensor(rows, dtype=torch.long).reshape(-1, 4)
+    return Arcs(t[:, 0], t[:, 1], t[:, 2], t[:, 3])
+
+
+@torch.no_grad()
+def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collector], label_index: dict[str, int],
+         keep_punct: bool = False, batch_size: int = 32, max_length: int = 128, description: str = "attention") -> int:
+    """Feed every batch of `items` to each collector; returns the number of arcs seen."""
+    tok, model = tm.tokenizer, tm.model
+    device = next(model.parameters()).device
+    order = sorted(range(len(items)), key=lambda i: -(len(items[i].text_a) + len(items[i].text_b or "")))
+    n_arcs = 0
+    with bar(description, len(items)) as advance:
+        for start in range(0, len(order), batch_size):
+            batch_items = [items[i] for i in order[start:start + batch_size]]
+            texts_a = [it.text_a for it in batch_items]
+            texts_b = [it.text_b for it in batch_items] if batch_items[0].text_b is not None else None
+            enc = tok(texts_a, texts_b, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                      return_offsets_mapping=True, return_special_tokens_mask=True)
+            alignments = A.align_batch(
+                enc, texts_a, [it.parse_a.words for it in batch_items],
+                texts_b, [it.parse_b.words for it in batch_items] if texts_b is not None else None,
+            )
+            inputs = {k: v.to(device) for k, v in enc.items() if k not in ("offset_mapping", "special_tokens_mask")}
+            out = model(**inputs, output_attentions=True)
+            token_attn = torch.stack(out.attentions, dim=1).float().cpu()  # (B, L, H, T, T)
+            R, C = A.pooling_matrices(alignments, token_attn.shape[-1])
+            word_attn = A.word_attention(token_attn, R, C)
+            word_mask = R.sum(-1) > 0
+            batch = AttentionBatch(token_attn, enc["attention_mask"].bool(), word_attn, word_mask,
+                                   _batch_arcs(batch_items, alignments, label_index, keep_punct), batch_items)
+            n_arcs += len(batch.arcs)
+            for c in collectors:
+                c.update(batch)
+            advance(len(batch_items))
+    return n_arcs

@@ -1,0 +1,84 @@
+"""The calibration context shared by every method: parses, attention statistics and tokenized batches
+are computed once, on first use, and reused by every method and budget of a run or sweep."""
+from __future__ import annotations
+
+import contextlib
+import time
+from functools import cached_property
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from .attention import CalibItem, Collector, calibration_items, scan
+from .config import PruneConfig
+from .dependencies import DependencyRanking, label_counts
+from .evaluate import Prepared, prepare
+from .models import TaskModel
+from .parse import Parse, parse_texts
+from .progress import bar
+from .tasks import Example
+
+
+class Calibration:
+    def __init__(self, tm: TaskModel, examples: Sequence[Example], config: PruneConfig,
+                 parses: tuple[list[Parse], list[Parse | None]] | None = None):
+        self.tm = tm
+        self.examples = list(examples)
+        self.config = config
+        self.timings: dict[str, float] = {}
+        self.parse_info: dict = {}
+        self._memo: dict[Any, Any] = {}
+        if parses is not None:
+            self.__dict__["parses"] = parses
+            self.parse_info = {"parser": "given", "cached": True}
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    @cached_property
+    def parses(self) -> tuple[list[Parse], list[Parse | None]]:
+        texts = [e.text_a for e in self.examples] + [e.text_b for e in self.examples if e.text_b is not None]
+        with self.timed("parse"), bar("parsing", len(set(texts))) as advance:
+            parsed, self.parse_info = parse_texts(texts, self.config.parser, on_progress=advance)
+        n = len(self.examples)
+        it = iter(parsed[n:])
+        return parsed[:n], [next(it) if e.text_b is not None else None for e in self.examples]
+
+    @cached_property
+    def items(self) -> list[CalibItem]:
+        pa, pb = self.parses
+        has_b = any(e.text_b is not None for e in self.examples)
+        return calibration_items(self.tm, [e.text_a for e in self.examples], pa,
+                                 [e.text_b for e in self.examples] if has_b else None, pb if has_b else None)
+
+    def dependency_ranking(self, k: int, keep_punct: bool) -> DependencyRanking:
+        counts = self.memo(("label-counts", keep_punct),
+                           lambda: label_counts([p for p in self.parses[0] + self.parses[1] if p is not None], keep_punct))
+        return DependencyRanking.from_counts(counts, k)
+
+    def run_scan(self, collectors: Sequence[Collector], keep_punct: bool = False, description: str = "attention") -> Sequence[Collector]:
+        index = self.dependency_ranking(1, keep_punct).index
+        with self.timed("attention"):
+            scan(self.tm, self.items, collectors, index, keep_punct, self.config.batch_size, self.config.max_length, description)
+        return collectors
+
+    def threshold(self, kind: str, keep_punct: bool = False) -> torch.Tensor:
+        from .methods.sap import MeanAttention
+
+        stats = self.memo("mean-attention", lambda: self.run_scan([MeanAttention(self.tm.grid)], description="attention threshold")[0])
+        return stats.threshold(kind)
+
+    @cached_property
+    def prepared(self) -> Prepared:
+        """The calibration examples tokenized for scoring (CF, gradients)."""
+        return prepare(self.tm, self.examples, batch_size=self.config.batch_size, max_length=self.config.max_length)

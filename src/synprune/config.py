@@ -1,0 +1,60 @@
+"""Every option of a pruning run, with SPEC defaults. The whole object is written into each result."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .errors import SynpruneError
+
+
+@dataclass
+class PruneConfig:
+    method: str = "sap"
+    sparsity: float = 0.5
+    k: int = 5
+    threshold: str = "global-mean"
+    direction: str = "dep2head"
+    keep_punct: bool = False
+    layer_fraction: float = 1.0
+    calib_size: int = 512
+    seed: int = 0
+    max_length: int = 128
+    batch_size: int = 32
+    parser: str = "en_core_web_sm"
+    cf: bool = False
+    pool_ratio: float | None = None
+    tolerance: float = 0.95
+    tolerance_abs: float | None = None
+    budget: str | None = None
+
+    def validate(self) -> "PruneConfig":
+        from .attention import DIRECTIONS
+        from .methods.sap import parse_threshold
+
+        if not 0 <= self.sparsity < 1:
+            raise SynpruneError(f"sparsity {self.sparsity} is outside [0, 1): it is the fraction of heads to remove")
+        if self.k < 1:
+            raise SynpruneError(f"--k {self.k}: the number of top dependency labels must be at least 1")
+        if self.direction not in DIRECTIONS:
+            raise SynpruneError(f"--direction {self.direction!r}: use one of {', '.join(DIRECTIONS)}")
+        try:
+            parse_threshold(str(self.threshold))
+        except ValueError as e:
+            raise SynpruneError(f"--threshold: {e}") from None
+        if not 0 < self.layer_fraction <= 1:
+            raise SynpruneError(f"--layer-fraction {self.layer_fraction} must be in (0, 1]")
+        if self.calib_size < 1 or self.batch_size < 1 or self.max_length < 4:
+            raise SynpruneError("--calib-size and --batch-size must be positive and --max-length at least 4")
+        if self.pool_ratio is not None and not 0 < self.pool_ratio <= 1:
+            raise SynpruneError(f"--pool-ratio {self.pool_ratio} must be in (0, 1]")
+        if not 0 < self.tolerance <= 1.5:
+            raise SynpruneError(f"--tolerance {self.tolerance} must be a ratio of the dense metric, e.g. 0.95")
+        return self
+
+    def replace(self, **changes) -> "PruneConfig":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise SynpruneError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return PruneConfig(**{**asdict(self), **changes})
+
+    def to_json(self) -> dict:
+        return asdict(self)

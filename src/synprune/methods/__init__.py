@@ -1,0 +1,70 @@
+"""The catalogue of head-scoring methods. Each is one function registered by name:
+
+    @register("magnitude")
+    def magnitude(ctx: Calibration) -> HeadScores: ...
+
+It reads what it needs from the shared `Calibration` context (parses, attention statistics, gradients are
+computed once there and reused across methods) and returns its scores and its pruning order.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ..errors import SynpruneError
+
+if TYPE_CHECKING:
+    from ..calibration import Calibration
+
+Head = tuple[int, int]
+
+
+@dataclass
+class HeadScores:
+    """A method's verdict: `scores` (layers x heads, the method's own units) and `order`, most prunable first."""
+
+    scores: np.ndarray
+    order: list[Head]
+    details: dict = field(default_factory=dict)
+
+
+MethodFn = Callable[["Calibration"], HeadScores]
+METHODS: dict[str, MethodFn] = {}
+
+
+def register(name: str) -> Callable[[MethodFn], MethodFn]:
+    def deco(fn: MethodFn) -> MethodFn:
+        METHODS[name] = fn
+        return fn
+
+    return deco
+
+
+def order_by(scores: np.ndarray, highest_first: bool, tiebreak: np.ndarray | None = None) -> list[Head]:
+    """Heads sorted by score (then by `tiebreak` ascending, then by layer and head): a deterministic order."""
+    L, H = scores.shape
+    primary = -scores if highest_first else scores
+    second = tiebreak if tiebreak is not None else np.zeros_like(scores)
+    keys = sorted(((primary[l, h], second[l, h], l, h) for l in range(L) for h in range(H)))
+    return [(l, h) for _, _, l, h in keys]
+
+
+def _load_all() -> None:
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
+def get_method(name: str) -> MethodFn:
+    _load_all()
+    if name not in METHODS:
+        raise SynpruneError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def available() -> list[str]:
+    _load_all()
+    return sorted(METHODS)

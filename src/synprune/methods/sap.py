@@ -1,0 +1,119 @@
+"""SAP: penalise heads whose attention ignores the frequent dependencies or dwells on the rare ones.
+
+P[l,h] += w(r) for a top-k arc whose attention a < tau, and for a non-top-k arc with a > tau (SPEC 3).
+Two passes over the calibration data keep memory flat: the first finds tau, the second counts penalties.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..attention import AttentionBatch
+from ..dependencies import DependencyRanking
+from . import HeadScores, order_by, register
+
+THRESHOLD_KINDS = ("global-mean", "layer-mean", "head-mean", "quantile:Q", "a number")
+HIST_BINS = 20000  # resolution of quantile thresholds (attention to a word lies in [0, 1])
+
+
+class MeanAttention:
+    """Running sums of word-level attention W[i, j], i != j, per head, plus a histogram for quantiles."""
+
+    def __init__(self, grid: tuple[int, int]):
+        self.sum = torch.zeros(grid, dtype=torch.float64)
+        self.count = 0
+        self.hist = torch.zeros(HIST_BINS, dtype=torch.float64)
+
+    def update(self, batch: AttentionBatch) -> None:
+        m = batch.pair_mask()  # (B, W, W)
+        w = batch.word_attn  # (B, L, H, W, W)
+        self.sum += (w * m[:, None, None]).sum(dim=(0, 3, 4)).double()
+        self.count += int(m.sum())
+        values = w.permute(0, 3, 4, 1, 2)[m].flatten().clamp(0, 1)
+        self.hist += torch.histc(values.double(), bins=HIST_BINS, min=0.0, max=1.0)
+
+    def threshold(self, kind: str | float) -> torch.Tensor:
+        """tau per head (layers x heads) for a threshold kind."""
+        grid = self.sum.shape
+        if isinstance(kind, (int, float)) or _is_number(kind):
+            return torch.full(grid, float(kind), dtype=torch.float64)
+        per_head = self.sum / max(self.count, 1)
+        if kind == "global-mean":
+            return torch.full(grid, float(per_head.mean()), dtype=torch.float64)
+        if kind == "layer-mean":
+            return per_head.mean(dim=1, keepdim=True).expand(grid).clone()
+        if kind == "head-mean":
+            return per_head
+        if kind.startswith("quantile:"):
+            q = float(kind.split(":", 1)[1])
+            cdf = torch.cumsum(self.hist, 0) / self.hist.sum().clamp(min=1)
+            b = int(torch.searchsorted(cdf, torch.tensor(q, dtype=torch.float64)))
+            return torch.full(grid, (min(b, HIST_BINS - 1) + 0.5) / HIST_BINS, dtype=torch.float64)
+        raise ValueError(f"unknown threshold {kind!r}; use one of {', '.join(THRESHOLD_KINDS)}")
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def parse_threshold(kind: str) -> str:
+    """Validate a threshold option early (before any model runs)."""
+    if kind in ("global-mean", "layer-mean", "head-mean") or _is_number(kind):
+        return kind
+    if kind.startswith("quantile:") and _is_number(kind[9:]) and 0 <= float(kind[9:]) <= 1:
+        return kind
+    raise ValueError(f"threshold {kind!r} is not one of {', '.join(THRESHOLD_KINDS)} (quantile Q in [0, 1])")
+
+
+class Penalty:
+    """SAP penalty per head, and the mean attention over top-k arcs (the tie-break)."""
+
+    def __init__(self, tau: torch.Tensor, ranking: DependencyRanking, direction: str):
+        self.tau = tau.float()
+        self.weight = torch.tensor(ranking.weights, dtype=torch.float64)
+        self.top = torch.tensor([ranking.is_top(i) for i in range(len(ranking.labels))], dtype=torch.bool)
+        self.direction = direction
+        self.penalty = torch.zeros(tau.shape, dtype=torch.float64)
+        self.top_sum = torch.zeros(tau.shape, dtype=torch.float64)
+        self.top_count = 0
+        self.n_arcs = 0
+
+    def update(self, batch: AttentionBatch) -> None:
+        if not len(batch.arcs):
+            return
+        a = batch.arc_attention(self.direction)  # (P, L, H)
+        labels = batch.arcs.label
+        top = self.top[labels][:, None, None]
+        miss = torch.where(top, a < self.tau, a > self.tau)
+        self.penalty += (miss.double() * self.weight[labels][:, None, None]).sum(0)
+        self.top_sum += (a * top).sum(0).double()
+        self.top_count += int(top.sum())
+        self.n_arcs += len(batch.arcs)
+
+
+@register("sap")
+def sap(ctx) -> HeadScores:
+    cfg = ctx.config
+    ranking = ctx.dependency_ranking(cfg.k, cfg.keep_punct)
+    if not ranking.labels:
+        raise ValueError("the calibration texts produced no dependency arcs; SAP needs parsed sentences")
+    tau = ctx.threshold(cfg.threshold, cfg.keep_punct)
+    pen = ctx.memo(("sap-penalty", cfg.k, cfg.threshold, cfg.direction, cfg.keep_punct),
+                   lambda: ctx.run_scan([Penalty(tau, ranking, cfg.direction)], keep_punct=cfg.keep_punct,
+                                        description="SAP penalties")[0])
+    penalty = pen.penalty.numpy()
+    mean_top = (pen.top_sum / max(pen.top_count, 1)).numpy()
+    order = order_by(penalty, highest_first=True, tiebreak=mean_top)
+    tau_np = tau.numpy()
+    threshold = {"kind": cfg.threshold, "value": float(tau_np.mean()) if np.allclose(tau_np, tau_np.flat[0]) else tau_np.tolist()}
+    return HeadScores(penalty, order, {
+        "dependency_ranking": ranking.to_json(),
+        "threshold": threshold,
+        "penalty_per_pair": (penalty / max(pen.n_arcs, 1)).tolist(),
+        "n_arcs": pen.n_arcs,
+        "direction": cfg.direction,
+    })

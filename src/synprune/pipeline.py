@@ -1,0 +1,98 @@
+"""`prune()`: the SPEC pipeline end to end (parse -> align -> attention statistics -> score -> select ->
+CF -> evaluate -> result). The command line is a thin layer over this function."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .calibration import Calibration
+from .config import PruneConfig
+from .evaluate import evaluate, prepare, task_metrics
+from .masking import HeadMask
+from .methods import HeadScores, get_method
+from .models import TaskModel, load_model
+from .result import PruneResult, versions
+from .select import Selection, n_to_prune, select
+from .tasks import Split, TaskData, load_task, make_split
+
+
+def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
+    """Accept a TaskModel, a (model, tokenizer) pair of objects, or a folder / hub id / None (bundled)."""
+    if isinstance(model, TaskModel):
+        return model
+    if isinstance(model, nn.Module):
+        if tokenizer is None:
+            raise ValueError("pass the model's tokenizer with a model object")
+        kind = "classifier" if hasattr(model, "classifier") else "embedding"
+        model.eval()
+        return TaskModel(model, tokenizer, kind, type(model).__name__, getattr(model, "name_or_path", ""), None)
+    return load_model(model)
+
+
+def choose(ctx: Calibration, scores: HeadScores, cfg: PruneConfig) -> tuple[Selection, list[dict]]:
+    """Heads to prune for the budget: the top of the order, or CF's walk over a candidate pool."""
+    n = n_to_prune(cfg.sparsity, ctx.tm.n_heads)
+    if cfg.budget:
+        from .budget import heads_for_budget
+
+        n = heads_for_budget(ctx.tm.model, scores.order, cfg.budget, ctx.mean_length())
+    if cfg.cf:
+        from .cf import candidate_filter
+
+        return candidate_filter(ctx, scores.order, n, cfg)
+    return select(scores.order, ctx.tm.grid, n, cfg.layer_fraction), []
+
+
+def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned) -> dict[str, dict[str, float]]:
+    with HeadMask.pruning(tm.model, pruned):
+        return {split: evaluate(tm, p, metric_names) for split, p in prepared.items()}
+
+
+def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb", sparsity: float = 0.5, *,
+          out: str | Path | None = None, config: PruneConfig | None = None, glue_dir: str | Path | None = None,
+          text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
+          **options) -> PruneResult:
+    """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
+
+    Returns the result; with `out`, also writes DIR/result.json atomically.
+    """
+    cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate()
+    get_method(cfg.method)  # unknown methods fail before any work
+    data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
+    tm = as_task_model(model, tokenizer)
+    metric_names = task_metrics(tm, data)
+    split = make_split(data, cfg.calib_size, cfg.seed)
+    ctx = Calibration(tm, split.calibration, cfg)
+    return run(ctx, data, split, metric_names, out)
+
+
+def run(ctx: Calibration, data: TaskData, split: Split, metric_names, out: str | Path | None = None,
+        scores: HeadScores | None = None, dense: dict | None = None) -> PruneResult:
+    """Score (unless given), select, evaluate and assemble the result for one method and budget."""
+    cfg, tm = ctx.config, ctx.tm
+    with ctx.timed("score"):
+        scores = scores or ctx.memo(("scores", cfg.method, cfg.k, cfg.threshold, cfg.direction, cfg.keep_punct),
+                                    lambda: get_method(cfg.method)(ctx))
+    with ctx.timed("select" if not cfg.cf else "cf"):
+        selection, cf_log = choose(ctx, scores, cfg)
+    prepared = ctx.memo("eval-prepared", lambda: {
+        s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()})
+    with ctx.timed("evaluate_dense"):
+        dense = dense or ctx.memo("dense", lambda: evaluate_heads(tm, prepared, metric_names, []))
+    with ctx.timed("evaluate_pruned"):
+        pruned = evaluate_heads(tm, prepared, metric_names, selection.pruned)
+    main_split, main_metric = next(iter(prepared)), metric_names[0]
+    return PruneResult(
+        method=cfg.method, cf=cfg.cf, model=tm.describe(),
+        task={"name": data.name, "source": data.source, "data_sha256": data.hashes, "metrics": list(metric_names)},
+        split={"calibration": len(split.calibration), **{f"evaluation_{s}": len(v) for s, v in split.evaluation.items()},
+               "calibration_items": len(ctx.items) if "items" in ctx.__dict__ else None, "note": split.note},
+        sparsity=cfg.sparsity, n_heads=tm.n_heads, pruned_heads=selection.pruned, removed_layers=selection.removed_layers,
+        metric={"name": main_metric, "split": main_split, "dense": dense[main_split][main_metric],
+                "pruned": pruned[main_split][main_metric], "all": {"dense": dense, "pruned": pruned}},
+        head_scores=scores.scores, config=cfg.to_json(), seed=cfg.seed, timings=dict(ctx.timings),
+        versions=versions(ctx.parse_info.get("parser")),
+        details={**scores.details, "parse_cache": ctx.parse_info}, cf_log=cf_log,
+    )._written(out)
