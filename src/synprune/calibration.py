@@ -21,10 +21,11 @@ from .tasks import Example
 
 class Calibration:
     def __init__(self, tm: TaskModel, examples: Sequence[Example], config: PruneConfig,
-                 parses: tuple[list[Parse], list[Parse | None]] | None = None):
+                 metric_names: Sequence[str] = (), parses: tuple[list[Parse], list[Parse | None]] | None = None):
         self.tm = tm
         self.examples = list(examples)
-        self.config = config
+        self.config = config  # data options (parser, batch size, max length); method options come per call
+        self.metric_names = tuple(metric_names)  # how CF scores the calibration split
         self.timings: dict[str, float] = {}
         self.parse_info: dict = {}
         self._memo: dict[Any, Any] = {}
@@ -77,6 +78,11 @@ class Calibration:
 
         stats = self.memo("mean-attention", lambda: self.run_scan([MeanAttention(self.tm.grid)], description="attention threshold")[0])
         return stats.threshold(kind)
+
+    def mean_length(self) -> float:
+        """Mean number of tokens per model input, for FLOPs budgets."""
+        lengths = [int(b.inputs["attention_mask"].sum(1).float().mean()) * len(b.index) for b in self.prepared.batches]
+        return sum(lengths) / max(1, self.prepared.n)
 
     @cached_property
     def prepared(self) -> Prepared:

@@ -31,7 +31,7 @@ def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
     return load_model(model)
 
 
-def choose(ctx: Calibration, scores: HeadScores, cfg: PruneConfig) -> tuple[Selection, list[dict]]:
+def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Selection, list[dict]]:
     """Heads to prune for the budget: the top of the order, or CF's walk over a candidate pool."""
     n = n_to_prune(cfg.sparsity, ctx.tm.n_heads)
     if cfg.budget:
@@ -64,23 +64,27 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     tm = as_task_model(model, tokenizer)
     metric_names = task_metrics(tm, data)
     split = make_split(data, cfg.calib_size, cfg.seed)
-    ctx = Calibration(tm, split.calibration, cfg)
-    return run(ctx, data, split, metric_names, out)
+    ctx = Calibration(tm, split.calibration, cfg, metric_names)
+    return run(ctx, cfg, data, split, out)
 
 
-def run(ctx: Calibration, data: TaskData, split: Split, metric_names, out: str | Path | None = None,
-        scores: HeadScores | None = None, dense: dict | None = None) -> PruneResult:
-    """Score (unless given), select, evaluate and assemble the result for one method and budget."""
-    cfg, tm = ctx.config, ctx.tm
+def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
+    """A method's scores, computed once per context and scoring options (not per budget)."""
+    key = ("scores", cfg.method, cfg.k, cfg.threshold, cfg.direction, cfg.keep_punct, cfg.seed)
     with ctx.timed("score"):
-        scores = scores or ctx.memo(("scores", cfg.method, cfg.k, cfg.threshold, cfg.direction, cfg.keep_punct),
-                                    lambda: get_method(cfg.method)(ctx))
+        return ctx.memo(key, lambda: get_method(cfg.method)(ctx, cfg))
+
+
+def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: str | Path | None = None) -> PruneResult:
+    """Score, select (or CF), evaluate dense and pruned, and assemble the result for one method and budget."""
+    tm, metric_names = ctx.tm, ctx.metric_names
+    scores = score(ctx, cfg)
     with ctx.timed("select" if not cfg.cf else "cf"):
-        selection, cf_log = choose(ctx, scores, cfg)
+        selection, cf_log = choose(ctx, cfg, scores)
     prepared = ctx.memo("eval-prepared", lambda: {
         s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()})
     with ctx.timed("evaluate_dense"):
-        dense = dense or ctx.memo("dense", lambda: evaluate_heads(tm, prepared, metric_names, []))
+        dense = ctx.memo("dense", lambda: evaluate_heads(tm, prepared, metric_names, []))
     with ctx.timed("evaluate_pruned"):
         pruned = evaluate_heads(tm, prepared, metric_names, selection.pruned)
     main_split, main_metric = next(iter(prepared)), metric_names[0]

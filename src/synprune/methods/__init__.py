@@ -1,9 +1,9 @@
 """The catalogue of head-scoring methods. Each is one function registered by name:
 
     @register("magnitude")
-    def magnitude(ctx: Calibration) -> HeadScores: ...
+    def magnitude(ctx: Calibration, cfg: PruneConfig) -> HeadScores: ...
 
-It reads what it needs from the shared `Calibration` context (parses, attention statistics, gradients are
+It reads its options from `cfg` and its data from the shared `Calibration` context (parses, attention statistics, gradients are
 computed once there and reused across methods) and returns its scores and its pruning order.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..errors import SynpruneError
 
 if TYPE_CHECKING:
     from ..calibration import Calibration
+    from ..config import PruneConfig
 
 Head = tuple[int, int]
 
@@ -32,7 +33,7 @@ class HeadScores:
     details: dict = field(default_factory=dict)
 
 
-MethodFn = Callable[["Calibration"], HeadScores]
+MethodFn = Callable[["Calibration", "PruneConfig"], HeadScores]
 METHODS: dict[str, MethodFn] = {}
 
 

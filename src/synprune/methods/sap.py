@@ -96,8 +96,7 @@ class Penalty:
 
 
 @register("sap")
-def sap(ctx) -> HeadScores:
-    cfg = ctx.config
+def sap(ctx, cfg) -> HeadScores:
     ranking = ctx.dependency_ranking(cfg.k, cfg.keep_punct)
     if not ranking.labels:
         raise ValueError("the calibration texts produced no dependency arcs; SAP needs parsed sentences")

@@ -1,0 +1,58 @@
+"""prune() end to end on a tiny random encoder with real spaCy parses of a tiny STS-B folder."""
+import json
+
+import numpy as np
+import pytest
+
+import synprune
+from synprune.errors import SynpruneError
+from synprune.pipeline import prune
+
+from conftest import tiny_model
+
+
+def test_prune_writes_result_with_spec_fields(glue_dir, tmp_path):
+    tm = tiny_model("bert")
+    res = prune(tm, task="stsb", sparsity=0.5, glue_dir=glue_dir, out=tmp_path / "run", calib_size=6, seed=1)
+    data = json.loads((tmp_path / "run" / "result.json").read_text())
+    for key in ("method", "cf", "model", "task", "split", "sparsity", "n_heads", "pruned_heads", "removed_layers",
+                "metric", "head_scores", "dependency_ranking", "threshold", "config", "versions", "seed", "timings"):
+        assert key in data, key
+    assert data["n_heads"] == 12 and len(data["pruned_heads"]) == 6
+    assert np.array(data["head_scores"]).shape == (3, 4)
+    assert data["split"]["calibration"] == 6
+    assert data["config"]["k"] == 5 and data["config"]["seed"] == 1
+    assert {"name", "dense", "pruned"} <= set(data["metric"])
+    ranking = data["dependency_ranking"]
+    assert ranking and [r["count"] for r in ranking] == sorted((r["count"] for r in ranking), reverse=True)
+    # the pruned heads are the top of SAP's order: every pruned head's penalty >= every kept head's
+    scores = np.array(data["head_scores"])
+    pruned = {tuple(h) for h in data["pruned_heads"]}
+    kept = [scores[l, h] for l in range(3) for h in range(4) if (l, h) not in pruned]
+    assert min(scores[l, h] for l, h in pruned) >= max(kept)
+    assert res.metric["dense"] == pytest.approx(data["metric"]["dense"])
+
+
+def test_second_run_reads_parses_from_cache(glue_dir):
+    tm = tiny_model("bert")
+    first = prune(tm, task="stsb", sparsity=0.25, glue_dir=glue_dir, calib_size=6)
+    second = prune(tm, task="stsb", sparsity=0.25, glue_dir=glue_dir, calib_size=6)
+    assert first.details["parse_cache"]["cached"] is False
+    assert second.details["parse_cache"]["cached"] is True
+    assert second.pruned_heads == first.pruned_heads
+
+
+def test_pruning_nothing_keeps_the_dense_metric(glue_dir):
+    res = prune(tiny_model("bert"), task="stsb", sparsity=0.0, glue_dir=glue_dir, calib_size=4)
+    assert res.pruned_heads == [] and res.metric["pruned"] == pytest.approx(res.metric["dense"])
+
+
+def test_embedding_model_refuses_classification_tasks(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\t0\n")
+    with pytest.raises(SynpruneError, match="sentence-embedding model"):
+        prune(tiny_model("bert"), task="sst2", glue_dir=tmp_path)
+
+
+def test_public_api_exposes_prune():
+    assert synprune.prune is prune
