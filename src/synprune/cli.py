@@ -31,8 +31,17 @@ def _load_commands() -> None:
         importlib.import_module(f"{commands.__name__}.{mod.name}")
 
 
+def _quiet_transformers() -> None:
+    """Our own progress bars say what is happening; transformers' per-load bars only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> None:
     _load_commands()
+    _quiet_transformers()
     try:
         app(args=argv, standalone_mode=True)
     except SynpruneError as e:

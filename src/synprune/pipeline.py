@@ -9,6 +9,7 @@ from torch import nn
 
 from .calibration import Calibration
 from .config import PruneConfig
+from .errors import SynpruneError
 from .evaluate import evaluate, prepare, task_metrics
 from .masking import HeadMask
 from .methods import HeadScores, get_method
@@ -61,6 +62,8 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate()
     get_method(cfg.method)  # unknown methods fail before any work
     data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
+    if not data.has_labels:
+        raise SynpruneError(f"task data {data.source} has no labels, and evaluation needs them; pass --label-col")
     tm = as_task_model(model, tokenizer)
     metric_names = task_metrics(tm, data)
     split = make_split(data, cfg.calib_size, cfg.seed)

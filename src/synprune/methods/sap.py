@@ -10,6 +10,7 @@ import torch
 
 from ..attention import AttentionBatch
 from ..dependencies import DependencyRanking
+from ..errors import SynpruneError
 from . import HeadScores, order_by, register
 
 THRESHOLD_KINDS = ("global-mean", "layer-mean", "head-mean", "quantile:Q", "a number")
@@ -99,7 +100,7 @@ class Penalty:
 def sap(ctx, cfg) -> HeadScores:
     ranking = ctx.dependency_ranking(cfg.k, cfg.keep_punct)
     if not ranking.labels:
-        raise ValueError("the calibration texts produced no dependency arcs; SAP needs parsed sentences")
+        raise SynpruneError("the calibration texts produced no dependency arcs; SAP needs sentences (check --text-col)")
     tau = ctx.threshold(cfg.threshold, cfg.keep_punct)
     pen = ctx.memo(("sap-penalty", cfg.k, cfg.threshold, cfg.direction, cfg.keep_punct),
                    lambda: ctx.run_scan([Penalty(tau, ranking, cfg.direction)], keep_punct=cfg.keep_punct,
