@@ -19,6 +19,13 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Prune transformer attention heads without retraining, compare methods, and explain what was kept."""
+    # A callback keeps `synprune NAME ...` a group even when only one subcommand is installed; without it
+    # Typer runs a lone command directly and `synprune export ...` fails as an unexpected argument.
+
+
 def _load_commands() -> None:
     from . import commands
 

@@ -97,12 +97,13 @@ def _source(model: nn.Module) -> dict[str, Any]:
 
 def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, int]], out_dir: str | Path,
                   meta: dict | None = None, *, overwrite: bool = False, in_place: bool = False,
-                  verify: bool = True) -> Path:
+                  verify: bool = True, onnx: bool = False) -> Path:
     """Remove `pruned` heads from (a copy of) `model` and write the smaller model to `out_dir`, atomically.
 
     With `verify`, a padded probe batch must give the same first output (last hidden state or logits) as
     the masked model, else nothing is written. `meta` is stored under "meta" in synprune_pruning.json
-    (its "source" key, if any, replaces the provenance read from the model's config). Returns `out_dir`.
+    (its "source" key, if any, replaces the provenance read from the model's config). With `onnx`, the folder
+    also gets `model.onnx`, checked with onnxruntime against torch. Returns `out_dir`.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
@@ -148,12 +149,25 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp."))
     try:
+        if onnx:
+            from .onnx_export import export_onnx
+
+            info["onnx"] = export_onnx(small, tmp)
         _write_folder(small, tokenizer, info, tmp)
+        _usual_permissions(tmp)
         _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Temp files and folders are private (0600/0700); a saved model should be as readable as any other file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _write_folder(small: nn.Module, tokenizer: Any, info: dict, folder: Path) -> None:
@@ -213,12 +227,22 @@ def load_pruned(path: str | Path, *, device: str | torch.device | None = None,
     return model, _load_tokenizer(path)
 
 
-def _load_tokenizer(path: Path) -> Any:
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def _load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer saved with a model, or None: a local folder without tokenizer files has none (transformers
+    would otherwise build an empty one)."""
     import transformers
 
-    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+    local = Path(path)
+    if local.is_dir() and not any((local / f).exists() for f in TOKENIZER_FILES):
         return None
-    return transformers.AutoTokenizer.from_pretrained(path)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
 
 
 def load_source_model(path: str) -> tuple[nn.Module, Any]:
@@ -231,9 +255,6 @@ def load_source_model(path: str) -> tuple[nn.Module, Any]:
         raise SynpruneError(f"cannot load model {path!r}: {str(e).strip().splitlines()[0]}") from None
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
+    transformers.utils.logging.disable_progress_bar()
     model = (cls or transformers.AutoModel).from_pretrained(path)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
-        tokenizer = None
-    return model.eval(), tokenizer
+    return model.eval(), _load_tokenizer(path)
