@@ -95,3 +95,17 @@ def test_unreachable_budget_and_missing_length():
         heads_to_prune(CFG, [(2, 0)], "params:0.9")
     with pytest.raises(SynpruneError, match="only 2 are ranked"):
         heads_to_prune(CFG, RANKED[:2], "heads:0.1")
+
+
+def test_mean_sequence_length(tmp_path):
+    from synprune.budget import mean_sequence_length
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "green"]) + "\n")
+    tok = tf.BertTokenizer(vocab=str(vocab))
+    # [CLS] red blue [SEP] = 4 and [CLS] green [SEP] = 3; as a pair: [CLS] red blue [SEP] green [SEP] = 6 and 5
+    assert mean_sequence_length(tok, ["red blue", "green"]) == 3.5
+    assert mean_sequence_length(tok, ["red blue", "green"], ["green", "red"]) == 5.5
+    assert mean_sequence_length(tok, ["red blue green red blue"], max_length=4) == 4
+    with pytest.raises(SynpruneError):
+        mean_sequence_length(tok, [])

@@ -121,6 +121,17 @@ class CostModel:
         return (total - self.saved(pruned, kind, seq_len, layer_fraction)) / total
 
 
+def mean_sequence_length(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                         max_length: int = 512) -> float:
+    """Mean number of tokens per example as the model sees it (special tokens in, truncated to max_length):
+    the n of a flops budget."""
+    if not texts:
+        raise SynpruneError("cannot compute a mean sequence length from no texts")
+    args = (list(texts), list(pairs)) if pairs is not None else (list(texts),)
+    enc = tokenizer(*args, truncation=True, max_length=max_length)
+    return sum(len(ids) for ids in enc["input_ids"]) / len(texts)
+
+
 def _seq_len(seq_len: float | None) -> float:
     if seq_len is None or not (seq_len > 0) or math.isinf(seq_len):
         raise SynpruneError(f"a flops budget needs the task's mean sequence length (a positive number), got {seq_len!r}")
