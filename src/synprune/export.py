@@ -103,7 +103,8 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     With `verify`, a padded probe batch must give the same first output (last hidden state or logits) as
     the masked model, else nothing is written. `meta` is stored under "meta" in synprune_pruning.json
     (its "source" key, if any, replaces the provenance read from the model's config). With `onnx`, the folder
-    also gets `model.onnx`, checked with onnxruntime against torch. Returns `out_dir`.
+    also gets `model.onnx`, checked with onnxruntime against torch. `in_place` slices `model` itself instead
+    of a deep copy (half the memory; the model stays sliced even if the check fails). Returns `out_dir`.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
@@ -114,22 +115,11 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     was_training = model.training
     model.eval()
     n_dense = _n_params(model)
-    check = verify and next(model.parameters()).dtype == torch.float32
-    if check:
-        probe = probe_inputs(model)
-        with HeadMask.pruning(model, pruned):
-            reference = _first_output(model, probe)
-    small = model if in_place else copy.deepcopy(model)
-    state = remove_heads(small, pruned)
-    max_diff = None
-    if check:
-        max_diff = _max_diff(_first_output(small, probe), reference)
-        tol = 1e-4 * (1.0 + float(reference.abs().max()))
-        if not max_diff <= tol:
-            raise SynpruneError(f"the pruned model's outputs differ from the masked model's by {max_diff:.3g} "
-                                f"(tolerance {tol:.3g}); nothing was written")
-    if was_training and not in_place:
-        model.train()
+    try:
+        small, state, max_diff = _slice_checked(model, pruned, verify, in_place)
+    finally:
+        if was_training and not in_place:
+            model.train()
     info = {
         "format_version": FORMAT_VERSION,
         "synprune_version": __version__,
@@ -160,6 +150,26 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _slice_checked(model: nn.Module, pruned: list[tuple[int, int]], verify: bool,
+                   in_place: bool) -> tuple[nn.Module, dict, float | None]:
+    """Slice (a copy of) the model; with `verify` (float32 only), compare with the masked model on a probe."""
+    check = verify and next(model.parameters()).dtype == torch.float32
+    if check:
+        probe = probe_inputs(model)
+        with HeadMask.pruning(model, pruned):
+            reference = _first_output(model, probe)
+    small = model if in_place else copy.deepcopy(model)
+    state = remove_heads(small, pruned)
+    if not check:
+        return small, state, None
+    max_diff = _max_diff(_first_output(small, probe), reference)
+    tol = 1e-4 * (1.0 + float(reference.abs().max()))
+    if not max_diff <= tol:
+        raise SynpruneError(f"the pruned model's outputs differ from the masked model's by {max_diff:.3g} "
+                            f"(tolerance {tol:.3g}); nothing was written")
+    return small, state, max_diff
 
 
 def _usual_permissions(folder: Path) -> None:
