@@ -50,6 +50,12 @@ def test_flops_depend_on_sequence_length():
     assert heads_to_prune(CFG, RANKED, "flops:0.76", mean_seq_len=10) == 2  # 9280/13440 = 0.69
 
 
+def test_pipeline_name_is_the_same_function():
+    from synprune.budget import heads_for_budget
+
+    assert heads_for_budget(CFG, RANKED, "flops:0.6", 10) == 3
+
+
 def test_heads_budget_is_sparsity_one_minus_f():
     assert heads_to_prune(CFG, RANKED, "heads:0.5") == 2
     assert heads_to_prune(CFG, RANKED, "heads:0.75") == 1

@@ -16,6 +16,7 @@ import synprune.export as export_mod
 from _tiny_models import n_params, padded_batch, tiny_model
 from synprune.cli import app, main
 from synprune.errors import SynpruneError
+from synprune.io import sha256_dir
 from synprune.masking import HeadMask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,8 @@ def save_checkpoint(folder: Path, family: str = "bert", head: str = "cls") -> to
 
 
 def write_result(path: Path, model_dir: Path, pruned, removed=()) -> Path:
-    path.write_text(json.dumps({"method": "random", "model": {"path": str(model_dir), "hash": None},
+    path.write_text(json.dumps({"method": "random", "model": {"name": model_dir.name, "path": str(model_dir),
+                                                              "weights_sha256": sha256_dir(model_dir)},
                                 "pruned_heads": [list(h) for h in pruned], "removed_layers": list(removed)}))
     return path
 
@@ -51,6 +53,7 @@ def test_cli_export_classifier_with_removed_layer(tmp_path):
     run = CliRunner().invoke(app, ["export", str(result), "--out", str(tmp_path / "out")])
     assert run.exit_code == 0, run.output
     assert "5/12 heads kept" in run.output
+    assert "do not match the hash" not in run.output
     loaded, tokenizer = synprune.load_pruned(tmp_path / "out")
     assert type(loaded).__name__ == "BertForSequenceClassification"
     info = json.loads((tmp_path / "out" / "synprune_pruning.json").read_text())
@@ -58,6 +61,7 @@ def test_cli_export_classifier_with_removed_layer(tmp_path):
     assert info["removed_layers"] == [1]
     assert info["auto_class"] == "AutoModelForSequenceClassification"
     assert info["meta"]["method"] == "random"
+    assert info["source"]["hash"] == info["source"]["result_hash"] == sha256_dir(src)
     all_pruned = [(0, 1), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3), (2, 2)]
     batch = padded_batch()
     with torch.no_grad():
@@ -71,7 +75,11 @@ def test_cli_export_bare_encoder_without_tokenizer(tmp_path):
     src = tmp_path / "src"
     model = save_checkpoint(src, "mpnet", "base")
     result = write_result(tmp_path / "result.json", src, [(0, 0), (2, 1), (2, 3)])
-    assert CliRunner().invoke(app, ["export", str(result), "--out", str(tmp_path / "out")]).exit_code == 0
+    data = json.loads(result.read_text())
+    data["model"]["weights_sha256"] = "0" * 64  # heads chosen for other weights: warn, but export
+    result.write_text(json.dumps(data))
+    run = CliRunner().invoke(app, ["export", str(result), "--out", str(tmp_path / "out")])
+    assert run.exit_code == 0 and "do not match the hash" in run.output
     loaded, tokenizer = synprune.load_pruned(tmp_path / "out")
     assert tokenizer is None and type(loaded).__name__ == "MPNetModel"
     batch = padded_batch(seed=2)

@@ -173,3 +173,7 @@ def heads_to_prune(model_or_config: Any, ranked: Sequence[Head], spec: str | Bud
     raise SynpruneError(
         f"budget {budget.kind}:{budget.keep:g} cannot be met: pruning all {len(ranked)} ranked heads keeps "
         f"{reach:.4f} of the attention + feed-forward {budget.kind}; use a fraction of at least {math.ceil(reach * 1e4) / 1e4:g}")
+
+
+# The name main's pipeline imports (`heads_for_budget(model, order, budget, mean_length)`): same function.
+heads_for_budget = heads_to_prune

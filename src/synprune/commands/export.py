@@ -36,7 +36,7 @@ def model_location(result: dict[str, Any]) -> str | None:
 def recorded_hash(result: dict[str, Any]) -> str | None:
     model = result.get("model")
     if isinstance(model, dict):
-        return model.get("hash") or model.get("weights_hash") or model.get("sha256")
+        return model.get("weights_sha256") or model.get("hash") or model.get("weights_hash") or model.get("sha256")
     return None
 
 
