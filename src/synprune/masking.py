@@ -48,6 +48,8 @@ class HeadMask:
         for h in attention_handles(self.model):
             index = torch.tensor(kept_heads(h))
             self._hooks.append(h.out_proj.register_forward_pre_hook(self._make_hook(h.layer, index, h.head_dim)))
+            if h.out_proj.bias is not None:
+                self._hooks.append(h.out_proj.register_forward_hook(self._make_bias_hook(h.layer, index)))
         return self
 
     def _make_hook(self, layer: int, index: torch.Tensor, head_dim: int):
@@ -56,6 +58,16 @@ class HeadMask:
             m = self.mask[layer].index_select(0, index).to(dtype=x.dtype, device=x.device)
             x = (x.unflatten(-1, (index.numel(), head_dim)) * m[:, None]).flatten(-2)
             return (x, *args[1:])
+
+        return hook
+
+    def _make_bias_hook(self, layer: int, index: torch.Tensor):
+        """A layer with every head masked drops its output bias too, as physical removal does (SPEC 4, 6)."""
+
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            if bool((self.mask[layer].index_select(0, index) != 0).any()):
+                return output
+            return output - module.bias
 
         return hook
 

@@ -1,0 +1,179 @@
+"""Budgets beyond a head fraction: turn "keep F of the parameters / FLOPs" into a number of ranked heads.
+
+A spec is `KIND:F`, F in [0, 1] the fraction to KEEP:
+- `heads:F`  keeps F of the heads: prunes round((1 - F) * N) heads, exactly like `--sparsity 1-F`;
+- `params:F` keeps at most F of the attention + feed-forward parameters;
+- `flops:F`  keeps at most F of the attention + feed-forward multiply-accumulates at the task's mean
+  sequence length n.
+Costs follow Kwon et al. 2022 (per head: 4*d*dh + 3*dh parameters, 4*n*d*dh + 2*n*n*dh MACs; per layer
+feed-forward: 2*d*di + di + d parameters, 2*n*d*di MACs). Embeddings, LayerNorms, pooler and task head are
+not counted: pruning heads does not change them. A layer whose heads all go also saves its out-projection
+bias (d parameters; bias additions are not MACs).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from .errors import SynpruneError
+
+Head = tuple[int, int]
+KINDS = ("heads", "params", "flops")
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # one of KINDS
+    keep: float  # fraction of the cost to keep, in [0, 1]
+
+
+def parse_budget(spec: str) -> Budget:
+    """`"params:0.7"` -> Budget("params", 0.7); anything malformed is a one-line SynpruneError."""
+    kind, sep, value = str(spec).strip().partition(":")
+    kind = kind.strip().lower()
+    hint = "expected KIND:F with KIND one of heads, params, flops and F the fraction to keep in [0, 1], e.g. flops:0.6"
+    if not sep or kind not in KINDS:
+        raise SynpruneError(f"bad budget {spec!r}: {hint}")
+    try:
+        keep = float(value)
+    except ValueError:
+        raise SynpruneError(f"bad budget {spec!r}: {value.strip()!r} is not a number; {hint}") from None
+    if not (0.0 <= keep <= 1.0):  # also rejects nan
+        raise SynpruneError(f"bad budget {spec!r}: the fraction to keep must be in [0, 1]")
+    return Budget(kind, keep)
+
+
+def _cfg(model_or_config: Any) -> Any:
+    return getattr(model_or_config, "config", model_or_config)
+
+
+def _first(cfg: Any, *names: str) -> int:
+    for n in names:
+        v = getattr(cfg, n, None)
+        if v is not None:
+            return int(v)
+    raise SynpruneError(f"config of type {type(cfg).__name__} has none of {', '.join(names)}")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Attention + feed-forward cost of an encoder of the unpruned shape, per head and in total."""
+
+    n_layers: int
+    n_heads: int
+    hidden: int  # d
+    head_dim: int  # dh
+    intermediate: int  # di
+
+    @classmethod
+    def from_model(cls, model_or_config: Any) -> "CostModel":
+        """From a model or its config (BERT-style names or DistilBERT's dim / n_heads / hidden_dim)."""
+        cfg = _cfg(model_or_config)
+        d = _first(cfg, "hidden_size", "dim")
+        h = _first(cfg, "num_attention_heads", "n_heads")
+        return cls(n_layers=_first(cfg, "num_hidden_layers", "n_layers"), n_heads=h, hidden=d,
+                   head_dim=d // h, intermediate=_first(cfg, "intermediate_size", "hidden_dim"))
+
+    def head_cost(self, kind: str, seq_len: float | None = None) -> float:
+        d, dh = self.hidden, self.head_dim
+        if kind == "heads":
+            return 1.0
+        if kind == "params":
+            return float(4 * d * dh + 3 * dh)
+        n = _seq_len(seq_len)
+        return 4 * n * d * dh + 2 * n * n * dh
+
+    def layer_bias_cost(self, kind: str) -> float:
+        """Saved on top of the heads when a layer's attention block goes whole."""
+        return float(self.hidden) if kind == "params" else 0.0
+
+    def ffn_cost(self, kind: str, seq_len: float | None = None) -> float:
+        d, di = self.hidden, self.intermediate
+        if kind == "heads":
+            return 0.0
+        if kind == "params":
+            return float(2 * d * di + di + d)
+        return 2 * _seq_len(seq_len) * d * di
+
+    def total(self, kind: str, seq_len: float | None = None) -> float:
+        per_layer = self.n_heads * self.head_cost(kind, seq_len) + self.layer_bias_cost(kind) + self.ffn_cost(kind, seq_len)
+        return self.n_layers * per_layer
+
+    def saved(self, pruned: Iterable[Head], kind: str, seq_len: float | None = None,
+              layer_fraction: float = 1.0) -> float:
+        """Cost removed by pruning `pruned`, with the layer rule: a layer whose pruned heads reach
+        `layer_fraction` of its heads loses all of them and its out-projection bias."""
+        per_layer: dict[int, set[int]] = {}
+        for layer, head in pruned:
+            per_layer.setdefault(int(layer), set()).add(int(head))
+        out = 0.0
+        for heads in per_layer.values():
+            if _layer_gone(len(heads), self.n_heads, layer_fraction):
+                out += self.n_heads * self.head_cost(kind, seq_len) + self.layer_bias_cost(kind)
+            else:
+                out += len(heads) * self.head_cost(kind, seq_len)
+        return out
+
+    def kept_fraction(self, pruned: Iterable[Head], kind: str, seq_len: float | None = None,
+                      layer_fraction: float = 1.0) -> float:
+        total = self.total(kind, seq_len)
+        return (total - self.saved(pruned, kind, seq_len, layer_fraction)) / total
+
+
+def mean_sequence_length(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                         max_length: int = 512) -> float:
+    """Mean number of tokens per example as the model sees it (special tokens in, truncated to max_length):
+    the n of a flops budget."""
+    if not texts:
+        raise SynpruneError("cannot compute a mean sequence length from no texts")
+    args = (list(texts), list(pairs)) if pairs is not None else (list(texts),)
+    enc = tokenizer(*args, truncation=True, max_length=max_length)
+    return sum(len(ids) for ids in enc["input_ids"]) / len(texts)
+
+
+def _seq_len(seq_len: float | None) -> float:
+    if seq_len is None or not (seq_len > 0) or math.isinf(seq_len):
+        raise SynpruneError(f"a flops budget needs the task's mean sequence length (a positive number), got {seq_len!r}")
+    return float(seq_len)
+
+
+def _layer_gone(n_pruned: int, n_heads: int, layer_fraction: float) -> bool:
+    return n_pruned >= n_heads or n_pruned >= layer_fraction * n_heads - 1e-9
+
+
+def heads_to_prune(model_or_config: Any, ranked: Sequence[Head], spec: str | Budget,
+                   mean_seq_len: float | None = None, layer_fraction: float = 1.0) -> int:
+    """How many heads from the front of `ranked` (most prunable first) to prune to meet the budget.
+
+    `heads:F` gives round((1 - F) * N). `params:F` / `flops:F` give the smallest prefix whose pruning leaves
+    at most F of the cost; a budget that pruning every ranked head cannot reach is a SynpruneError.
+    """
+    budget = spec if isinstance(spec, Budget) else parse_budget(spec)
+    cost = CostModel.from_model(model_or_config)
+    ranked = [(int(l), int(h)) for l, h in ranked]
+    if len(set(ranked)) != len(ranked):
+        raise SynpruneError("the ranked head list has duplicates")
+    for l, h in ranked:
+        if not (0 <= l < cost.n_layers and 0 <= h < cost.n_heads):
+            raise SynpruneError(f"ranked head [{l}, {h}] is outside the model's {cost.n_layers} x {cost.n_heads} heads")
+    if budget.kind == "heads":
+        n_total = cost.n_layers * cost.n_heads
+        n = round(round(1.0 - budget.keep, 12) * n_total)
+        if n > len(ranked):
+            raise SynpruneError(f"budget heads:{budget.keep:g} prunes {n} heads but only {len(ranked)} are ranked")
+        return n
+    total = cost.total(budget.kind, mean_seq_len)
+    target = budget.keep * total * (1 + 1e-12)
+    for k in range(len(ranked) + 1):
+        remaining = total - cost.saved(ranked[:k], budget.kind, mean_seq_len, layer_fraction)
+        if remaining <= target:
+            return k
+    reach = remaining / total
+    raise SynpruneError(
+        f"budget {budget.kind}:{budget.keep:g} cannot be met: pruning all {len(ranked)} ranked heads keeps "
+        f"{reach:.4f} of the attention + feed-forward {budget.kind}; use a fraction of at least {math.ceil(reach * 1e4) / 1e4:g}")
+
+
+# The name main's pipeline imports (`heads_for_budget(model, order, budget, mean_length)`): same function.
+heads_for_budget = heads_to_prune
