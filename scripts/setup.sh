@@ -8,4 +8,4 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 # Pinned here, not in the package: an unpinned torch pulls a multi-GB CUDA build on this machine.
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[models,dev]"
+python -m pip install -q -e ".[models,dev,onnx]"
