@@ -189,7 +189,7 @@ def test_plan_checks_everything_before_work(monkeypatch):
     _register_fake(monkeypatch)
     with pytest.raises(SynpruneError, match="no requested method depends on k"):
         plan_sweep([FAKE], [0.5], [0], {"k": [1, 2]}, base)
-    with pytest.raises(SynpruneError, match="'x' is not a int"):
+    with pytest.raises(SynpruneError, match="'x' is not a valid int"):
         plan_sweep(["sap"], [0.5], [0], parse_grid(["k=1,x"]), base)
     with pytest.raises(SynpruneError, match="use --sparsities"):
         plan_sweep(["sap"], [0.5], [0], parse_grid(["sparsity=0.1,0.2"]), base)
@@ -254,7 +254,7 @@ def test_cli_prune_still_takes_the_shared_options(monkeypatch):
 
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "sap,nope"], "available: "),
-    (["--sparsities", "0.25,half"], "'half' is not a float"),
+    (["--sparsities", "0.25,half"], "'half' is not a valid float"),
     (["--methods", "sap", "--grid", "k"], "KEY=V1,V2"),
 ])
 def test_cli_reports_bad_input_in_one_line(argv, message, capsys):

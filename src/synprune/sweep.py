@@ -40,6 +40,7 @@ CF_OPTIONS = frozenset({"pool_ratio", "tolerance", "tolerance_abs"})
 NOT_GRIDDABLE = {"method": "--methods", "cf": "--methods NAME+cf", "sparsity": "--sparsities", "seed": "--seeds",
                  "budget": "--sparsities", "calib_size": "a separate sweep", "max_length": "a separate sweep",
                  "batch_size": "a separate sweep", "parser": "a separate sweep"}
+PER_RUN = ("method", "cf", "sparsity")  # set by each run, so not part of the sweep-wide options
 RESULT_COLUMNS = ("method", "cf", "sparsity", "seed", "metric_name", "dense", "pruned", "n_pruned", "seconds")
 
 
@@ -102,7 +103,8 @@ class Plan:
     def to_json(self) -> dict:
         return {"methods": [s.label for s in self.specs], "sparsities": self.sparsities, "seeds": self.seeds,
                 "seeded_methods": [s.label for s in self.specs if "seed" in s.depends_on()],
-                "grid": self.grid, "config": self.base.to_json(), "runs": len(self.runs)}
+                "grid": self.grid, "runs": len(self.runs),
+                "config": {k: v for k, v in self.base.to_json().items() if k not in PER_RUN}}
 
 
 @dataclass
@@ -138,7 +140,7 @@ def coerce_option(key: str, value: Any) -> Any:
             return text.lower() in ("true", "1", "yes")
         return base(text)
     except ValueError:
-        raise SynpruneError(f"--grid {key}: {text!r} is not a {base.__name__}") from None
+        raise SynpruneError(f"--grid {key}: {text!r} is not a valid {base.__name__}") from None
 
 
 def parse_grid(items: Iterable[str]) -> dict[str, list]:

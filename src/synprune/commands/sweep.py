@@ -22,7 +22,7 @@ def split_list(text: str, convert: Callable[[str], T], option: str) -> list[T]:
         try:
             values.append(convert(item))
         except ValueError:
-            raise SynpruneError(f"{option}: {item!r} is not a {convert.__name__}; give a comma-separated list") from None
+            raise SynpruneError(f"{option}: {item!r} is not a valid {convert.__name__}; give a comma-separated list") from None
     return values
 
 

@@ -86,7 +86,7 @@ def render(summary: dict, table: SummaryTable, plots: Sequence[Plot]) -> str:
     seeded = ", ".join(sweep.get("seeded_methods", [])) or "none"
     config = {
         "sweep": {k: sweep[k] for k in ("methods", "sparsities", "seeds", "seeded_methods", "grid", "runs")},
-        "options (every run; grid values and seeds override)": sweep["config"],
+        "options (every run; grid values and --seeds override)": sweep["config"],
         "model": model, "task": task, "split": split, "versions": summary["versions"], "timings (s)": summary["timings"],
     }
     sections = [
@@ -103,6 +103,8 @@ def render(summary: dict, table: SummaryTable, plots: Sequence[Plot]) -> str:
         "<h2>Figures</h2>",
         *(_figure(p) for p in plots),
         "<h2>All runs</h2>",
+        "<p>seconds: wall time of each run, including the shared work (parses, attention statistics, scores, "
+        "dense evaluation) done when a run first needed it.</p>",
         "<details><summary>every row of results.csv (each run's result.json is under runs/)</summary>"
         + _rows_table(summary["rows"]) + "</details>",
         "<h2>Configuration</h2>",

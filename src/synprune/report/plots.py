@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 import statistics
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -44,7 +45,7 @@ def _by_group(rows: Sequence[dict], sparsity: float | None = None) -> dict[str, 
 def metric_vs_sparsity(rows: Sequence[dict]) -> bytes:
     """(1) The metric against sparsity, a line per method, dense as a horizontal line, seed spread as a band."""
     groups = _by_group(rows)
-    fig = Figure(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     for (label, by_s), color in zip(groups.items(), _colors(len(groups))):
         xs = sorted(by_s)
@@ -59,7 +60,7 @@ def metric_vs_sparsity(rows: Sequence[dict]) -> bytes:
     ax.set_ylabel(rows[0]["metric_name"])
     ax.set_xticks(sorted({float(r["sparsity"]) for r in rows}))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(f"{rows[0]['metric_name']} after pruning, by method")
     return _png(fig)
 
@@ -82,20 +83,20 @@ def head_scores(rows: Sequence[dict], results: dict[str, dict], sparsity: float)
     cols = min(3, n)
     nrows = math.ceil(n / cols)
     L, H = np.asarray(results[next(iter(runs.values()))]["head_scores"]).shape
-    fig = Figure(figsize=(cols * (1.6 + 0.38 * H), nrows * (1.2 + 0.38 * L)))
+    fig = Figure(figsize=(cols * max(3.6, 1.4 + 0.4 * H), nrows * max(2.6, 1.3 + 0.4 * L)), layout="constrained")
     for i, (label, run) in enumerate(runs.items()):
         res = results[run]
         ax = fig.add_subplot(nrows, cols, i + 1)
         im = ax.imshow(np.asarray(res["head_scores"], dtype=float), cmap="viridis", aspect="equal")
         pruned = np.asarray(res["pruned_heads"]).reshape(-1, 2)
         ax.scatter(pruned[:, 1], pruned[:, 0], marker="x", color="red", s=40, linewidths=1.5)
-        ax.set_title(f"{label}: {len(pruned)} pruned", fontsize=9)
+        ax.set_title(textwrap.fill(f"{label}: {len(pruned)} pruned", 34), fontsize=9)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(H))
         ax.set_yticks(range(L))
         ax.tick_params(labelsize=7)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+        fig.colorbar(im, ax=ax, shrink=0.9).ax.tick_params(labelsize=7)
     fig.suptitle(f"Head scores per method (each in its own units); red x = pruned at sparsity {sparsity:g}", fontsize=10)
     return _png(fig)
 
@@ -104,7 +105,7 @@ def dependency_ranking(result: dict) -> bytes:
     """(3) SAP's dependency ranking: arc count per label as bars, SAP weight above each, top-k coloured."""
     ranking = result["dependency_ranking"]
     k = result["config"]["k"]
-    fig = Figure(figsize=(max(6.0, 0.32 * len(ranking) + 1.5), 4.5))
+    fig = Figure(figsize=(max(6.0, 0.32 * len(ranking) + 1.5), 4.5), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(ranking))
     counts = [r["count"] for r in ranking]
@@ -131,7 +132,7 @@ def grid_effect(rows: Sequence[dict], grid: dict[str, list], key: str) -> bytes:
     values = grid[key]
     numeric = all(_is_number(v) for v in values)
     pos = {repr(v): (float(v) if numeric else i) for i, v in enumerate(values)}
-    fig = Figure(figsize=(4.6 * len(sparsities), 4.2))
+    fig = Figure(figsize=(4.6 * len(sparsities) + 2.5, 4.2), layout="constrained")
     for j, s in enumerate(sparsities):
         ax = fig.add_subplot(1, len(sparsities), j + 1)
         lines: dict[str, dict[float, list[float]]] = {}
@@ -161,7 +162,7 @@ def grid_effect(rows: Sequence[dict], grid: dict[str, list], key: str) -> bytes:
         ax.set_title(f"sparsity {s:g}", fontsize=10)
         ax.grid(alpha=0.3)
         if j == len(sparsities) - 1:
-            ax.legend(fontsize=7, loc="best")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(f"Effect of {key} ({rows[0]['metric_name']}; bands: {SPREAD})", fontsize=11)
     return _png(fig)
 
