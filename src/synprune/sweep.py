@@ -12,7 +12,6 @@ import importlib.util
 import io
 import itertools
 import re
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -287,12 +286,11 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
             rows.append(_row(r, res, time.perf_counter() - t, list(plan.grid)))
             results[r.name] = res
             advance()
-    first = next(iter(results.values()))
+    last = results[plan.runs[-1].name]  # its split and parse provenance cover all the shared work
     summary = {
-        "sweep": {**plan.to_json(), "command": sys.argv if out_dir else None},
-        "model": tm.describe(), "task": first.task, "split": first.split,
-        "metric": {k: first.metric[k] for k in ("name", "split", "dense")},
-        "versions": first.versions,
+        "sweep": plan.to_json(), "model": tm.describe(), "task": last.task, "split": last.split,
+        "metric": {k: last.metric[k] for k in ("name", "split", "dense")},
+        "versions": last.versions, "parse_cache": ctx.parse_info,
         "timings": {"shared_stages": dict(ctx.timings), "total": round(time.perf_counter() - t0, 3)},
         "rows": rows,
     }
