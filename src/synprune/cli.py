@@ -50,4 +50,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m synprune.cli` runs this file as __main__, but commands register on `synprune.cli.app`
+    from synprune.cli import main as _main
+
+    _main()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
@@ -35,11 +35,16 @@ class HeadScores:
 
 MethodFn = Callable[["Calibration", "PruneConfig"], HeadScores]
 METHODS: dict[str, MethodFn] = {}
+USES: dict[str, frozenset[str]] = {}
 
 
-def register(name: str) -> Callable[[MethodFn], MethodFn]:
+def register(name: str, uses: Iterable[str] = ()) -> Callable[[MethodFn], MethodFn]:
+    """Register a method. `uses`: the PruneConfig options its scores depend on besides the calibration data
+    (SAP: k, threshold, ...; random: seed), so a sweep reruns it only when one of those changes."""
+
     def deco(fn: MethodFn) -> MethodFn:
         METHODS[name] = fn
+        USES[name] = frozenset(uses)
         return fn
 
     return deco
@@ -64,6 +69,12 @@ def get_method(name: str) -> MethodFn:
     if name not in METHODS:
         raise SynpruneError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def uses(name: str) -> frozenset[str]:
+    """The options `name`'s scores depend on (see `register`)."""
+    get_method(name)
+    return USES.get(name, frozenset())
 
 
 def available() -> list[str]:

@@ -96,7 +96,7 @@ class Penalty:
         self.n_arcs += len(batch.arcs)
 
 
-@register("sap")
+@register("sap", uses=("k", "threshold", "direction", "keep_punct"))
 def sap(ctx, cfg) -> HeadScores:
     ranking = ctx.dependency_ranking(cfg.k, cfg.keep_punct)
     if not ranking.labels:

@@ -1,0 +1,99 @@
+"""Option sets shared by commands. Each set is a dataclass whose fields carry their typer option; a command
+takes the whole set as one parameter (`data: DataOptions`) and `option_sets` spreads its fields into the
+command line, so `prune` and `sweep` declare each option once and defaults come from `PruneConfig`.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, get_type_hints
+
+import typer
+
+from ..config import PruneConfig
+
+_D = PruneConfig()
+
+
+class OptionSet:
+    """Base of option sets: `config()` gives the fields that are PruneConfig options."""
+
+    def config(self) -> dict[str, Any]:
+        names = {f.name for f in fields(PruneConfig)}
+        return {k: v for k, v in asdict(self).items() if k in names}  # type: ignore[call-overload]
+
+
+@dataclass
+class DataOptions(OptionSet):
+    """Which model and data, and how the calibration sample is drawn and read."""
+
+    model: Annotated[Optional[str], typer.Option(help="Model folder or hub id (default: the bundled all-MiniLM-L6-v2).")] = None
+    task: Annotated[str, typer.Option(help="GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli) or a .csv/.tsv/.jsonl file.")] = "stsb"
+    calib_size: Annotated[int, typer.Option(help="Calibration examples sampled (seeded) from train.")] = _D.calib_size
+    seed: Annotated[int, typer.Option(help="Seed for the calibration sample and random methods.")] = _D.seed
+    max_length: Annotated[int, typer.Option(help="Max tokens per input.")] = _D.max_length
+    batch_size: Annotated[int, typer.Option(help="Batch size for attention statistics.")] = _D.batch_size
+    parser: Annotated[str, typer.Option(help="spaCy pipeline for dependency parses.")] = _D.parser
+    glue_dir: Annotated[Optional[Path], typer.Option(
+        help="GLUE folder (glue_data layout); default $SYNPRUNE_GLUE_DIR or ../shared/data/glue.")] = None
+    text_col: Annotated[Optional[str], typer.Option(help="Data file: text column.")] = None
+    text_pair_col: Annotated[Optional[str], typer.Option(help="Data file: second text column.")] = None
+    label_col: Annotated[Optional[str], typer.Option(help="Data file: label column.")] = None
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False
+
+    def columns(self) -> dict[str, Any]:
+        """Where to find the task's data (the keyword arguments of `load_task` after the task)."""
+        return {"glue_dir": self.glue_dir, "text_col": self.text_col, "text_pair_col": self.text_pair_col,
+                "label_col": self.label_col}
+
+
+@dataclass
+class SapOptions(OptionSet):
+    """SAP's scoring options and the layer rule."""
+
+    k: Annotated[int, typer.Option(help="SAP: number of top dependency labels.")] = _D.k
+    threshold: Annotated[str, typer.Option(help="SAP: global-mean, layer-mean, head-mean, quantile:Q or a number.")] = _D.threshold
+    direction: Annotated[str, typer.Option(help="SAP: dep2head, head2dep or max.")] = _D.direction
+    keep_punct: Annotated[bool, typer.Option("--keep-punct", help="SAP: count punct arcs too.")] = _D.keep_punct
+    layer_fraction: Annotated[float, typer.Option(
+        help="Remove a layer's whole attention block once this fraction of its heads is pruned.")] = _D.layer_fraction
+
+
+@dataclass
+class CfOptions(OptionSet):
+    """Candidate Filtering's options (used by methods given as NAME+cf)."""
+
+    pool_ratio: Annotated[Optional[float], typer.Option(
+        help="CF: candidate pool as a fraction of all heads (default min(1, sparsity + 0.25)).")] = _D.pool_ratio
+    tolerance: Annotated[float, typer.Option(help="CF: keep a removal while the metric stays >= tolerance x dense.")] = _D.tolerance
+    tolerance_abs: Annotated[Optional[float], typer.Option(
+        help="CF: absolute allowed drop of the metric instead of --tolerance.")] = _D.tolerance_abs
+
+
+def option_sets(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Spread every parameter annotated with an OptionSet dataclass into that set's options (for typer),
+    and rebuild the set from them when the command runs."""
+    hints = get_type_hints(fn, include_extras=True)
+    groups: dict[str, type] = {}
+    params: list[inspect.Parameter] = []
+    for p in inspect.signature(fn).parameters.values():
+        cls = hints.get(p.name)
+        if isinstance(cls, type) and issubclass(cls, OptionSet) and is_dataclass(cls):
+            groups[p.name] = cls
+            types = get_type_hints(cls, include_extras=True)
+            params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=types[f.name], default=f.default)
+                       for f in fields(cls)]
+        else:
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation)))
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> Any:
+        for name, cls in groups.items():
+            kwargs[name] = cls(**{f.name: kwargs.pop(f.name) for f in fields(cls)})
+        return fn(**kwargs)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command

@@ -1,0 +1,305 @@
+"""`sweep()`: compare methods under one protocol (SPEC section 5): one model, one calibration sample, one
+evaluation split, one seed, many methods x budgets (x seeds for random methods, x option grids).
+
+A single `Calibration` context serves every run, so parses, attention statistics, gradients, each method's
+scores, the dense evaluation and the tokenized evaluation batches are computed once; a run only selects
+heads and evaluates the pruned model. The plan is checked whole before any model or data is loaded.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import itertools
+import re
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, get_type_hints
+
+from .config import PruneConfig
+from .errors import SynpruneError
+from .io import atomic_write_json, atomic_write_text
+from .methods import available, uses
+from .progress import bar, log
+from .tasks import ALIASES, GLUE, TaskData, load_task, make_split
+
+if TYPE_CHECKING:  # torch-heavy; imported when a sweep runs, so the command line starts fast
+    from .result import PruneResult
+
+DEFAULT_METHODS = ("sap", "sap+cf", "random", "magnitude", "entropy", "confidence", "michel", "fisher", "fisher+cf")
+DEFAULT_SPARSITIES = (0.25, 0.5, 0.75)
+DEFAULT_SEEDS = (0, 1, 2)
+CF_SUFFIX = "+cf"
+# Options that change every method's selection, and those that change only Candidate Filtering's; a method's
+# own scoring options come from its registration (`methods.uses`).
+SELECTION_OPTIONS = frozenset({"layer_fraction"})
+CF_OPTIONS = frozenset({"pool_ratio", "tolerance", "tolerance_abs"})
+# Fixed for a whole sweep: the axes of the sweep itself, and what defines its calibration context.
+NOT_GRIDDABLE = {"method": "--methods", "cf": "--methods NAME+cf", "sparsity": "--sparsities", "seed": "--seeds",
+                 "budget": "--sparsities", "calib_size": "a separate sweep", "max_length": "a separate sweep",
+                 "batch_size": "a separate sweep", "parser": "a separate sweep"}
+PER_RUN = ("method", "cf", "sparsity")  # set by each run, so not part of the sweep-wide options
+RESULT_COLUMNS = ("method", "cf", "sparsity", "seed", "metric_name", "dense", "pruned", "n_pruned", "seconds")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method as named on the command line: `name` or `name+cf` (its ranking filtered by CF)."""
+
+    name: str
+    cf: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.name + (CF_SUFFIX if self.cf else "")
+
+    @classmethod
+    def parse(cls, text: str) -> "MethodSpec":
+        text = text.strip()
+        if text.endswith(CF_SUFFIX):
+            return cls(text[: -len(CF_SUFFIX)], True)
+        return cls(text)
+
+    def depends_on(self) -> frozenset[str]:
+        """Options that change this spec's result besides sparsity and the calibration data."""
+        return uses(self.name) | SELECTION_OPTIONS | (CF_OPTIONS if self.cf else frozenset())
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of the sweep: a method spec at one sparsity, seed and combination of grid values."""
+
+    spec: MethodSpec
+    sparsity: float
+    seed: int
+    variant: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def variant_label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.variant)
+
+    @property
+    def name(self) -> str:
+        """Folder under DIR/runs: <method>_s<sparsity>_seed<seed>[_<key>=<value>...]."""
+        name = f"{self.spec.label}_s{self.sparsity:g}_seed{self.seed}" + "".join(f"_{k}={v}" for k, v in self.variant)
+        return re.sub(r"[^A-Za-z0-9._=+-]", "-", name)
+
+    def config(self, base: PruneConfig) -> PruneConfig:
+        return base.replace(method=self.spec.name, cf=self.spec.cf, sparsity=self.sparsity, seed=self.seed,
+                            **dict(self.variant))
+
+
+@dataclass
+class Plan:
+    specs: list[MethodSpec]
+    sparsities: list[float]
+    seeds: list[int]
+    grid: dict[str, list]
+    base: PruneConfig
+    runs: list[Run]
+
+    def to_json(self) -> dict:
+        return {"methods": [s.label for s in self.specs], "sparsities": self.sparsities, "seeds": self.seeds,
+                "seeded_methods": [s.label for s in self.specs if "seed" in s.depends_on()],
+                "grid": self.grid, "runs": len(self.runs),
+                "config": {k: v for k, v in self.base.to_json().items() if k not in PER_RUN}}
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced: one row and one result per run, and where it all was written."""
+
+    plan: Plan
+    rows: list[dict]
+    results: dict[str, PruneResult]
+    summary: dict
+    out: Path | None
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(PruneConfig)
+
+
+def coerce_option(key: str, value: Any) -> Any:
+    """A grid value given as text (or already typed) as the PruneConfig field's type."""
+    kind = _field_types()[key]
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    optional = type(None) in getattr(kind, "__args__", ())
+    if optional and text.lower() == "none":
+        return None
+    base = next((t for t in getattr(kind, "__args__", (kind,)) if t is not type(None)), kind)
+    try:
+        if base is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return base(text)
+    except ValueError:
+        raise SynpruneError(f"--grid {key}: {text!r} is not a valid {base.__name__}") from None
+
+
+def parse_grid(items: Iterable[str]) -> dict[str, list]:
+    """`key=v1,v2,...` strings (the repeatable --grid option) as {key: [typed values]}."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise SynpruneError(f"--grid {item!r}: write it as KEY=V1,V2,... (e.g. --grid k=3,5,7)")
+        if key in grid:
+            raise SynpruneError(f"--grid {key} is given twice; list all its values in one --grid {key}=...")
+        grid[key] = [v for v in values.split(",") if v.strip()]
+    return grid
+
+
+def _check_grid(grid: Mapping[str, Sequence], specs: Sequence[MethodSpec]) -> dict[str, list]:
+    names = {f.name for f in fields(PruneConfig)}
+    checked: dict[str, list] = {}
+    for key, values in grid.items():
+        if key in NOT_GRIDDABLE:
+            raise SynpruneError(f"--grid {key}: {key} is fixed for a sweep; use {NOT_GRIDDABLE[key]}")
+        if key not in names:
+            options = sorted(names - set(NOT_GRIDDABLE))
+            raise SynpruneError(f"--grid {key}: not an option; grid one of {', '.join(options)}")
+        typed = [coerce_option(key, v) for v in values]
+        if not typed or len(set(map(repr, typed))) != len(typed):
+            raise SynpruneError(f"--grid {key}: give distinct values, e.g. --grid {key}=V1,V2")
+        if not any(key in s.depends_on() for s in specs):
+            users = [m for m in available() if key in uses(m)] or ["none of the registered methods"]
+            raise SynpruneError(f"--grid {key}: no requested method depends on {key} (methods that do: {', '.join(users)})")
+        checked[key] = typed
+    return checked
+
+
+def _check_cf(specs: Sequence[MethodSpec]) -> None:
+    if any(s.cf for s in specs) and importlib.util.find_spec("synprune.cf") is None:
+        cf = ", ".join(s.label for s in specs if s.cf)
+        raise SynpruneError(f"{cf}: Candidate Filtering (synprune.cf) is not installed here; drop the +cf methods")
+
+
+def plan_sweep(methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[int],
+               grid: Mapping[str, Sequence] | None, base: PruneConfig) -> Plan:
+    """Every run of the sweep, checked (methods, grid, each run's options) before any work is done."""
+    specs = list(dict.fromkeys(MethodSpec.parse(m) for m in methods if m.strip()))
+    if not specs:
+        raise SynpruneError("--methods is empty; name at least one method, e.g. --methods sap,random")
+    known = set(available())
+    unknown = [s.label for s in specs if s.name not in known]
+    if unknown:
+        raise SynpruneError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(known))} "
+                            f"(each also as NAME{CF_SUFFIX})")
+    _check_cf(specs)
+    sparsities = sorted(set(float(s) for s in sparsities))
+    seeds = list(dict.fromkeys(int(s) for s in seeds)) or [base.seed]
+    if not sparsities:
+        raise SynpruneError("--sparsities is empty; give at least one, e.g. --sparsities 0.25,0.5")
+    grid = _check_grid(grid or {}, specs)
+    runs: list[Run] = []
+    for spec in specs:
+        deps = spec.depends_on()
+        keys = [k for k in grid if k in deps]
+        spec_seeds = seeds if "seed" in deps else [base.seed]
+        for values in itertools.product(*(grid[k] for k in keys)):
+            variant = tuple(zip(keys, values))
+            runs += [Run(spec, s, seed, variant) for seed in spec_seeds for s in sparsities]
+    for run in runs:
+        run.config(base).validate()
+    return Plan(specs, sparsities, seeds, grid, base, runs)
+
+
+def _is_other_glue_task(task: str | TaskData) -> bool:
+    name = task.name if isinstance(task, TaskData) else ALIASES.get(task.lower(), task.lower())
+    return name in GLUE and name != "stsb"
+
+
+def task_model_for(task: str, glue_dir: str | Path | None) -> Path:
+    """The fine-tuned classifier for a GLUE task (built and cached by `synprune.finetune`)."""
+    try:
+        from .finetune import task_model
+    except ModuleNotFoundError as e:
+        if e.name != "synprune.finetune":
+            raise
+        raise SynpruneError(f"the bundled MiniLM is a sentence-embedding model and fine-tuning is not installed here: "
+                            f"pass --model a classifier fine-tuned on {task}") from None
+    return task_model(task, glue_dir=glue_dir)
+
+
+def _row(run: Run, result: PruneResult, seconds: float, grid_keys: Sequence[str]) -> dict:
+    m = result.metric
+    row = {"method": run.spec.name, "cf": run.spec.cf, "sparsity": run.sparsity, "seed": run.seed,
+           "metric_name": m["name"], "dense": m["dense"], "pruned": m["pruned"], "n_pruned": len(result.pruned_heads),
+           "seconds": round(seconds, 3)}
+    if grid_keys:
+        values = dict(run.variant)
+        row["variant"] = run.variant_label
+        row.update({k: values.get(k, "") for k in grid_keys})
+    row["run"] = f"runs/{run.name}"
+    return row
+
+
+def rows_csv(rows: Sequence[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(RESULT_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb", *,
+          methods: Sequence[str] = DEFAULT_METHODS, sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+          seeds: Sequence[int] = DEFAULT_SEEDS, grid: Mapping[str, Sequence] | None = None,
+          out: str | Path | None = "runs/sweep", config: PruneConfig | None = None, glue_dir: str | Path | None = None,
+          text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
+          report: bool = True, **options) -> SweepResult:
+    """Run every method x sparsity (x seed for seeded methods, x grid values for the methods they affect)
+    on one calibration context; with `out`, write results.csv/json, runs/*/result.json, plots and report.html.
+
+    `options` are PruneConfig fields shared by all runs (calib_size, seed, k, ...); `seed` is the base seed
+    (calibration sample and deterministic methods); `seeds` are used by methods that depend on the seed.
+    """
+    from .calibration import Calibration
+    from .evaluate import task_metrics
+    from .pipeline import as_task_model, run as run_one
+
+    base = (config or PruneConfig()).replace(**options).validate()
+    plan = plan_sweep(methods, sparsities, seeds, grid, base)
+    if model is None and tokenizer is None and _is_other_glue_task(task):
+        model = task_model_for(task.name if isinstance(task, TaskData) else task, glue_dir)
+    data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
+    tm = as_task_model(model, tokenizer)
+    metric_names = task_metrics(tm, data)
+    split = make_split(data, base.calib_size, base.seed)
+    ctx = Calibration(tm, split.calibration, base, metric_names)
+    out_dir = Path(out) if out is not None else None
+    rows: list[dict] = []
+    results: dict[str, PruneResult] = {}
+    t0 = time.perf_counter()
+    log(f"sweep: {len(plan.runs)} runs ({', '.join(s.label for s in plan.specs)}) on {tm.name} / {data.name}")
+    with bar("sweep runs", len(plan.runs)) as advance:
+        for r in plan.runs:
+            t = time.perf_counter()
+            res = run_one(ctx, r.config(base), data, split, out_dir / "runs" / r.name if out_dir else None)
+            rows.append(_row(r, res, time.perf_counter() - t, list(plan.grid)))
+            results[r.name] = res
+            advance()
+    last = results[plan.runs[-1].name]  # its split and parse provenance cover all the shared work
+    summary = {
+        "sweep": plan.to_json(), "model": tm.describe(), "task": last.task, "split": last.split,
+        "metric": {k: last.metric[k] for k in ("name", "split", "dense")},
+        "versions": last.versions, "parse_cache": ctx.parse_info,
+        "timings": {"shared_stages": dict(ctx.timings), "total": round(time.perf_counter() - t0, 3)},
+        "rows": rows,
+    }
+    result = SweepResult(plan, rows, results, summary, out_dir)
+    if out_dir is not None:
+        result.files["results.csv"] = atomic_write_text(out_dir / "results.csv", rows_csv(rows))
+        result.files["results.json"] = atomic_write_json(out_dir / "results.json", summary)
+        if report:
+            from .report import write_report
+
+            result.files.update(write_report(out_dir))
+    return result
