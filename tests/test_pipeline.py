@@ -56,3 +56,14 @@ def test_embedding_model_refuses_classification_tasks(tmp_path):
 
 def test_public_api_exposes_prune():
     assert synprune.prune is prune
+
+
+def test_sdpa_model_scores_like_eager_and_keeps_its_implementation(glue_dir):
+    eager = prune(tiny_model("bert"), task="stsb", sparsity=0.5, glue_dir=glue_dir, calib_size=6)
+    tm = tiny_model("bert")
+    tm.model.set_attn_implementation("sdpa")
+    fast = prune(tm, task="stsb", sparsity=0.5, glue_dir=glue_dir, calib_size=6)
+    assert tm.model.config._attn_implementation == "sdpa"
+    assert fast.pruned_heads == eager.pruned_heads
+    assert np.allclose(fast.head_scores, eager.head_scores)
+    assert fast.metric["pruned"] == pytest.approx(eager.metric["pruned"], abs=1e-4)

@@ -6,8 +6,9 @@ kept: each collector holds running sums, so memory does not grow with the number
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 
@@ -108,6 +109,19 @@ def _batch_arcs(items: Sequence[CalibItem], alignments: Sequence, label_index: d
     return Arcs(t[:, 0], t[:, 1], t[:, 2], t[:, 3])
 
 
+@contextlib.contextmanager
+def eager_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Attention probabilities exist only in the eager implementation; other passes may use a faster one."""
+    current = getattr(model.config, "_attn_implementation", "eager")
+    if current != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if current != "eager":
+            model.set_attn_implementation(current)
+
+
 @torch.no_grad()
 def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collector], label_index: dict[str, int],
          keep_punct: bool = False, batch_size: int = 32, max_length: int = 128, description: str = "attention") -> int:
@@ -116,7 +130,7 @@ def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collect
     device = next(model.parameters()).device
     order = sorted(range(len(items)), key=lambda i: -(len(items[i].text_a) + len(items[i].text_b or "")))
     n_arcs = 0
-    with bar(description, len(items)) as advance:
+    with bar(description, len(items)) as advance, eager_attention(model):
         for start in range(0, len(order), batch_size):
             batch_items = [items[i] for i in order[start:start + batch_size]]
             texts_a = [it.text_a for it in batch_items]

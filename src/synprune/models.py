@@ -33,7 +33,7 @@ def bundled_model_path() -> Path:
 
 @dataclass
 class TaskModel:
-    """A model ready for pruning: eager attention (attention maps available), eval mode, its tokenizer."""
+    """A model ready for pruning, in eval mode, with its fast tokenizer."""
 
     model: nn.Module
     tokenizer: object
@@ -71,9 +71,17 @@ def _resolve(model: str | Path | None) -> tuple[str, str, bool]:
     return str(model), str(model), False
 
 
+def _from_pretrained(cls, path: str) -> nn.Module:
+    """SDPA attention where the architecture has it (faster evaluation); scans switch to eager for the maps."""
+    try:
+        return cls.from_pretrained(path, attn_implementation="sdpa")
+    except (ValueError, ImportError):
+        return cls.from_pretrained(path, attn_implementation="eager")
+
+
 def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"] = "auto",
                device: str | torch.device = "cpu") -> TaskModel:
-    """Load `model` (folder, hub id, or None for the bundled MiniLM) with eager attention in eval mode."""
+    """Load `model` (folder, hub id, or None for the bundled MiniLM) in eval mode."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     name, path, local = _resolve(model)
@@ -91,7 +99,7 @@ def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"
         archs = getattr(config, "architectures", None) or []
         is_cls = any("ForSequenceClassification" in a for a in archs)
         cls = AutoModelForSequenceClassification if is_cls else AutoModel
-        net = cls.from_pretrained(path, attn_implementation="eager")
+        net = _from_pretrained(cls, path)
     if not getattr(tok, "is_fast", False):
         raise SynpruneError(f"model {name} has no fast tokenizer; synprune needs character offsets (tokenizer.json)")
     get_adapter(net)  # fails early, with the list of supported types, for models without known heads
