@@ -202,3 +202,12 @@ def test_prune_runs_with_every_method(method, glue_dir):
     assert np.isfinite(res.metric["dense"]) and np.isfinite(res.metric["pruned"])
     if method in ("michel", "michel-iterative", "fisher"):
         assert res.details["loss"] == G.TASK_LOSS
+
+
+def test_mask_gradients_are_zero_when_no_head_is_left():
+    tm = tiny_model("bert")
+    for layer in tm.model.encoder.layer:  # as after removing every attention block: nothing for the mask to scale
+        layer._synprune_attention_removed = True
+    ctx = _ctx(tm)
+    g = G.mask_gradients(tm, ctx.prepared.batches, torch.ones(tm.grid), G.TASK_LOSS)
+    assert g.shape == (2, 3, 4) and not g.any()

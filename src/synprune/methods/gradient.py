@@ -57,8 +57,8 @@ def mask_gradients(tm: TaskModel, batches: Sequence[E.Batch], mask: torch.Tensor
             m = mask.detach().to(torch.float64).clone().requires_grad_(True)
             with HeadMask(tm.model, m):
                 value = objective(tm, batch, kind, seed, i)
-            (g,) = torch.autograd.grad(value, m)
-            grads.append(g.numpy())
+            (g,) = torch.autograd.grad(value, m, allow_unused=True)  # None when no head is left to mask
+            grads.append(np.zeros(m.shape) if g is None else g.numpy())
             advance(1)
     return np.stack(grads) if grads else np.zeros((0, *tm.grid))
 
