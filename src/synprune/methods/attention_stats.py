@@ -31,7 +31,8 @@ class AttentionStats:
         for layer in range(batch.token_attn.shape[1]):  # one layer at a time keeps the temporaries small
             a = batch.token_attn[:, layer].float()  # (B, H, T, T)
             on_real = (a * keys).sum(-1)  # (B, H, T)
-            self.padding_mass = max(self.padding_mass, float(((1 - on_real) * queries).abs().max()))
+            on_padding = (a * (1 - keys)).sum(-1)
+            self.padding_mass = max(self.padding_mass, float((on_padding * queries).max()))
             p = a * keys / on_real.clamp(min=1e-12)[..., None]
             entropy = -torch.special.xlogy(p, p).sum(-1)
             self.entropy_sum[layer] += (entropy * queries).sum(dim=(0, 2)).double()
