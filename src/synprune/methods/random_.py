@@ -9,7 +9,7 @@ import numpy as np
 from . import HeadScores, order_by, register
 
 
-@register("random")
+@register("random", uses=("seed",))
 def random_order(ctx, cfg) -> HeadScores:
     L, H = ctx.tm.grid
     rank = np.random.default_rng(cfg.seed).permutation(L * H).reshape(L, H).astype(float)
