@@ -24,6 +24,13 @@ def print_summary(result) -> None:
     console.print(table)
     console.print(f"{m['name']} on {m['split']}: dense [bold]{m['dense']:.2f}[/] -> pruned [bold]{m['pruned']:.2f}[/] "
                   f"({m['pruned'] - m['dense']:+.2f})")
+    if result.cf:
+        from ..cf import summarize
+
+        c = summarize(result.cf_log)
+        console.print(f"CF: {c['pool']} candidates scored alone; walk tried {c['tried']}, removed {c['removed']}, "
+                      f"rejected {c['rejected']}; " + (f"pool ran out: filled {c['filled']} heads by the method's order"
+                                                       if c["fill"] else "no fill-up needed"))
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
 
 
@@ -44,6 +51,10 @@ def prune(
     max_length: int = typer.Option(128, help="Max tokens per input."),
     batch_size: int = typer.Option(32, help="Batch size for attention statistics."),
     parser: str = typer.Option("en_core_web_sm", help="spaCy pipeline for dependency parses."),
+    cf: bool = typer.Option(False, "--cf", help="Candidate Filtering: check each candidate against the task metric on the calibration split."),
+    pool_ratio: Optional[float] = typer.Option(None, help="CF: candidate pool = top ceil(R * N) heads (default min(1, sparsity + 0.25))."),
+    tolerance: float = typer.Option(0.95, help="CF: keep a removal while the metric stays >= m0 - (1 - tolerance) * |m0|."),
+    tolerance_abs: Optional[float] = typer.Option(None, help="CF: absolute tolerance instead: keep while metric >= m0 - this."),
     glue_dir: Optional[Path] = typer.Option(None, help="GLUE folder (glue_data layout); default $SYNPRUNE_GLUE_DIR or ../shared/data/glue."),
     text_col: Optional[str] = typer.Option(None, help="Data file: text column."),
     text_pair_col: Optional[str] = typer.Option(None, help="Data file: second text column."),
@@ -57,6 +68,7 @@ def prune(
     result = run_prune(model, task=str(task), sparsity=sparsity, out=out, glue_dir=glue_dir, text_col=text_col,
                        text_pair_col=text_pair_col, label_col=label_col, method=method, k=k, threshold=threshold,
                        direction=direction, keep_punct=keep_punct, layer_fraction=layer_fraction,
-                       calib_size=calib_size, seed=seed, max_length=max_length, batch_size=batch_size, parser=parser)
+                       calib_size=calib_size, seed=seed, max_length=max_length, batch_size=batch_size, parser=parser,
+                       cf=cf, pool_ratio=pool_ratio, tolerance=tolerance, tolerance_abs=tolerance_abs)
     print_summary(result)
-    console.print(f"wrote {out / 'result.json'}")
+    console.print(f"wrote {out / 'result.json'}" + (f" and {out / 'cf_log.jsonl'}" if cf else ""))
