@@ -10,6 +10,7 @@ import torch
 from synprune import cf
 from synprune.calibration import Calibration
 from synprune.config import PruneConfig
+from synprune.errors import SynpruneError
 from synprune.evaluate import evaluate
 from synprune.layercache import AblationScorer
 from synprune.masking import HeadMask
@@ -117,6 +118,8 @@ def test_metric_floor_for_negative_and_zero_metrics():
     assert cf.metric_floor(-10.0, PruneConfig(tolerance=0.9)) == pytest.approx(-11.0)  # a drop, not a gain
     assert cf.metric_floor(0.0, PruneConfig(tolerance=0.9)) == 0.0
     assert cf.metric_floor(-10.0, PruneConfig(tolerance_abs=2.5)) == -12.5
+    with pytest.raises(SynpruneError, match="--tolerance-abs"):
+        PruneConfig(tolerance_abs=-1.0).validate()
 
 
 def _calibration(family: str, num_labels=None, seed=0) -> Calibration:
@@ -179,3 +182,22 @@ def test_prune_with_cf_writes_one_log_line_per_decision(glue_dir, tmp_path):
     assert removed == set(res.pruned_heads) and len(res.pruned_heads) == 6
     data = json.loads((tmp_path / "run" / "result.json").read_text())
     assert data["cf"] is True and data["config"]["tolerance"] == 0.9
+
+
+def test_cli_cf_options_reach_the_run_and_the_summary(capsys, glue_dir, tmp_path):
+    from synprune.cli import main
+
+    tm = tiny_model("bert")
+    folder = tmp_path / "tiny"
+    tm.model.save_pretrained(folder)
+    tm.tokenizer.save_pretrained(folder)
+    with pytest.raises(SystemExit) as exc:  # a floor of m0 - 200 keeps every removal (metrics are in [-100, 100])
+        main(["prune", "--model", str(folder), "--glue-dir", str(glue_dir), "--sparsity", "0.25", "--calib-size", "4",
+              "--cf", "--pool-ratio", "0.5", "--tolerance-abs", "200", "--out", str(tmp_path / "o"), "-q"])
+    assert exc.value.code == 0
+    config = json.loads((tmp_path / "o" / "result.json").read_text())["config"]
+    assert config["cf"] is True and config["pool_ratio"] == 0.5 and config["tolerance_abs"] == 200
+    log = [json.loads(line) for line in (tmp_path / "o" / "cf_log.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in log] == ["single"] * 6 + ["walk"] * 3 and all(e["removed"] for e in log[6:])
+    err = capsys.readouterr().err
+    assert "6 candidates scored alone; walk tried 3, removed 3, rejected 0; no fill-up needed" in " ".join(err.split())
