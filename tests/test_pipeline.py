@@ -33,7 +33,8 @@ def test_prune_writes_result_with_spec_fields(glue_dir, tmp_path):
     assert res.metric["dense"] == pytest.approx(data["metric"]["dense"])
 
 
-def test_second_run_reads_parses_from_cache(glue_dir):
+def test_second_run_reads_parses_from_cache(glue_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNPRUNE_CACHE", str(tmp_path / "fresh-cache"))  # other tests parse the same rows
     tm = tiny_model("bert")
     first = prune(tm, task="stsb", sparsity=0.25, glue_dir=glue_dir, calib_size=6)
     second = prune(tm, task="stsb", sparsity=0.25, glue_dir=glue_dir, calib_size=6)

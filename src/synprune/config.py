@@ -48,6 +48,12 @@ class PruneConfig:
             raise SynpruneError(f"--pool-ratio {self.pool_ratio} must be in (0, 1]")
         if not 0 < self.tolerance <= 1.5:
             raise SynpruneError(f"--tolerance {self.tolerance} must be a ratio of the dense metric, e.g. 0.95")
+        if self.tolerance_abs is not None and self.tolerance_abs < 0:
+            raise SynpruneError(f"--tolerance-abs {self.tolerance_abs} must be a non-negative drop of the metric, e.g. 1.0")
+        if self.budget is not None:
+            from .budget import parse_budget
+
+            parse_budget(self.budget)
         return self
 
     def replace(self, **changes) -> "PruneConfig":

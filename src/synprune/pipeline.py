@@ -54,10 +54,11 @@ def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned) -> dict[
 def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb", sparsity: float = 0.5, *,
           out: str | Path | None = None, config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
-          **options) -> PruneResult:
+          export: str | Path | None = None, onnx: bool = False, **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
 
-    Returns the result; with `out`, also writes DIR/result.json atomically.
+    Returns the result; with `out`, also writes DIR/result.json atomically; with `export`, also writes the
+    physically pruned model there (reload it with `synprune.load_pruned`).
     """
     cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate()
     get_method(cfg.method)  # unknown methods fail before any work
@@ -68,7 +69,14 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     metric_names = task_metrics(tm, data)
     split = make_split(data, cfg.calib_size, cfg.seed)
     ctx = Calibration(tm, split.calibration, cfg, metric_names)
-    return run(ctx, cfg, data, split, out)
+    result = run(ctx, cfg, data, split, out)
+    if export is not None:
+        from .export import export_pruned
+
+        export_pruned(tm.model, tm.tokenizer, result.pruned_heads, export, overwrite=True, onnx=onnx,
+                      meta={"method": result.method, "cf": result.cf, "task": data.name, "sparsity": cfg.sparsity,
+                            "metric": {k: result.metric[k] for k in ("name", "dense", "pruned")}})
+    return result
 
 
 def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:

@@ -1,9 +1,13 @@
-"""Turn a method's order into the set of heads to prune under a budget, with SPEC's layer rule."""
+"""Turn a method's order into the set of heads to prune under a budget, with SPEC's layer rule.
+
+`Pruning` is the running state both plain selection and Candidate Filtering walk with, so the layer rule
+and the budget are decided in one place.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 Head = tuple[int, int]
 
@@ -17,34 +21,66 @@ def n_to_prune(sparsity: float, n_heads: int) -> int:
 class Selection:
     pruned: list[Head]
     removed_layers: list[int]
+    fill: bool = False  # CF: the candidate pool ran out and the budget was filled by the method's order
+
+
+@dataclass
+class Pruning:
+    """Heads removed so far under a budget of `n_prune` heads.
+
+    When a layer's removed heads reach `layer_fraction` of its heads, the rest of the layer goes too (its
+    whole attention block) and counts against the budget.
+    """
+
+    grid: tuple[int, int]
+    n_prune: int
+    layer_fraction: float = 1.0
+    pruned: list[Head] = field(default_factory=list)
+    removed_layers: list[int] = field(default_factory=list)
+
+    @property
+    def limit(self) -> int:
+        """Removed heads of a layer at which its whole block goes."""
+        return max(1, math.ceil(self.layer_fraction * self.grid[1] - 1e-9))
+
+    @property
+    def full(self) -> bool:
+        return len(self.pruned) >= self.n_prune
+
+    def expand(self, head: Head) -> list[Head]:
+        """The heads that removing `head` takes out: itself, or the rest of its layer under the layer rule.
+
+        Empty when the head is already gone or the removal would overshoot the budget.
+        """
+        layer = head[0]
+        gone = set(self.pruned)
+        if head in gone:
+            return []
+        if sum(1 for l, _ in gone if l == layer) + 1 >= self.limit:
+            new = [(layer, j) for j in range(self.grid[1]) if (layer, j) not in gone]
+        else:
+            new = [head]
+        return new if len(self.pruned) + len(new) <= self.n_prune else []
+
+    def add(self, heads: Iterable[Head]) -> None:
+        heads = list(heads)
+        self.pruned += heads
+        for layer in sorted({l for l, _ in heads}):
+            if sum(1 for l, _ in self.pruned if l == layer) == self.grid[1]:
+                self.removed_layers.append(layer)
+
+    def selection(self, fill: bool = False) -> Selection:
+        return Selection(sorted(self.pruned), sorted(self.removed_layers), fill)
 
 
 def select(order: Sequence[Head], grid: tuple[int, int], n_prune: int, layer_fraction: float = 1.0) -> Selection:
     """Walk `order`, pruning heads until `n_prune` are gone.
 
-    When a layer's pruned heads reach `layer_fraction` of its heads, the rest of the layer goes too and
-    counts against the budget. A head whose layer removal would overshoot the budget is skipped.
+    A head whose layer removal would overshoot the budget is skipped.
     """
-    layers, heads = grid
-    limit = max(1, math.ceil(layer_fraction * heads - 1e-9))
-    pruned: list[Head] = []
-    chosen: set[Head] = set()
-    per_layer = [0] * layers
-    removed: list[int] = []
-    for l, h in order:
-        if len(pruned) >= n_prune:
+    state = Pruning(grid, n_prune, layer_fraction)
+    for head in order:
+        if state.full:
             break
-        if (l, h) in chosen:
-            continue
-        if per_layer[l] + 1 >= limit:
-            rest = [(l, j) for j in range(heads) if (l, j) not in chosen]
-            if len(pruned) + len(rest) > n_prune:
-                continue
-            new = rest
-            removed.append(l)
-        else:
-            new = [(l, h)]
-        pruned += new
-        chosen.update(new)
-        per_layer[l] += len(new)
-    return Selection(sorted(pruned), sorted(removed))
+        state.add(state.expand(head))
+    return state.selection()

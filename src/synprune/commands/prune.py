@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
 
 from ..cli import app
 from ..progress import console, set_quiet
-from ._options import DataOptions, SapOptions, option_sets
+from ._options import CfOptions, DataOptions, SapOptions, option_sets
 
 
 def print_summary(result) -> None:
@@ -24,7 +25,15 @@ def print_summary(result) -> None:
     console.print(table)
     console.print(f"{m['name']} on {m['split']}: dense [bold]{m['dense']:.2f}[/] -> pruned [bold]{m['pruned']:.2f}[/] "
                   f"({m['pruned'] - m['dense']:+.2f})")
+    if result.cf:
+        from ..cf import summarize
+
+        c = summarize(result.cf_log)
+        console.print(f"CF: {c['pool']} candidates scored alone; walk tried {c['tried']}, removed {c['removed']}, "
+                      f"rejected {c['rejected']}; " + (f"pool ran out: filled {c['filled']} heads by the method's order"
+                                                       if c["fill"] else "no fill-up needed"))
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+
 
 
 @app.command()
@@ -35,12 +44,19 @@ def prune(
     out: Path = typer.Option(Path("runs/prune"), help="Output folder for result.json."),
     method: str = typer.Option("sap", help="Scoring method (see `synprune methods`)."),
     sap: SapOptions = SapOptions(),
+    cf: bool = typer.Option(False, "--cf", help="Candidate Filtering: re-check each candidate against the task metric on the calibration split."),
+    cf_options: CfOptions = CfOptions(),
+    budget: Optional[str] = typer.Option(None, help="Budget instead of --sparsity: heads:F, params:F or flops:F (fraction to keep)."),
+    export: Optional[Path] = typer.Option(None, help="Also write the physically pruned model to this folder (load with synprune.load_pruned)."),
+    onnx: bool = typer.Option(False, "--onnx", help="With --export: also write model.onnx, checked with onnxruntime."),
 ) -> None:
     """Prune attention heads of MODEL on TASK and write OUT/result.json."""
     from ..pipeline import prune as run_prune
 
     set_quiet(data.quiet)
     result = run_prune(data.model, task=str(data.task), sparsity=sparsity, out=out, **data.columns(), method=method,
-                       **data.config(), **sap.config())
+                       **data.config(), **sap.config(), cf=cf, **cf_options.config(), budget=budget,
+                       export=export, onnx=onnx)
     print_summary(result)
-    console.print(f"wrote {out / 'result.json'}")
+    console.print(f"wrote {out / 'result.json'}" + (f" and {out / 'cf_log.jsonl'}" if cf else "")
+                  + (f"; pruned model in {export}" if export else ""))

@@ -1,0 +1,126 @@
+"""Candidate Filtering (SPEC section 4): re-check the top of any method's ranking against the task metric.
+
+The pool is the top ceil(R * N) heads of the method's order. On the calibration split each candidate is
+first scored alone (the metric with only it removed); candidates are then walked from the smallest drop
+to the largest, and a removal is kept only while the metric stays above the tolerance floor. Ablations
+are scored by `layercache.AblationScorer`, which re-runs only the layers a removal changes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from .calibration import Calibration
+from .config import PruneConfig
+from .errors import SynpruneError
+from .layercache import AblationScorer
+from .progress import bar, log
+from .select import Pruning, Selection
+
+Head = tuple[int, int]
+
+
+def pool_size(cfg: PruneConfig, n_heads: int) -> int:
+    """ceil(R * N) with R = --pool-ratio, default min(1, sparsity + 0.25)."""
+    ratio = cfg.pool_ratio if cfg.pool_ratio is not None else min(1.0, cfg.sparsity + 0.25)
+    return min(n_heads, math.ceil(ratio * n_heads - 1e-9))
+
+
+def metric_floor(m0: float, cfg: PruneConfig) -> float:
+    """The lowest metric a kept removal may leave.
+
+    Absolute (`tolerance_abs`): m0 - tolerance_abs. Relative (`tolerance`): m0 - (1 - tolerance) * |m0|, which
+    is tolerance * m0 for a positive m0 and, for a negative or zero m0 (e.g. Matthews corr. of a weak model),
+    still allows a drop of (1 - tolerance) of the metric's size instead of demanding an improvement.
+    """
+    if cfg.tolerance_abs is not None:
+        return m0 - cfg.tolerance_abs
+    return m0 - (1.0 - cfg.tolerance) * abs(m0)
+
+
+def _entry(stage: str, head: Head, metric: float | None, removed: bool, heads: Sequence[Head], **extra) -> dict:
+    return {"stage": stage, "layer": head[0], "head": head[1], "metric": metric, "kept": not removed,
+            "removed": removed, "heads": [list(h) for h in heads], **extra}
+
+
+def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg: PruneConfig,
+                     fast: bool = True) -> tuple[Selection, list[dict]]:
+    """Choose `n_prune` heads from the top of `order` (most prunable first), checked on the calibration split.
+
+    Returns the selection and one log entry per decision, in the order they were made:
+      - stage "single": a candidate scored alone (`metric`); it is put back, so kept=True, removed=False.
+      - stage "walk": a removal tried on top of those already kept: removed=True if the metric stayed at or
+        above `floor`, else kept=True (put back). Entries with metric None were not tried: `reason` says
+        why (gone with its layer, or its layer's removal would overshoot the budget).
+      - stage "fill": the pool ran out before the budget; the head was removed unchecked (metric None).
+    `kept` always means the head is still in the model after that decision; `removed` is its negation.
+    `heads` lists every head the decision removes (more than one when the layer rule takes the whole layer).
+    Fill-up takes the heads outside the pool first, by the method's order (none of them was tested), then
+    the rejected candidates, by the method's order; the selection's `fill` flag says it happened.
+    `fast=False` scores every ablation with a full forward pass (same decisions, for benchmarks and tests).
+    """
+    grid = ctx.tm.grid
+    n_heads = grid[0] * grid[1]
+    order = [(int(l), int(h)) for l, h in order]
+    if n_prune <= 0:
+        return Selection([], []), []
+    if not ctx.metric_names:
+        raise SynpruneError("--cf needs a task metric to check candidates against; pass a labelled task")
+    pool = order[:pool_size(cfg, n_heads)]
+    scorer = AblationScorer(ctx.tm, ctx.prepared, ctx.metric_names[0], {l for l, _ in pool}, fast=fast)
+    m0 = scorer.dense
+    floor = metric_floor(m0, cfg)
+    entries: list[dict] = []
+
+    single: dict[Head, float] = {}
+    with bar("CF: candidates alone", len(pool)) as advance:
+        for head in pool:
+            heads = Pruning(grid, n_heads, cfg.layer_fraction).expand(head)
+            single[head] = scorer.metric(heads)
+            entries.append(_entry("single", head, single[head], False, heads, dense=m0))
+            advance()
+
+    rank = {h: i for i, h in enumerate(order)}
+    state = Pruning(grid, n_prune, cfg.layer_fraction)
+    with bar("CF: greedy walk", len(pool)) as advance:
+        for head in sorted(pool, key=lambda h: (-single[h], rank[h])):
+            advance()
+            if state.full:
+                break
+            if head in state.pruned:
+                entries.append(_entry("walk", head, None, True, [], reason="removed with its layer"))
+                continue
+            heads = state.expand(head)
+            if not heads:
+                entries.append(_entry("walk", head, None, False, [], reason="its layer's removal would overshoot the budget"))
+            else:
+                value = scorer.metric(heads)
+                ok = value >= floor
+                if ok:
+                    scorer.accept()
+                    state.add(heads)
+                entries.append(_entry("walk", head, value, ok, heads, floor=floor))
+
+    fill = not state.full
+    if fill:
+        walked = len(state.pruned)
+        outside = [h for h in order if h not in single]
+        for head in outside + [h for h in order if h in single]:
+            if state.full:
+                break
+            heads = state.expand(head)
+            if heads:
+                state.add(heads)
+                entries.append(_entry("fill", head, None, True, heads, reason="pool ran out"))
+        log(f"CF: the pool of {len(pool)} candidates gave {walked} of {n_prune} heads within tolerance; "
+            f"filled {len(state.pruned) - walked} more by the method's order")
+    return state.selection(fill), entries
+
+
+def summarize(entries: Sequence[dict]) -> dict:
+    """Counts for a CF log: candidates scored alone, removals tried / kept / rejected in the walk, heads filled."""
+    walk = [e for e in entries if e["stage"] == "walk" and e["metric"] is not None]
+    filled = [e for e in entries if e["stage"] == "fill"]
+    return {"pool": sum(e["stage"] == "single" for e in entries), "tried": len(walk),
+            "removed": sum(e["removed"] for e in walk), "rejected": sum(e["kept"] for e in walk),
+            "filled": sum(len(e["heads"]) for e in filled), "fill": bool(filled)}

@@ -1,0 +1,160 @@
+"""Score head ablations on calibration data, re-running only what an ablation changes.
+
+Removing heads of layer l cannot change what enters layer l, nor what its heads compute (heads are masked at
+the input of the attention out-projection, after they have run). So `AblationScorer` keeps, for every model
+call of a calibration pass and under the currently accepted removals, the output of the layer before each
+layer an ablation may start at, and the heads' output in that layer. A pass for an ablation starting at
+layer l then skips layers 0..l-1 (their `forward` is swapped, for that pass only, for one that returns the
+cached output) and, in layer l, the query/key/value projections (swapped for zeros; the attention over them
+is discarded): the cached heads' output goes to the masked out-projection. The model does the rest as
+usual (embeddings, attention-mask building, the rest of layer l, layers l+1..L-1, pooling or classifier),
+and the metric is computed by `evaluate` as for any other evaluation. This works for any encoder whose
+layers (from `synprune.arch`) run once each, in order, per model call; a model where that check fails is
+scored with full forward passes instead.
+
+Memory: two hidden-size tensors per model call and per start layer, i.e. about
+2 x calibration examples x tokens x hidden size x 4 bytes per layer (x 2 for sentence-pair embedding models).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Collection, Iterable, Iterator
+
+from torch import nn
+
+from .arch import AttentionHandles, attention_handles, get_adapter
+from .evaluate import Prepared, evaluate
+from .masking import HeadMask
+from .models import TaskModel
+from .progress import log
+
+Head = tuple[int, int]
+
+
+class AblationScorer:
+    """The metric of the model with `base` heads removed plus a trial ablation, on prepared calibration data.
+
+    `metric(extra)` scores `base | extra`; `accept()` makes the last trial the new base. With `fast=False`
+    every score is a full forward pass (the reference the fast path must match). `layers` are the layers
+    ablations may start at; only their inputs are cached.
+    """
+
+    def __init__(self, tm: TaskModel, prepared: Prepared, metric_name: str, layers: Iterable[int] = (),
+                 fast: bool = True):
+        self.tm, self.prepared, self.metric_name = tm, prepared, metric_name
+        self.fast = fast
+        self.blocks: list[nn.Module] = get_adapter(tm.model).layers(tm.model)
+        self.attn: dict[int, AttentionHandles] = {h.layer: h for h in attention_handles(tm.model)}
+        self.starts = sorted(set(layers) | {0})
+        self.base: frozenset[Head] = frozenset()
+        # per model call of a pass: ("out", j) -> layer j's output, ("ctx", j) -> its heads' output (before masking)
+        self._states: list[dict[tuple[str, int], object]] = []
+        self._trial: tuple[frozenset[Head], list[dict]] | None = None
+        self.passes = 0  # forward passes run (any start layer), for tests and benchmarks
+        self.layer_runs = 0  # layers run, summed over passes and model calls (a start layer counts whole)
+        self.dense = self._score(frozenset(), 0, capture=fast)
+        self._accept_trial()
+
+    def metric(self, extra: Collection[Head]) -> float:
+        """Metric with `base | extra` removed; only layers from the lowest layer of `extra` run again."""
+        heads = self.base | frozenset(extra)
+        start = min((l for l, _ in extra), default=0) if self.fast else 0
+        return self._score(heads, start if start in self.starts else 0, capture=self.fast)
+
+    def accept(self) -> None:
+        """Keep the last trial's heads removed; its hidden states become the cache."""
+        if self._trial is None:
+            raise RuntimeError("accept() needs a metric() call first")
+        self._accept_trial()
+
+    def _accept_trial(self) -> None:
+        heads, states = self._trial
+        self.base = heads
+        if self.fast:
+            self._states = [{**old, **new} for old, new in zip(self._states, states)] if self._states else states
+        self._trial = None
+
+    def _score(self, heads: frozenset[Head], start: int, capture: bool) -> float:
+        run = _Pass(start, reuse=bool(self._states) and capture)
+        with HeadMask.pruning(self.tm.model, heads), self._hooks(run, capture):
+            value = evaluate(self.tm, self.prepared, [self.metric_name])[self.metric_name]
+        if self._states and run.calls != len(self._states):
+            raise RuntimeError(f"a calibration pass made {run.calls} model calls, the cached one {len(self._states)}")
+        self.passes += 1
+        self.layer_runs += run.calls * (len(self.blocks) - start)
+        self._trial = (heads, run.states)
+        if capture and not run.reuse and run.seen != [j for _ in range(run.calls) for j in range(len(self.blocks))]:
+            log("CF: this model's layers do not run once each, in order, per call; scoring with full forward passes")
+            self.fast, self._states = False, []
+        return value
+
+    @contextlib.contextmanager
+    def _hooks(self, run: "_Pass", capture: bool) -> Iterator[None]:
+        """Count model calls (a pre-hook on layer 0) and capture what later passes start from. A pass that
+        reuses the cache skips the layers before its start layer, and in the start layer the query, key and
+        value projections and attention: the heads' cached output goes straight to the (masked) out-projection.
+        """
+        handles = [self.blocks[0].register_forward_pre_hook(lambda module, args: run.new_call())]
+        stubbed: list[nn.Module] = []
+
+        def output_hook(j: int):
+            def hook(module, args, output):
+                run.seen.append(j)
+                if j + 1 in self.starts:
+                    run.states[-1][("out", j)] = output
+            return hook
+
+        def heads_hook(j: int):
+            def hook(module, args):
+                if run.reuse and j == run.start:
+                    args = (self._states[run.calls - 1][("ctx", j)], *args[1:])
+                run.states[-1][("ctx", j)] = args[0]
+                return args
+            return hook
+
+        def skipped(*args, **kwargs):
+            return self._states[run.calls - 1][("out", run.start - 1)]
+
+        def zeros(linear: nn.Linear):
+            return lambda x: x.new_zeros(*x.shape[:-1], linear.out_features)
+
+        if capture:
+            for j in range(run.start, len(self.blocks)):
+                handles.append(self.blocks[j].register_forward_hook(output_hook(j)))
+                if j in self.starts and j in self.attn:  # prepended: sees the heads' output before HeadMask
+                    handles.append(self.attn[j].out_proj.register_forward_pre_hook(heads_hook(j), prepend=True))
+        if run.reuse:
+            for j in range(run.start):
+                self.blocks[j].forward = skipped  # an instance attribute shadows the class's forward, this pass only
+                stubbed.append(self.blocks[j])
+            if run.start in self.attn:
+                a = self.attn[run.start]
+                for linear in (a.query, a.key, a.value):
+                    linear.forward = zeros(linear)  # their output only feeds the attention we replace
+                    stubbed.append(linear)
+        try:
+            yield
+        finally:
+            for module in stubbed:
+                del module.forward
+            for h in handles:
+                h.remove()
+
+
+@dataclass
+class _Pass:
+    """One calibration pass: where it starts, whether it starts from the cache, the model calls it made and
+    what it captured."""
+
+    start: int
+    reuse: bool
+    states: list[dict[tuple[str, int], object]] = field(default_factory=list)
+    seen: list[int] = field(default_factory=list)
+
+    @property
+    def calls(self) -> int:
+        return len(self.states)
+
+    def new_call(self) -> None:
+        self.states.append({})
