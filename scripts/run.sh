@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec synprune prune --task stsb --sparsity 0.5 --out runs/default "$@"
+exec synprune sweep --out runs/sweep "$@"

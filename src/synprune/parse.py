@@ -92,5 +92,7 @@ def parse_texts(texts: Sequence[str], parser: str = DEFAULT_PARSER, batch_size: 
             if on_progress:
                 on_progress(1)
         atomic_write_bytes(path, gzip.compress(json.dumps([p.to_json() for p in table]).encode()))
+    elif on_progress:
+        on_progress(len(table))  # from the cache: the bar completes at once
     by_text = dict(zip(unique, table))
     return [by_text[t] for t in texts], info
