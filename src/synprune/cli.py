@@ -41,4 +41,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m synprune.cli`: commands register on the imported module's app, not on this __main__ copy
+    from synprune.cli import main as _main
+
+    _main()

@@ -9,6 +9,7 @@ from torch import nn
 
 from .calibration import Calibration
 from .config import PruneConfig
+from .errors import SynpruneError
 from .evaluate import evaluate, prepare, task_metrics
 from .masking import HeadMask
 from .methods import HeadScores, get_method
@@ -53,18 +54,29 @@ def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned) -> dict[
 def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb", sparsity: float = 0.5, *,
           out: str | Path | None = None, config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
-          **options) -> PruneResult:
+          parses_file: str | Path | None = None, **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
 
-    Returns the result; with `out`, also writes DIR/result.json atomically.
+    With `parses_file` (CoNLL-U), SAP calibrates on that file's sentences and gold trees instead of spaCy's
+    parses of the task's train sample; evaluation stays on the task. Returns the result; with `out`, also
+    writes DIR/result.json atomically.
     """
     cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate()
     get_method(cfg.method)  # unknown methods fail before any work
+    if parses_file is not None and cfg.cf:
+        raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
     data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
     tm = as_task_model(model, tokenizer)
     metric_names = task_metrics(tm, data)
     split = make_split(data, cfg.calib_size, cfg.seed)
-    ctx = Calibration(tm, split.calibration, cfg, metric_names)
+    if parses_file is None:
+        ctx = Calibration(tm, split.calibration, cfg, metric_names)
+    else:
+        from .conllu import gold_calibration
+
+        ctx = gold_calibration(tm, parses_file, cfg, metric_names)
+        split = Split(ctx.examples, split.evaluation, f"calibration: {len(ctx.examples)} seeded sentences of {parses_file} "
+                      f"with gold trees; evaluation: {', '.join(split.evaluation)}")
     return run(ctx, cfg, data, split, out)
 
 

@@ -44,6 +44,7 @@ def prune(
     max_length: int = typer.Option(128, help="Max tokens per input."),
     batch_size: int = typer.Option(32, help="Batch size for attention statistics."),
     parser: str = typer.Option("en_core_web_sm", help="spaCy pipeline for dependency parses."),
+    parses: Optional[Path] = typer.Option(None, help="CoNLL-U file: calibrate on its sentences with their gold trees instead of spaCy's parses of TASK (evaluation stays on TASK)."),
     glue_dir: Optional[Path] = typer.Option(None, help="GLUE folder (glue_data layout); default $SYNPRUNE_GLUE_DIR or ../shared/data/glue."),
     text_col: Optional[str] = typer.Option(None, help="Data file: text column."),
     text_pair_col: Optional[str] = typer.Option(None, help="Data file: second text column."),
@@ -57,6 +58,7 @@ def prune(
     result = run_prune(model, task=str(task), sparsity=sparsity, out=out, glue_dir=glue_dir, text_col=text_col,
                        text_pair_col=text_pair_col, label_col=label_col, method=method, k=k, threshold=threshold,
                        direction=direction, keep_punct=keep_punct, layer_fraction=layer_fraction,
-                       calib_size=calib_size, seed=seed, max_length=max_length, batch_size=batch_size, parser=parser)
+                       calib_size=calib_size, seed=seed, max_length=max_length, batch_size=batch_size, parser=parser,
+                       parses_file=parses)
     print_summary(result)
     console.print(f"wrote {out / 'result.json'}")
