@@ -407,7 +407,8 @@ def explain(ctx: Calibration, cfg: PruneConfig, out: str | Path | None = None, r
             raise SynpruneError(f"result file {p} not found; pass the result.json written by `synprune prune`")
         res = json.loads(p.read_text())
         label = result_label(res)
-        label = label if label not in loaded else f"{label}#{len(loaded)}"
+        label = label if label not in loaded else f"{label} ({p.parent.name or p.stem})"
+        label = label if label not in loaded else f"{label} #{len(loaded)}"
         loaded[label] = pruned_heads(res, ctx.tm.grid, str(p))
     chosen = parse_heads(heads, ctx.tm.grid) if isinstance(heads, str) else list(heads or [])
     ex = compute(ctx, cfg)

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..cli import app
+from . import _options as O
 from ..progress import console, set_quiet
 
 
@@ -42,28 +43,28 @@ def print_retention(retention: dict[str, dict]) -> None:
 
 @app.command()
 def explain(
-    model: Optional[str] = typer.Option(None, help="Model folder or hub id (default: the bundled all-MiniLM-L6-v2)."),
+    model: Optional[str] = O.MODEL,
     task: str = typer.Option("stsb", help="GLUE task or .csv/.tsv/.jsonl file whose calibration sample is explained."),
     out: Path = typer.Option(Path("runs/explain"), help="Output folder."),
-    parses: Optional[Path] = typer.Option(None, help="CoNLL-U file: explain on its sentences with their gold trees instead of TASK parsed by spaCy."),
+    parses: Optional[Path] = O.PARSES,
     result: Optional[List[Path]] = typer.Option(None, help="A result.json of `synprune prune` (repeatable): mark its pruned heads and measure what the kept heads retain."),
     heads: Optional[str] = typer.Option(None, help="Heads for the attention maps, LAYER:HEAD 0-indexed, e.g. 2:3,4:1 (default: best head of the 3 most frequent relations)."),
     sentences: int = typer.Option(3, help="Sentences drawn in the attention maps (0: none)."),
     min_arcs: int = typer.Option(10, help="Relations with fewer arcs are left out of the tables and heat maps."),
-    k: int = typer.Option(5, help="SAP: number of top dependency labels (for the penalty shown)."),
-    threshold: str = typer.Option("global-mean", help="SAP threshold (also the bar for 'strong' attention)."),
-    direction: str = typer.Option("dep2head", help="SAP direction for the penalty shown."),
-    keep_punct: bool = typer.Option(False, "--keep-punct", help="SAP: count punct arcs (and in syntactic alignment)."),
-    calib_size: int = typer.Option(512, help="Calibration examples (seeded sample of train, or of the CoNLL-U sentences)."),
-    seed: int = typer.Option(0, help="Seed of the calibration sample."),
-    max_length: int = typer.Option(128, help="Max tokens per input."),
-    batch_size: int = typer.Option(32, help="Batch size for attention statistics."),
-    parser: str = typer.Option("en_core_web_sm", help="spaCy pipeline for dependency parses."),
-    glue_dir: Optional[Path] = typer.Option(None, help="GLUE folder (glue_data layout)."),
-    text_col: Optional[str] = typer.Option(None, help="Data file: text column."),
-    text_pair_col: Optional[str] = typer.Option(None, help="Data file: second text column."),
-    label_col: Optional[str] = typer.Option(None, help="Data file: label column."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    k: int = O.K,
+    threshold: str = O.THRESHOLD,
+    direction: str = O.DIRECTION,
+    keep_punct: bool = O.KEEP_PUNCT,
+    calib_size: int = O.CALIB_SIZE,
+    seed: int = O.SEED,
+    max_length: int = O.MAX_LENGTH,
+    batch_size: int = O.BATCH_SIZE,
+    parser: str = O.PARSER,
+    glue_dir: Optional[Path] = O.GLUE_DIR,
+    text_col: Optional[str] = O.TEXT_COL,
+    text_pair_col: Optional[str] = O.TEXT_PAIR_COL,
+    label_col: Optional[str] = O.LABEL_COL,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Write, for every head, its accuracy per dependency relation, attention profile and SAP penalty to OUT."""
     from ..explain import explain_model
