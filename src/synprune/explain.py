@@ -282,19 +282,24 @@ def _words(item: CalibItem) -> list[str]:
     return out
 
 
-def pick_sentences(items: Sequence[CalibItem], n: int, min_words: int = 6, max_words: int = 14) -> list[CalibItem]:
-    """The first n calibration items of a readable length (else the shortest ones)."""
+def pick_sentences(items: Sequence[CalibItem], n: int, relations: Sequence[str] = (), min_words: int = 6,
+                   max_words: int = 14) -> list[CalibItem]:
+    """n calibration items of a readable length that show as many of `relations` as possible (ties: first)."""
+    def shows(it: CalibItem) -> int:
+        deps = {d for p in (it.parse_a, it.parse_b) if p is not None for d in p.deps}
+        return len(deps & set(relations))
+
     fits = [it for it in items if min_words <= len(_words(it)) <= max_words]
     if len(fits) < n:
         fits += sorted((it for it in items if it not in fits), key=lambda it: len(_words(it)))
-    return fits[:n]
+    return sorted(fits, key=lambda it: -shows(it))[:n]
 
 
-def sentence_maps(ctx: Calibration, heads: Sequence[Head], n: int) -> list[SentenceMap]:
+def sentence_maps(ctx: Calibration, heads: Sequence[Head], n: int, relations: Sequence[str] = ()) -> list[SentenceMap]:
     """Word-level attention of `heads` on n calibration sentences (one small extra scan)."""
     from .dependencies import arcs
 
-    chosen = pick_sentences(ctx.items, n)
+    chosen = pick_sentences(ctx.items, n, relations)
     collector = _MapCollector(heads)
     scan(ctx.tm, chosen, [collector], ctx.dependency_ranking(1, keep_punct=True).index, True,
          ctx.config.batch_size, ctx.config.max_length, "attention maps")
@@ -416,7 +421,8 @@ def explain(ctx: Calibration, cfg: PruneConfig, out: str | Path | None = None, r
         else default_heads(ex, 3, cfg.keep_punct)
     written: dict = {"best_heads": ex.best_heads(min_arcs)}
     if out is not None:
-        maps = sentence_maps(ctx, [h for h, _, _ in map_heads], sentences) if sentences > 0 and map_heads else []
+        relations = [r for _, r, _ in map_heads if r is not None]
+        maps = sentence_maps(ctx, [h for h, _, _ in map_heads], sentences, relations) if sentences > 0 and map_heads else []
         written = write(ex, out, maps, map_heads, loaded, min_arcs, cfg.keep_punct)
     elif loaded:
         written["retention"] = {label: retention(ex, heads, cfg.keep_punct) for label, heads in loaded.items()}

@@ -24,10 +24,10 @@ def print_best_heads(rows: list[dict]) -> None:
 
 
 def print_retention(retention: dict[str, dict]) -> None:
-    table = Table(title="What the kept heads retain (share of the whole model's total)")
-    for col in ("result", "heads kept", "strong attention kept", "syntactic alignment kept",
-                "strong attn per head kept/pruned", "alignment per head kept/pruned"):
-        table.add_column(col, justify="right")
+    """Kept heads' share of the model's strong attention and syntactic alignment, and per head kept vs pruned."""
+    table = Table(title="What the kept heads retain")
+    for col in ("result", "heads kept", "strong attn", "alignment", "strong/head k:p", "align/head k:p"):
+        table.add_column(col, justify="right", overflow="fold")
 
     def ratio(d: dict) -> str:
         return f"{d['kept_per_head'] / d['pruned_per_head']:.2f}" if d["kept_per_head"] is not None and d["pruned_per_head"] else "-"
@@ -37,8 +37,9 @@ def print_retention(retention: dict[str, dict]) -> None:
 
     for label, r in retention.items():
         s, a = r["strong_attention_mass"], r["syntactic_alignment"]
-        table.add_row(label, f"{r['heads_kept']} ({r['heads_kept_share']:.0%})", share(s), share(a), ratio(s), ratio(a))
+        table.add_row(label, f"{r['heads_kept_share']:.0%}", share(s), share(a), ratio(s), ratio(a))
     console.print(table)
+    console.print("strong attn / alignment: the kept heads' share of all heads' total; k:p: mean per kept head / mean per pruned head")
 
 
 @app.command()
