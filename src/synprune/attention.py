@@ -66,6 +66,7 @@ class AttentionBatch:
     word_mask: torch.Tensor  # (B, W) bool, words that kept at least one sub-token
     arcs: Arcs
     items: Sequence[CalibItem]
+    special_mask: torch.Tensor | None = None  # (B, T) bool, special tokens ([CLS], [SEP], <s>, ...)
 
     def arc_attention(self, direction: str = "dep2head") -> torch.Tensor:
         """(P, L, H) attention value of each arc in the chosen direction."""
@@ -148,7 +149,8 @@ def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collect
             word_attn = A.word_attention(token_attn, R, C)
             word_mask = R.sum(-1) > 0
             batch = AttentionBatch(token_attn, enc["attention_mask"].bool(), word_attn, word_mask,
-                                   _batch_arcs(batch_items, alignments, label_index, keep_punct), batch_items)
+                                   _batch_arcs(batch_items, alignments, label_index, keep_punct), batch_items,
+                                   enc["special_tokens_mask"].bool())
             n_arcs += len(batch.arcs)
             for c in collectors:
                 c.update(batch)

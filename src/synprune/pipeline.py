@@ -54,21 +54,33 @@ def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned) -> dict[
 def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb", sparsity: float = 0.5, *,
           out: str | Path | None = None, config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
-          export: str | Path | None = None, onnx: bool = False, **options) -> PruneResult:
+          export: str | Path | None = None, onnx: bool = False, parses_file: str | Path | None = None,
+          **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
 
     Returns the result; with `out`, also writes DIR/result.json atomically; with `export`, also writes the
-    physically pruned model there (reload it with `synprune.load_pruned`).
+    physically pruned model there (reload it with `synprune.load_pruned`). With `parses_file` (CoNLL-U),
+    SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
+    sample; evaluation stays on the task.
     """
     cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate()
     get_method(cfg.method)  # unknown methods fail before any work
+    if parses_file is not None and cfg.cf:
+        raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
     data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
     if not data.has_labels:
         raise SynpruneError(f"task data {data.source} has no labels, and evaluation needs them; pass --label-col")
     tm = as_task_model(model, tokenizer)
     metric_names = task_metrics(tm, data)
     split = make_split(data, cfg.calib_size, cfg.seed)
-    ctx = Calibration(tm, split.calibration, cfg, metric_names)
+    if parses_file is None:
+        ctx = Calibration(tm, split.calibration, cfg, metric_names)
+    else:
+        from .conllu import gold_calibration
+
+        ctx = gold_calibration(tm, parses_file, cfg, metric_names)
+        split = Split(ctx.examples, split.evaluation, f"calibration: {len(ctx.examples)} seeded sentences of {parses_file} "
+                      f"with gold trees; evaluation: {', '.join(split.evaluation)}")
     result = run(ctx, cfg, data, split, out)
     if export is not None:
         from .export import export_pruned

@@ -44,6 +44,7 @@ def prune(
     out: Path = typer.Option(Path("runs/prune"), help="Output folder for result.json."),
     method: str = typer.Option("sap", help="Scoring method (see `synprune methods`)."),
     sap: SapOptions = SapOptions(),
+    parses: Optional[Path] = typer.Option(None, help="CoNLL-U file: calibrate on its sentences with their gold trees instead of spaCy's parses of TASK (evaluation stays on TASK)."),
     cf: bool = typer.Option(False, "--cf", help="Candidate Filtering: re-check each candidate against the task metric on the calibration split."),
     cf_options: CfOptions = CfOptions(),
     budget: Optional[str] = typer.Option(None, help="Budget instead of --sparsity: heads:F, params:F or flops:F (fraction to keep)."),
@@ -56,7 +57,7 @@ def prune(
     set_quiet(data.quiet)
     result = run_prune(data.model, task=str(data.task), sparsity=sparsity, out=out, **data.columns(), method=method,
                        **data.config(), **sap.config(), cf=cf, **cf_options.config(), budget=budget,
-                       export=export, onnx=onnx)
+                       export=export, onnx=onnx, parses_file=parses)
     print_summary(result)
     console.print(f"wrote {out / 'result.json'}" + (f" and {out / 'cf_log.jsonl'}" if cf else "")
                   + (f"; pruned model in {export}" if export else ""))
