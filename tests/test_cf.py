@@ -57,7 +57,14 @@ class AdditiveScorer:
 @pytest.fixture
 def additive(monkeypatch):
     monkeypatch.setattr(cf, "AblationScorer", AdditiveScorer)
-    return SimpleNamespace(tm=SimpleNamespace(grid=(3, 4)), prepared=None, metric_names=("spearman",))
+    store: dict = {}
+
+    def memo(key, compute):
+        if key not in store:
+            store[key] = compute()
+        return store[key]
+
+    return SimpleNamespace(tm=SimpleNamespace(grid=(3, 4)), prepared=None, metric_names=("spearman",), memo=memo)
 
 
 def test_walk_on_hand_made_metric(additive):
@@ -101,6 +108,18 @@ def test_walk_stops_at_the_budget_without_fill(additive):
     assert sum(e["stage"] == "single" for e in log) == 6
     assert selection.pruned == [(0, 0), (0, 2), (2, 0)] and not selection.fill
     assert [e["stage"] for e in log].count("walk") == 3
+
+
+def test_single_ablations_are_reused_across_budgets(additive):
+    """A head's metric alone does not depend on the budget: a second CF run on the same context scores only
+    the walk, and its single-stage log still carries every candidate's metric."""
+    cf.candidate_filter(additive, ORDER, 3, PruneConfig(sparsity=0.25))
+    selection, log = cf.candidate_filter(additive, ORDER, 6, PruneConfig(sparsity=0.5))
+    walk_scored = sum(1 for e in log if e["stage"] == "walk" and e["metric"] is not None)
+    singles = [e for e in log if e["stage"] == "single"]
+    new_singles = [h for h in ORDER[:9] if h not in ORDER[:6]]
+    assert len(AdditiveScorer.scored) == len(new_singles) + walk_scored
+    assert [e["metric"] for e in singles] == [100 - COST[h] for h in ORDER[:9]]
 
 
 def test_absolute_tolerance(additive):

@@ -73,10 +73,16 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
     entries: list[dict] = []
 
     single: dict[Head, float] = {}
+    # A head's metric alone depends only on what its removal takes away, not on the method or the budget:
+    # every CF run on this calibration context (other sparsities, other methods) reuses it.
+    alone: dict[tuple[Head, ...], float] = ctx.memo(("cf-single", fast), dict)
     with bar("CF: candidates alone", len(pool)) as advance:
         for head in pool:
             heads = Pruning(grid, n_heads, cfg.layer_fraction).expand(head)
-            single[head] = scorer.metric(heads)
+            key = tuple(sorted(heads))
+            if key not in alone:
+                alone[key] = scorer.metric(heads)
+            single[head] = alone[key]
             entries.append(_entry("single", head, single[head], False, heads, dense=m0))
             advance()
 
