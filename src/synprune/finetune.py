@@ -232,20 +232,22 @@ def _data_hashes(data: TaskData) -> dict[str, str]:
 
 
 def estimate_seconds(n_params: int, n_tokens: int, device: torch.device) -> float:
-    """Rough wall time of training: 6 FLOPs per parameter per token at a measured fraction of this machine's
-    matmul speed (the fraction is calibrated on MiniLM runs; attention, padding and Python overhead are in it)."""
+    """Rough wall time of training: 6 FLOPs per parameter per token at a fixed fraction of this machine's matmul
+    speed (best of a few short timings). Only a first guess: on a CPU shared with other jobs, real runs took from
+    0.5x to 2x of it, so `finetune` also reports a measured estimate after its first 20 steps."""
     n = 512
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0, reps = time.perf_counter(), 10
-    for _ in range(reps):
+    best = float("inf")
+    for _ in range(6):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    flops = 2 * n**3 * reps / max(1e-9, time.perf_counter() - t0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    flops = 2 * n**3 / max(1e-9, best)
     efficiency = 0.25 if device.type == "cpu" else 0.05
     return 6.0 * n_params * n_tokens / (flops * efficiency)
 
@@ -451,10 +453,10 @@ def finetune(
 
     estimate = estimate_seconds(_encoder_params(model.config), sum(lengths) * opts.epochs, dev) if not quiet else None
     _say(f"fine-tuning {base_name} on {data.name}: {len(train)} examples x {opts.epochs} epoch(s) = {total} steps "
-         f"on {dev}" + (f", estimated {_fmt_duration(estimate * (total - step) / total)}" if estimate else ""), quiet)
+         f"on {dev}" + (f", roughly {_fmt_duration(estimate * (total - step) / total)}" if estimate else ""), quiet)
     model.train()
     bar = _Progress(progress and not quiet, total, step, f"{data.name} fine-tune")
-    t_train = time.time()
+    t_train, first_step = time.time(), step
     order: tuple[int, list[list[int]]] = (-1, [])
     try:
         while step < total:
@@ -481,6 +483,10 @@ def finetune(
             if step % per_epoch == 0:
                 history.append({"epoch": step // per_epoch, "step": step, "loss_ema": round(running, 6)})
             bar.update(step, running)
+            if step - first_step == 20 and bar.bar is None and step < total:  # a measured estimate, for log files
+                left = (time.time() - t_train) / 20 * (total - step)
+                _say(f"the first 20 steps took {_fmt_duration(time.time() - t_train)}: about "
+                     f"{_fmt_duration(left)} left", quiet)
             if on_step is not None:
                 on_step(step, value)
             if step % checkpoint_every == 0 or step % per_epoch == 0:
