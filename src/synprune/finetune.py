@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -99,7 +99,7 @@ class _Encoded:
     """The training set tokenized once, unpadded; batches are padded to their own longest sequence."""
 
     input_ids: list[list[int]]
-    token_type_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None  # None for models without segment ids (RoBERTa, DistilBERT)
     labels: list[float]
     pad_id: int
 
@@ -111,7 +111,7 @@ def _encode(tokenizer: Any, examples: Sequence[Example], max_length: int) -> _En
     pair = [e.text_b or "" for e in examples] if examples and examples[0].text_b is not None else None
     enc = tokenizer([e.text_a for e in examples], pair, truncation=True, max_length=max_length)
     ids = enc["input_ids"]
-    tt = enc.get("token_type_ids") or [[0] * len(x) for x in ids]
+    tt = enc["token_type_ids"] if "token_type_ids" in enc else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return _Encoded(ids, tt, [float(e.label) if e.label is not None else 0.0 for e in examples], pad)
 
@@ -125,10 +125,14 @@ def _collate(data: _Encoded, idx: Sequence[int], regression: bool) -> dict[str, 
     for row, i in enumerate(idx):
         k = len(data.input_ids[i])
         ids[row, :k] = torch.tensor(data.input_ids[i])
-        tt[row, :k] = torch.tensor(data.token_type_ids[i])
+        if data.token_type_ids is not None:
+            tt[row, :k] = torch.tensor(data.token_type_ids[i])
         mask[row, :k] = 1
     y = torch.tensor([data.labels[i] for i in idx], dtype=torch.float32 if regression else torch.long)
-    return {"input_ids": ids, "token_type_ids": tt, "attention_mask": mask, "labels": y}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": y}
+    if data.token_type_ids is not None:
+        batch["token_type_ids"] = tt
+    return batch
 
 
 def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group: int = 50) -> list[list[int]]:
