@@ -5,10 +5,15 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
+# Tiny models often run beside other jobs on the same cores: sleeping (not spinning) OpenMP threads keep
+# them from slowing each other down several-fold. Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
 torch.set_num_threads(2)
 
 from synprune.models import TaskModel, bundled_model_path  # noqa: E402

@@ -120,17 +120,24 @@ def _read_tsv(path: Path, spec: TaskSpec) -> list[Example]:
     for row in rows:
         if not row or len(row) <= max(i for i in (ia, ib, il) if i is not None):
             continue
-        out.append(Example(row[ia], row[ib] if ib is not None else None, _label(row[il], spec)))
+        out.append(Example(row[ia], row[ib] if ib is not None else None, _label(row[il], spec, path)))
     return out
 
 
-def _label(raw: str, spec: TaskSpec) -> float | int | None:
+def _label(raw: str, spec: TaskSpec, path: Path) -> float | int | None:
+    """A label value; "" and "-" mean unlabelled. Anything else unreadable is an error, not a silent None
+    (which would later surface as a confusing "evaluation needs labels")."""
     raw = raw.strip()
     if raw in ("", "-"):
         return None
     if spec.label_map is not None:
-        return spec.label_map.get(raw)
-    return float(raw) if spec.num_labels == 1 else int(raw)
+        if raw not in spec.label_map:
+            raise SynpruneError(f"{path}: unknown {spec.name} label {raw!r} (expected {', '.join(spec.label_map)})")
+        return spec.label_map[raw]
+    try:
+        return float(raw) if spec.num_labels == 1 else int(raw)
+    except ValueError:
+        raise SynpruneError(f"{path}: {spec.name} label {raw!r} is not a number; is it a GLUE {spec.name} file?") from None
 
 
 def load_glue(name: str, glue_dir: str | Path | None = None) -> TaskData:
