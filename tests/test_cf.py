@@ -148,10 +148,14 @@ def _calibration(family: str, num_labels=None, seed=0) -> Calibration:
     return Calibration(tm, examples, PruneConfig(batch_size=3), ("pearson",))
 
 
-@pytest.mark.parametrize("family,num_labels", [("bert", None), ("distilbert", None), ("roberta", 1), ("electra", 1)])
-def test_fast_scorer_matches_full_forward(family, num_labels):
-    """Embedding models (two model calls per batch) and regression classifiers (one call through the head)."""
+@pytest.mark.parametrize("family,num_labels,attention", [("bert", None, "eager"), ("distilbert", None, "eager"),
+                                                         ("roberta", 1, "eager"), ("electra", 1, "eager"),
+                                                         ("bert", 1, "sdpa")])
+def test_fast_scorer_matches_full_forward(family, num_labels, attention):
+    """Embedding models (two model calls per batch) and regression classifiers (one call through the head),
+    with eager attention and with SDPA (how models are loaded for evaluation)."""
     ctx = _calibration(family, num_labels)
+    ctx.tm.model.set_attn_implementation(attention)
     heads = [(l, h) for l in range(3) for h in range(4)]
     fast = AblationScorer(ctx.tm, ctx.prepared, ctx.metric_names[0], range(3))
     plain = AblationScorer(ctx.tm, ctx.prepared, ctx.metric_names[0], range(3), fast=False)
