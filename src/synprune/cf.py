@@ -98,7 +98,8 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
                 continue
             heads = state.expand(head)
             if not heads:
-                entries.append(_entry("walk", head, None, False, [], reason="its layer's removal would overshoot the budget"))
+                reason = "its layer's removal would overshoot the budget"
+                entries.append(_entry("walk", head, None, False, [], reason=reason))
             else:
                 value = scorer.metric(heads)
                 ok = value >= floor
