@@ -82,5 +82,15 @@ def write_stsb(folder: Path, rows=STSB_ROWS) -> Path:
 
 
 @pytest.fixture
+def tiny_folder(tmp_path) -> Path:
+    """A tiny random BERT saved as a model folder, with the MiniLM tokenizer."""
+    tm = tiny_model("bert")
+    path = tmp_path / "tiny"
+    tm.model.save_pretrained(path)
+    tm.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
 def glue_dir(tmp_path) -> Path:
     return write_stsb(tmp_path / "glue")

@@ -14,18 +14,6 @@ def run_cli(args, capsys):
     return exc.value.code, captured.err
 
 
-@pytest.fixture
-def tiny_folder(tmp_path):
-    """A tiny random BERT saved as a model folder, with the MiniLM tokenizer."""
-    from conftest import tiny_model
-
-    tm = tiny_model("bert")
-    path = tmp_path / "tiny"
-    tm.model.save_pretrained(path)
-    tm.tokenizer.save_pretrained(path)
-    return path
-
-
 def _assert_one_line_error(code, err, *needles):
     assert code == 2
     lines = [l for l in err.strip().splitlines() if l.strip()]

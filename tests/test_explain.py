@@ -124,15 +124,6 @@ def test_parse_heads_checks_the_grid():
             parse_heads(bad, (3, 4))
 
 
-@pytest.fixture
-def saved_model(tmp_path):
-    tm = tiny_model("bert")
-    folder = tmp_path / "tiny-bert"
-    tm.model.save_pretrained(folder)
-    tm.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _cli(args):
     from synprune.cli import _load_commands, app
 
@@ -140,15 +131,15 @@ def _cli(args):
     return CliRunner().invoke(app, args)
 
 
-def test_explain_cli_end_to_end_with_gold_trees_and_a_result(saved_model, glue_dir, tmp_path):
+def test_explain_cli_end_to_end_with_gold_trees_and_a_result(tiny_folder, glue_dir, tmp_path):
     run = tmp_path / "prune"
-    pruned = _cli(["prune", "--model", str(saved_model), "--glue-dir", str(glue_dir), "--calib-size", "4",
+    pruned = _cli(["prune", "--model", str(tiny_folder), "--glue-dir", str(glue_dir), "--calib-size", "4",
                    "--sparsity", "0.25", "--out", str(run), "-q"])
     assert pruned.exit_code == 0, pruned.output
     conllu = tmp_path / "s.conllu"
     conllu.write_text(SAMPLE)
     out = tmp_path / "explain"
-    res = _cli(["explain", "--model", str(saved_model), "--parses", str(conllu), "--out", str(out), "--min-arcs", "1",
+    res = _cli(["explain", "--model", str(tiny_folder), "--parses", str(conllu), "--out", str(out), "--min-arcs", "1",
                 "--result", str(run / "result.json"), "--heads", "2:3,0:1", "--sentences", "2", "-q"])
     assert res.exit_code == 0, res.output
     with open(out / "relations.csv") as f:
@@ -171,8 +162,8 @@ def test_explain_cli_end_to_end_with_gold_trees_and_a_result(saved_model, glue_d
     assert "best head" in (out / "best_heads.md").read_text()
 
 
-def test_explain_cli_rejects_a_result_of_another_model(saved_model, glue_dir, tmp_path):
+def test_explain_cli_rejects_a_result_of_another_model(tiny_folder, glue_dir, tmp_path):
     bad = tmp_path / "result.json"
     bad.write_text(json.dumps({"method": "sap", "n_heads": 144, "pruned_heads": [[7, 11]]}))
-    res = _cli(["explain", "--model", str(saved_model), "--glue-dir", str(glue_dir), "--result", str(bad), "-q"])
+    res = _cli(["explain", "--model", str(tiny_folder), "--glue-dir", str(glue_dir), "--result", str(bad), "-q"])
     assert res.exit_code != 0 and "same model" in str(res.exception) + res.output
