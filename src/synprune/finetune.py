@@ -62,8 +62,9 @@ class FinetuneOptions:
             raise SynpruneError(f"--warmup is a fraction of the steps in [0, 1), not {self.warmup}")
 
 
-# Per-task defaults measured on 2 CPU cores (see docs/task-models.md): SST-2 is subsampled so that it
-# finishes in minutes; the small tasks get more epochs because they have few steps per epoch.
+# Per-task defaults, measured on 2 CPU cores (docs/task-models.md): SST-2 on a 20,000-example subsample for
+# 2 epochs reaches 88.5% dev accuracy in about 10 minutes; the small tasks get more epochs because they
+# have few steps per epoch (CoLA did not gain from 6 epochs, MRPC was as good with 3 at lr 5e-5).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "sst2": {"train_size": 20000, "epochs": 2},
     "qqp": {"train_size": 20000, "epochs": 2},
