@@ -3,12 +3,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import synprune
 from synprune.errors import SynpruneError
 from synprune.pipeline import prune
 
-from conftest import tiny_model
+from conftest import STSB_ROWS, tiny_model
 
 
 def test_prune_writes_result_with_spec_fields(glue_dir, tmp_path):
@@ -68,3 +69,20 @@ def test_sdpa_model_scores_like_eager_and_keeps_its_implementation(glue_dir):
     assert fast.pruned_heads == eager.pruned_heads
     assert np.allclose(fast.head_scores, eager.head_scores)
     assert fast.metric["pruned"] == pytest.approx(eager.metric["pruned"], abs=1e-4)
+
+
+def test_pair_embeddings_scored_per_distinct_sentence_match_pair_batches():
+    """Scoring embeds each distinct sentence once in its own length order; cosines must equal the pair batches'."""
+    from synprune.evaluate import outputs, predict, prepare
+    from synprune.tasks import Example
+
+    tm = tiny_model("bert")
+    rows = STSB_ROWS + [(STSB_ROWS[0][0], STSB_ROWS[2][1], 1.0)]  # a repeated sentence is embedded once
+    examples = [Example(a, b, s) for a, b, s in rows]
+    prepared = prepare(tm, examples, batch_size=3)
+    assert sum(len(b.index) for b in prepared.sentences) == len({t for a, b, _ in rows for t in (a, b)})
+    expected = np.zeros(len(examples))
+    with torch.no_grad():
+        for b in prepared.batches:
+            expected[b.index] = outputs(tm, b).numpy()
+    np.testing.assert_allclose(predict(tm, prepared), expected, atol=1e-5)

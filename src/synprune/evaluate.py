@@ -29,9 +29,16 @@ class Batch:
 
 @dataclass
 class Prepared:
+    """`batches` keep each example whole (gradient methods need an example's loss in one batch). For
+    sentence-pair embedding models, scoring instead embeds each distinct sentence once, in `sentences`
+    batches sorted by their own token length, and `pairs[i]` names the two sentences of example i: padding
+    to a pair's longer side wasted about a third of the work."""
+
     batches: list[Batch]
     n: int
     labels: np.ndarray | None
+    sentences: list[Batch] | None = None
+    pairs: np.ndarray | None = None
 
 
 def task_metrics(tm: TaskModel, task: TaskData) -> tuple[str, ...]:
@@ -49,26 +56,44 @@ def task_metrics(tm: TaskModel, task: TaskData) -> tuple[str, ...]:
     return task.metrics
 
 
+def _token_order(tok, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int) -> np.ndarray:
+    """Longest first by token count, so each batch pads to about its own length."""
+    enc = tok(list(texts), list(pairs) if pairs is not None else None, truncation=True, max_length=max_length)
+    return np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
+
+
 def prepare(tm: TaskModel, examples: Sequence[Example], batch_size: int = 64, max_length: int = 128) -> Prepared:
     """Tokenize once, in length-sorted batches (less padding, faster on CPU)."""
     tok = tm.tokenizer
-    order = np.argsort([-(len(e.text_a) + len(e.text_b or "")) for e in examples], kind="stable")
+    kw = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     has_labels = bool(examples) and all(e.label is not None for e in examples)
+    is_pair = bool(examples) and examples[0].text_b is not None
+    embedding = tm.kind == "embedding"
+    order = _token_order(tok, [e.text_a for e in examples],
+                         None if embedding or not is_pair else [e.text_b for e in examples], max_length) if examples else []
     batches = []
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         ex = [examples[i] for i in idx]
-        kw = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        if tm.kind == "embedding":
+        if embedding:
             inputs = dict(tok([e.text_a for e in ex], **kw))
-            inputs_b = dict(tok([e.text_b or "" for e in ex], **kw)) if ex[0].text_b is not None else None
+            inputs_b = dict(tok([e.text_b or "" for e in ex], **kw)) if is_pair else None
         else:
-            pair = [e.text_b for e in ex] if ex[0].text_b is not None else None
+            pair = [e.text_b for e in ex] if is_pair else None
             inputs, inputs_b = dict(tok([e.text_a for e in ex], pair, **kw)), None
         labels = torch.tensor([e.label for e in ex], dtype=torch.float32) if has_labels else None
         batches.append(Batch(idx, inputs, inputs_b, labels))
     labels = np.array([e.label for e in examples], dtype=np.float64) if has_labels else None
-    return Prepared(batches, len(examples), labels)
+    prepared = Prepared(batches, len(examples), labels)
+    if embedding and is_pair:
+        ids: dict[str, int] = {}
+        prepared.pairs = np.array([[ids.setdefault(e.text_a, len(ids)), ids.setdefault(e.text_b or "", len(ids))]
+                                   for e in examples], dtype=np.int64).reshape(-1, 2)
+        texts = list(ids)
+        sorted_ids = _token_order(tok, texts, None, max_length)
+        prepared.sentences = [Batch(idx, dict(tok([texts[i] for i in idx], **kw)), None, None)
+                              for idx in (sorted_ids[s:s + batch_size] for s in range(0, len(texts), batch_size))]
+    return prepared
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -111,6 +136,14 @@ def loss(tm: TaskModel, batch: Batch, out: torch.Tensor | None = None) -> torch.
 
 @torch.no_grad()
 def predict(tm: TaskModel, prepared: Prepared) -> np.ndarray:
+    if prepared.sentences is not None:
+        emb = {}
+        for b in prepared.sentences:
+            for i, e in zip(b.index, embed(tm, b.inputs).float().cpu()):
+                emb[int(i)] = e
+        a = torch.stack([emb[int(i)] for i in prepared.pairs[:, 0]])
+        b_ = torch.stack([emb[int(i)] for i in prepared.pairs[:, 1]])
+        return torch.nn.functional.cosine_similarity(a, b_, dim=-1).numpy().astype(np.float64)
     preds = np.zeros(prepared.n)
     for b in prepared.batches:
         out = outputs(tm, b).float().cpu()
