@@ -13,7 +13,7 @@ from typing import Iterator, Protocol, Sequence
 import torch
 
 from . import align as A
-from .dependencies import arcs
+from .dependencies import PUNCT, arcs
 from .models import TaskModel
 from .parse import Parse
 from .progress import bar
@@ -86,6 +86,21 @@ class AttentionBatch:
         m = self.word_mask[:, :, None] & self.word_mask[:, None, :]
         eye = torch.eye(m.shape[-1], dtype=torch.bool)
         return m & ~eye
+
+
+def most_attended(batch: AttentionBatch) -> torch.Tensor:
+    """(B, L, H, W) index of the other word each word attends to most (valid words only)."""
+    valid = batch.pair_mask()[:, None, None]
+    return batch.word_attn.masked_fill(~valid, -1.0).argmax(-1)
+
+
+def punct_words(batch: AttentionBatch) -> torch.Tensor:
+    """(B, W) bool: words whose dependency label is punct (text B's words follow text A's)."""
+    mask = torch.zeros(batch.word_mask.shape, dtype=torch.bool)
+    for b, item in enumerate(batch.items):
+        deps = [d for p in (item.parse_a, item.parse_b) if p is not None for d in p.deps]
+        mask[b, :len(deps)] = torch.tensor([d == PUNCT for d in deps], dtype=torch.bool)
+    return mask & batch.word_mask
 
 
 class Collector(Protocol):

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .attention import AttentionBatch, CalibItem, scan
+from .attention import AttentionBatch, CalibItem, most_attended, punct_words, scan
 from .calibration import Calibration
 from .config import PruneConfig
 from .dependencies import PUNCT
@@ -37,21 +37,6 @@ MapHead = tuple[Head, "str | None", str]  # a head drawn on attention maps, its 
 DIRECTIONS = ("dep2head", "head2dep")
 OFFSETS = tuple(k for k in range(-5, 6) if k != 0)
 CSV_COLUMNS = ("relation", "layer", "head", "direction", "accuracy", "baseline_offset", "baseline_accuracy")
-
-
-def most_attended(batch: AttentionBatch) -> torch.Tensor:
-    """(B, L, H, W) index of the other word each word attends to most (valid words only)."""
-    valid = batch.pair_mask()[:, None, None]
-    return batch.word_attn.masked_fill(~valid, -1.0).argmax(-1)
-
-
-def punct_words(batch: AttentionBatch) -> torch.Tensor:
-    """(B, W) bool: words whose dependency label is punct (text B's words follow text A's)."""
-    mask = torch.zeros(batch.word_mask.shape, dtype=torch.bool)
-    for b, item in enumerate(batch.items):
-        deps = [d for p in (item.parse_a, item.parse_b) if p is not None for d in p.deps]
-        mask[b, :len(deps)] = torch.tensor([d == PUNCT for d in deps], dtype=torch.bool)
-    return mask & batch.word_mask
 
 
 class RelationAccuracy:

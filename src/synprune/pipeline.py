@@ -12,7 +12,7 @@ from .config import PruneConfig
 from .errors import SynpruneError
 from .evaluate import evaluate, prepare, task_metrics
 from .masking import HeadMask
-from .methods import HeadScores, get_method
+from .methods import HeadScores, get_method, uses
 from .models import TaskModel, load_model
 from .result import PruneResult, versions
 from .select import Selection, n_to_prune, select
@@ -93,7 +93,7 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
 
 def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
     """A method's scores, computed once per context and scoring options (not per budget)."""
-    key = ("scores", cfg.method, cfg.k, cfg.threshold, cfg.direction, cfg.keep_punct, cfg.seed)
+    key = ("scores", cfg.method, *((o, getattr(cfg, o)) for o in sorted(uses(cfg.method))))
     with ctx.timed("score"):
         return ctx.memo(key, lambda: get_method(cfg.method)(ctx, cfg))
 
