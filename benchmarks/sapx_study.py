@@ -11,10 +11,12 @@ train examples) and is evaluated on all of dev. Steps:
 2. Every open choice of the paper, one at a time from the paper's reading (`sapx.Variant` axes): direction,
    threshold kind, penalty per pair or per sentence, k = 1..10, weights, special tokens, punctuation in the
    arcs and in the threshold, and Clark-style relation accuracy in place of the threshold count.
-3. Choice of `sapx`, on calibration data only: coordinate ascent over the axes (two rounds), maximising the
+3. Choice of `sapx`, on calibration data only: coordinate ascent over the axes (one round by default), maximising the
    calibration metric's z-score against random heads (mean over tasks and sparsities 0.5 and 0.75).
-4. Combinations with a gradient signal (rank fusion with fisher, and with the label-free output Fisher) and
-   Candidate Filtering on top (0.5 and 0.75).
+   The last axis is fusion with the label-free output Fisher (rank fusion), so the choice can say whether
+   the syntactic signal is better alone or as half of a fused ranking.
+4. The chosen syntax combined with the label-using fisher (rank fusion), and Candidate Filtering on top of
+   fisher, of the chosen variant and of that fusion (0.5 and 0.75).
 
 Writes OUT/study.json (every number), OUT/table.md (dev metric per method and variant; verdict against random's
 mean + 1 sd), OUT/study.png. Evaluations are cached in OUT/evals.json (keyed by task, split and pruned heads),
@@ -26,7 +28,7 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -36,9 +38,8 @@ from synprune.calibration import Calibration
 from synprune.config import PruneConfig
 from synprune.evaluate import evaluate, prepare, task_metrics
 from synprune.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from synprune.masking import HeadMask, mask_from_heads
-from synprune.methods import HeadScores, get_method, order_by
-from synprune.methods import gradient as G
+from synprune.masking import HeadMask
+from synprune.methods import HeadScores, fuse_orders, get_method
 from synprune.methods.sapx import SAPX, Variant, score_variant
 from synprune.models import load_model
 from synprune.pipeline import choose
@@ -57,8 +58,9 @@ AXES: dict[str, list] = {
     "specials": [True, False],
     "keep_punct": [False, True],
     "threshold_punct": [True, False],
+    "fuse": ["none", "output-fisher"],
 }
-BASELINES = ("magnitude", "entropy", "confidence", "sap")
+BASELINES = ("magnitude", "entropy", "confidence", "sap", "output-fisher")
 LABELLED = ("michel", "fisher")
 CHOICE_SPARSITIES = (0.5, 0.75)
 Head = tuple[int, int]
@@ -96,19 +98,6 @@ class Task:
         return choose(self.ctx, cfg, HeadScores(np.zeros(self.tm.grid), list(order)))[0].pruned
 
 
-def output_fisher(task: Task) -> list[Head]:
-    """The label-free gradient reference: squared mask gradients of r . f(x) (SPEC 5's output Fisher)."""
-    grads = G.mask_gradients(task.tm, task.ctx.prepared.batches, mask_from_heads(task.tm.grid, []), G.OUTPUT_FISHER,
-                             0, "output Fisher")
-    return order_by((grads ** 2).sum(0), highest_first=False)
-
-
-def fuse(*orders: Sequence[Head]) -> list[Head]:
-    """Rank fusion: heads by their mean position over the orders (ties: the last order's position)."""
-    pos = [{h: i for i, h in enumerate(o)} for o in orders]
-    return sorted(orders[0], key=lambda h: (sum(p[h] for p in pos) / len(pos), pos[-1][h]))
-
-
 def zscore(value: float, random: Sequence[float]) -> float:
     sd = statistics.stdev(random) if len(random) > 1 else 0.0
     return (value - statistics.fmean(random)) / max(sd, 1e-9)
@@ -119,7 +108,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="stsb,sst2,mrpc")
     ap.add_argument("--sparsities", default="0.25,0.5,0.75")
     ap.add_argument("--seeds", default="0,1,2,3,4", help="random's seeds")
-    ap.add_argument("--rounds", type=int, default=2, help="coordinate-ascent rounds for the choice on calibration")
+    ap.add_argument("--rounds", type=int, default=1, help="coordinate-ascent rounds for the choice on calibration")
     ap.add_argument("--no-cf", action="store_true", help="skip Candidate Filtering on top (the slowest part)")
     ap.add_argument("--out", type=Path, default=Path("runs/sapx_study"))
     args = ap.parse_args()
@@ -140,7 +129,6 @@ def main() -> None:
         o = {f"random (seed {s})": get_method("random")(t.ctx, PruneConfig(method="random", seed=s)).order for s in seeds}
         for m in BASELINES + LABELLED:
             o[m] = get_method(m)(t.ctx, PruneConfig(method=m)).order
-        o["output-fisher"] = output_fisher(t)
         orders[t.name] = o
 
     def metrics(t: Task, order: Sequence[Head], split: str, ss: Sequence[float]) -> dict[float, float]:
@@ -155,7 +143,7 @@ def main() -> None:
         return float(np.mean(zs))
 
     # 3. choose on calibration only: coordinate ascent from the paper's reading
-    current, best = Variant(), None
+    current = Variant()
     tried: dict[str, float] = {}
     for rnd in range(args.rounds):
         for axis, values in AXES.items():
@@ -179,12 +167,13 @@ def main() -> None:
         o = orders[t.name]
         for label, v in variants.items():
             o[label] = score_variant(t.ctx, v).order
-        o["fuse(sapx, fisher)"] = fuse(o[f"sapx: {SAPX.label()}"], o["fisher"])
-        o["fuse(sapx, output-fisher)"] = fuse(o[f"sapx: {SAPX.label()}"], o["output-fisher"])
+        chosen_label = f"chosen: {chosen.label()}"
+        syntax_only = score_variant(t.ctx, replace(chosen, fuse="none")).order
+        o["fuse(chosen syntax, fisher)"] = fuse_orders(syntax_only, o["fisher"])
         rows[t.name] = {name: {"dev": metrics(t, order, "dev", sparsities),
-                               "calibration": metrics(t, order, "calibration", sparsities)} for name, order in o.items()}
+                               "calibration": metrics(t, order, "calibration", CHOICE_SPARSITIES)} for name, order in o.items()}
         if not args.no_cf:
-            for name in ("fisher", f"sapx: {SAPX.label()}", "fuse(sapx, fisher)", "fuse(sapx, output-fisher)"):
+            for name in ("fisher", chosen_label, "fuse(chosen syntax, fisher)"):
                 rows[t.name][f"{name} +cf"] = {"dev": {s: t.metric_of(t.cf_heads(o[name], s), "dev") for s in CHOICE_SPARSITIES}}
         rows[t.name]["dense"] = {"dev": {s: t.metric_of([], "dev") for s in sparsities}}
         save()

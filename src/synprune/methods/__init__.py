@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -57,6 +57,12 @@ def order_by(scores: np.ndarray, highest_first: bool, tiebreak: np.ndarray | Non
     second = tiebreak if tiebreak is not None else np.zeros_like(scores)
     keys = sorted(((primary[l, h], second[l, h], l, h) for l in range(L) for h in range(H)))
     return [(l, h) for _, _, l, h in keys]
+
+
+def fuse_orders(*orders: Sequence[Head]) -> list[Head]:
+    """Rank fusion: heads by their mean position over the orders (ties: the last order's position)."""
+    pos = [{h: i for i, h in enumerate(o)} for o in orders]
+    return sorted(orders[0], key=lambda h: (sum(p[h] for p in pos) / len(pos), pos[-1][h]))
 
 
 def _load_all() -> None:

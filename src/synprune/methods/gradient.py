@@ -63,10 +63,11 @@ def mask_gradients(tm: TaskModel, batches: Sequence[E.Batch], mask: torch.Tensor
     return np.stack(grads) if grads else np.zeros((0, *tm.grid))
 
 
-def gradients(ctx, cfg, masked: Sequence[Head] = ()) -> tuple[np.ndarray, str]:
-    """Per-batch mask gradients over the calibration batches with `masked` heads at 0; the unmasked ones are memoized."""
+def gradients(ctx, cfg, masked: Sequence[Head] = (), kind: str | None = None) -> tuple[np.ndarray, str]:
+    """Per-batch mask gradients over the calibration batches with `masked` heads at 0; the unmasked ones are memoized.
+    `kind` defaults to the task loss when every example has a label, else the output Fisher."""
     batches = ctx.prepared.batches
-    kind = loss_kind(batches)
+    kind = kind or loss_kind(batches)
 
     def compute() -> np.ndarray:
         with ctx.timed("gradients"):
@@ -124,3 +125,12 @@ def fisher(ctx, cfg) -> HeadScores:
     grads, kind = gradients(ctx, cfg)
     scores = (grads ** 2).sum(0)
     return HeadScores(scores, order_by(scores, highest_first=False), _details(kind, grads, "sum over batches of (dL/dm)^2"))
+
+
+@register("output-fisher")
+def output_fisher(ctx, cfg) -> HeadScores:
+    """`fisher` with the label-free objective (the output Fisher of SPEC 5) even where labels exist: how much a
+    head moves the model's output, whatever the task. A label-free baseline, and sapx's gradient half."""
+    grads, kind = gradients(ctx, cfg, kind=OUTPUT_FISHER)
+    scores = (grads ** 2).sum(0)
+    return HeadScores(scores, order_by(scores, highest_first=False), _details(kind, grads, "sum over batches of (d r.f(x)/dm)^2"))

@@ -19,12 +19,13 @@ import torch
 from ..attention import AttentionBatch, most_attended, punct_words
 from ..dependencies import PUNCT
 from ..errors import SynpruneError
-from . import HeadScores, order_by, register
+from . import HeadScores, fuse_orders, get_method, order_by, register
 from .sap import HIST_BINS, _is_number
 
 SCORES = ("penalty", "accuracy")
 WEIGHTS = ("paper", "flat", "inverse-frequency")
 NORMALISE = ("pair", "sentence")
+FUSE = ("none", "output-fisher")
 DIRECTIONS = ("dep2head", "head2dep", "max")
 
 
@@ -36,6 +37,7 @@ class Variant:
     partner, over top-k arcs, weighted; lowest pruned first). specials: False renormalises each word's attention
     row over the words, so attention parked on special tokens neither helps nor hurts. keep_punct: punctuation
     arcs count. threshold_punct: punctuation words enter the threshold's mean (the paper's W includes them).
+    fuse: `output-fisher` ranks heads by their mean position in this order and in the label-free output Fisher's.
     """
 
     score: str = "penalty"
@@ -47,9 +49,11 @@ class Variant:
     specials: bool = True
     keep_punct: bool = False
     threshold_punct: bool = True
+    fuse: str = "none"
 
     def validate(self) -> "Variant":
-        for name, allowed in (("score", SCORES), ("direction", DIRECTIONS), ("weights", WEIGHTS), ("normalise", NORMALISE)):
+        for name, allowed in (("score", SCORES), ("direction", DIRECTIONS), ("weights", WEIGHTS), ("normalise", NORMALISE),
+                              ("fuse", FUSE)):
             if getattr(self, name) not in allowed:
                 raise SynpruneError(f"sapx {name}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if self.k < 1:
@@ -216,7 +220,22 @@ def label_counts(ctx) -> dict[str, int]:
 
 
 def score_variant(ctx, v: Variant) -> HeadScores:
-    return ctx.memo(("sapx-variant", v), lambda: variant_scores(arc_table(ctx), label_counts(ctx), v))
+    """A variant's scores on a calibration context (memoized); a fused variant's scores are its mean rank."""
+    def compute() -> HeadScores:
+        if v.fuse == "none":
+            return variant_scores(arc_table(ctx), label_counts(ctx), v)
+        from ..config import PruneConfig
+
+        syntax = score_variant(ctx, replace(v, fuse="none"))
+        grad = get_method(v.fuse)(ctx, PruneConfig(method=v.fuse, seed=ctx.config.seed))
+        order = fuse_orders(syntax.order, grad.order)
+        rank = np.zeros(syntax.scores.shape)
+        for i, h in enumerate(order):
+            rank[h] = i
+        return HeadScores(rank, order, {**syntax.details, "variant": asdict(v), "variant_label": v.label(),
+                                        "fused_with": v.fuse, "syntax_scores": syntax.scores.tolist(),
+                                        "gradient_scores": grad.scores.tolist(), "scores": "position in the fused order"})
+    return ctx.memo(("sapx-variant", v), compute)
 
 
 @register("sapx", uses=())
