@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy.stats import hypergeom, spearmanr
 
-from synprune.attention import AttentionBatch, _batch_arcs
+from synprune.attention import AttentionBatch, batch_arcs
 from synprune.calibration import Calibration
 from synprune.config import PruneConfig
 from synprune.conllu import Treebank, read_conllu
@@ -188,7 +188,7 @@ class Replay(Calibration):
                        for it, m in zip(items, rec.word_mask)]
             B, L, H = rec.word_attn.shape[:3]
             batch = AttentionBatch(torch.zeros(B, L, H, 0, 0), rec.token_mask, rec.word_attn, rec.word_mask,
-                                   _batch_arcs(items, dropped, index, keep_punct), items)
+                                   batch_arcs(items, dropped, index, keep_punct), items)
             for c in collectors:
                 c.update(batch)
         return collectors

@@ -20,7 +20,7 @@ from synprune.tasks import Example
 
 from conftest import STSB_ROWS, tiny_model
 
-METHODS = ("random", "magnitude", "entropy", "confidence", "michel", "michel-iterative", "fisher")
+METHODS = ("random", "magnitude", "entropy", "confidence", "michel", "michel-iterative", "fisher", "output-fisher", "sapx")
 ALL_HEADS = sorted((l, h) for l in range(3) for h in range(4))
 
 
@@ -211,3 +211,19 @@ def test_mask_gradients_are_zero_when_no_head_is_left():
     ctx = _ctx(tm)
     g = G.mask_gradients(tm, ctx.prepared.batches, torch.ones(tm.grid), G.TASK_LOSS)
     assert g.shape == (2, 3, 4) and not g.any()
+
+
+def test_output_fisher_ignores_labels_and_fusion_averages_positions():
+    """output-fisher scores the label-free objective even on labelled data, so labels cannot change it."""
+    from synprune.methods import fuse_orders
+
+    tm = tiny_model("bert")
+    with_labels, without = _ctx(tm, labels=True), _ctx(tm, labels=False)
+    a = get_method("output-fisher")(with_labels, PruneConfig())
+    b = get_method("output-fisher")(without, PruneConfig())
+    assert a.details["loss"] == G.OUTPUT_FISHER and a.order == b.order
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9)
+    assert not np.allclose(a.scores, get_method("fisher")(with_labels, PruneConfig()).scores)
+    x, y = [(0, 0), (0, 1), (0, 2)], [(0, 2), (0, 1), (0, 0)]
+    assert fuse_orders(x, y) == [(0, 2), (0, 1), (0, 0)]  # all tie at mean position 1: the last order breaks ties
+    assert fuse_orders(x, [(0, 1), (0, 0), (0, 2)]) == [(0, 1), (0, 0), (0, 2)]  # means 0.5, 0.5, 2; tie: last order

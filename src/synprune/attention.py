@@ -107,7 +107,7 @@ class Collector(Protocol):
     def update(self, batch: AttentionBatch) -> None: ...
 
 
-def _batch_arcs(items: Sequence[CalibItem], alignments: Sequence, label_index: dict[str, int], keep_punct: bool) -> Arcs:
+def batch_arcs(items: Sequence[CalibItem], alignments: Sequence, label_index: dict[str, int], keep_punct: bool) -> Arcs:
     rows: list[tuple[int, int, int, int]] = []
     for b, (item, al) in enumerate(zip(items, alignments)):
         dropped = set(al.dropped)
@@ -164,7 +164,7 @@ def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collect
             word_attn = A.word_attention(token_attn, R, C)
             word_mask = R.sum(-1) > 0
             batch = AttentionBatch(token_attn, enc["attention_mask"].bool(), word_attn, word_mask,
-                                   _batch_arcs(batch_items, alignments, label_index, keep_punct), batch_items,
+                                   batch_arcs(batch_items, alignments, label_index, keep_punct), batch_items,
                                    enc["special_tokens_mask"].bool())
             n_arcs += len(batch.arcs)
             for c in collectors:

@@ -81,8 +81,8 @@ class Calibration:
 
     def mean_length(self) -> float:
         """Mean number of tokens per model input, for FLOPs budgets."""
-        lengths = [int(b.inputs["attention_mask"].sum(1).float().mean()) * len(b.index) for b in self.prepared.batches]
-        return sum(lengths) / max(1, self.prepared.n)
+        tokens = sum(int(b.inputs["attention_mask"].sum()) for b in self.prepared.batches)
+        return tokens / max(1, self.prepared.n)
 
     @cached_property
     def prepared(self) -> Prepared:
