@@ -108,6 +108,7 @@ class Collector(Protocol):
 
 
 def batch_arcs(items: Sequence[CalibItem], alignments: Sequence, label_index: dict[str, int], keep_punct: bool) -> Arcs:
+    """The arcs of a batch whose both words survived truncation, in word indices of each model input."""
     rows: list[tuple[int, int, int, int]] = []
     for b, (item, al) in enumerate(zip(items, alignments)):
         dropped = set(al.dropped)
