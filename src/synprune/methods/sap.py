@@ -35,22 +35,26 @@ class MeanAttention:
 
     def threshold(self, kind: str | float) -> torch.Tensor:
         """tau per head (layers x heads) for a threshold kind."""
-        grid = self.sum.shape
-        if isinstance(kind, (int, float)) or _is_number(kind):
-            return torch.full(grid, float(kind), dtype=torch.float64)
-        per_head = self.sum / max(self.count, 1)
-        if kind == "global-mean":
-            return torch.full(grid, float(per_head.mean()), dtype=torch.float64)
-        if kind == "layer-mean":
-            return per_head.mean(dim=1, keepdim=True).expand(grid).clone()
-        if kind == "head-mean":
-            return per_head
-        if kind.startswith("quantile:"):
-            q = float(kind.split(":", 1)[1])
-            cdf = torch.cumsum(self.hist, 0) / self.hist.sum().clamp(min=1)
-            b = int(torch.searchsorted(cdf, torch.tensor(q, dtype=torch.float64)))
-            return torch.full(grid, (min(b, HIST_BINS - 1) + 0.5) / HIST_BINS, dtype=torch.float64)
-        raise ValueError(f"unknown threshold {kind!r}; use one of {', '.join(THRESHOLD_KINDS)}")
+        return tau_from(self.sum / max(self.count, 1), self.hist, kind)
+
+
+def tau_from(per_head: torch.Tensor, hist: torch.Tensor, kind: str | float) -> torch.Tensor:
+    """tau per head from the mean attention of each head and a histogram of all values (for quantiles)."""
+    grid = per_head.shape
+    if isinstance(kind, (int, float)) or _is_number(kind):
+        return torch.full(grid, float(kind), dtype=torch.float64)
+    if kind == "global-mean":
+        return torch.full(grid, float(per_head.mean()), dtype=torch.float64)
+    if kind == "layer-mean":
+        return per_head.mean(dim=1, keepdim=True).expand(grid).clone()
+    if kind == "head-mean":
+        return per_head
+    if kind.startswith("quantile:"):
+        q = float(kind.split(":", 1)[1])
+        cdf = torch.cumsum(hist, 0) / hist.sum().clamp(min=1)
+        b = int(torch.searchsorted(cdf, torch.tensor(q, dtype=torch.float64)))
+        return torch.full(grid, (min(b, HIST_BINS - 1) + 0.5) / HIST_BINS, dtype=torch.float64)
+    raise ValueError(f"unknown threshold {kind!r}; use one of {', '.join(THRESHOLD_KINDS)}")
 
 
 def _is_number(s: str) -> bool:

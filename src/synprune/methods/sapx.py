@@ -20,7 +20,7 @@ from ..attention import AttentionBatch, most_attended, punct_words
 from ..dependencies import PUNCT
 from ..errors import SynpruneError
 from . import HeadScores, fuse_orders, get_method, order_by, register
-from .sap import HIST_BINS, _is_number
+from .sap import HIST_BINS, _is_number, tau_from
 
 SCORES = ("penalty", "accuracy")
 WEIGHTS = ("paper", "flat", "inverse-frequency")
@@ -133,20 +133,7 @@ class ArcTable:
 
     def threshold(self, kind: str, specials: bool, punct: bool) -> np.ndarray:
         """tau per head: as `sap.MeanAttention.threshold`, over the chosen view and word pairs."""
-        per_head = (self.sums[(specials, punct)] / max(self.pairs[punct], 1)).numpy()
-        if _is_number(kind):
-            return np.full(self.grid, float(kind))
-        if kind == "global-mean":
-            return np.full(self.grid, per_head.mean())
-        if kind == "layer-mean":
-            return np.broadcast_to(per_head.mean(1, keepdims=True), self.grid).copy()
-        if kind == "head-mean":
-            return per_head
-        q = float(kind.split(":", 1)[1])
-        hist = self.hist[specials]
-        cdf = torch.cumsum(hist, 0) / hist.sum().clamp(min=1)
-        b = int(torch.searchsorted(cdf, torch.tensor(q, dtype=torch.float64)))
-        return np.full(self.grid, (min(b, HIST_BINS - 1) + 0.5) / HIST_BINS)
+        return tau_from(self.sums[(specials, punct)] / max(self.pairs[punct], 1), self.hist[specials], kind).numpy()
 
 
 def label_weights(labels: Sequence[str], counts: Sequence[int], k: int, scheme: str) -> tuple[np.ndarray, np.ndarray]:
