@@ -95,8 +95,12 @@ class Task:
         return select(order, self.tm.grid, n_to_prune(sparsity, self.n_heads), 1.0).pruned
 
     def cf_heads(self, order: Sequence[Head], sparsity: float) -> list[Head]:
-        cfg = PruneConfig(sparsity=sparsity, cf=True)
-        return choose(self.ctx, cfg, HeadScores(np.zeros(self.tm.grid), list(order)))[0].pruned
+        """CF's choice from `order` (default options), cached like the evaluations."""
+        key = f"cf:{sparsity}:" + ",".join(f"{l}.{h}" for l, h in order)
+        if key not in self.evals:
+            cfg = PruneConfig(sparsity=sparsity, cf=True)
+            self.evals[key] = [list(h) for h in choose(self.ctx, cfg, HeadScores(np.zeros(self.tm.grid), list(order)))[0].pruned]
+        return [tuple(h) for h in self.evals[key]]
 
 
 def zscore(value: float, random: Sequence[float]) -> float:
@@ -178,6 +182,7 @@ def main() -> None:
             o[label] = score_variant(t.ctx, v).order
         chosen_label = f"chosen: {chosen.label()}"
         syntax_only = score_variant(t.ctx, replace(chosen, fuse="none")).order
+        o["chosen syntax alone (fuse=none)"] = syntax_only
         o["fuse(chosen syntax, fisher)"] = fuse_orders(syntax_only, o["fisher"])
         rows[t.name] = {name: {"dev": metrics(t, order, "dev", sparsities),
                                "calibration": metrics(t, order, "calibration", CHOICE_SPARSITIES)} for name, order in o.items()}
