@@ -27,7 +27,7 @@ from .tasks import ALIASES, GLUE, TaskData, load_task, make_split
 if TYPE_CHECKING:  # torch-heavy; imported when a sweep runs, so the command line starts fast
     from .result import PruneResult
 
-DEFAULT_METHODS = ("sap", "sap+cf", "random", "magnitude", "entropy", "confidence", "michel", "fisher", "fisher+cf")
+DEFAULT_METHODS = ("sap", "sap+cf", "sapx", "random", "magnitude", "entropy", "confidence", "michel", "fisher", "fisher+cf")
 DEFAULT_SPARSITIES = (0.25, 0.5, 0.75)
 DEFAULT_SEEDS = (0, 1, 2)
 CF_SUFFIX = "+cf"
