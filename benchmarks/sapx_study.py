@@ -17,7 +17,7 @@ train examples) and is evaluated on all of dev. Steps:
    The last axis is fusion with the label-free output Fisher (rank fusion), so the choice can say whether
    the syntactic signal is better alone or as half of a fused ranking.
 4. The chosen syntax combined with the label-using fisher (rank fusion), and Candidate Filtering on top of
-   fisher, of the chosen variant and of that fusion (0.5 and 0.75).
+   fisher, of the chosen variant and of that fusion (0.5 and 0.75; on `--cf-tasks`, default stsb and sst2).
 
 Writes OUT/study.json (every number), OUT/table.md (dev metric per method and variant; verdict against random's
 mean + 1 sd), OUT/study.png. Evaluations are cached in OUT/evals.json (keyed by task, split and pruned heads),
@@ -114,7 +114,8 @@ def main() -> None:
     ap.add_argument("--sparsities", default="0.25,0.5,0.75")
     ap.add_argument("--seeds", default="0,1,2,3,4", help="random's seeds")
     ap.add_argument("--rounds", type=int, default=1, help="coordinate-ascent rounds for the choice on calibration")
-    ap.add_argument("--no-cf", action="store_true", help="skip Candidate Filtering on top (the slowest part)")
+    ap.add_argument("--cf-tasks", default="stsb,sst2", help="tasks to run Candidate Filtering on top for (the slowest "
+                    "part: on MRPC's long pairs one CF run takes minutes); empty for none")
     ap.add_argument("--out", type=Path, default=Path("runs/sapx_study"))
     args = ap.parse_args()
     sparsities = [float(s) for s in args.sparsities.split(",")]
@@ -186,7 +187,7 @@ def main() -> None:
         o["fuse(chosen syntax, fisher)"] = fuse_orders(syntax_only, o["fisher"])
         rows[t.name] = {name: {"dev": metrics(t, order, "dev", sparsities),
                                "calibration": metrics(t, order, "calibration", CHOICE_SPARSITIES)} for name, order in o.items()}
-        if not args.no_cf:
+        if t.name in args.cf_tasks.split(","):
             for name in ("fisher", chosen_label, "fuse(chosen syntax, fisher)"):
                 rows[t.name][f"{name} +cf"] = {"dev": {s: t.metric_of(t.cf_heads(o[name], s), "dev") for s in CHOICE_SPARSITIES}}
         rows[t.name]["dense"] = {"dev": {s: t.metric_of([], "dev") for s in sparsities}}
