@@ -37,13 +37,12 @@ import numpy as np
 
 from synprune.calibration import Calibration
 from synprune.config import PruneConfig
-from synprune.evaluate import evaluate, prepare, task_metrics
+from synprune.evaluate import prepare, task_metrics
 from synprune.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from synprune.masking import HeadMask
 from synprune.methods import HeadScores, fuse_orders, get_method
 from synprune.methods.sapx import SAPX, Variant, score_variant
 from synprune.models import load_model
-from synprune.pipeline import choose
+from synprune.pipeline import choose, evaluate_heads
 from synprune.progress import log
 from synprune.select import n_to_prune, select
 from synprune.sweep import task_model_for
@@ -87,8 +86,8 @@ class Task:
     def metric_of(self, pruned: Sequence[Head], split: str) -> float:
         key = f"{split}:" + ",".join(f"{l}.{h}" for l, h in sorted(pruned))
         if key not in self.evals:
-            with HeadMask.pruning(self.tm.model, list(pruned)):
-                self.evals[key] = evaluate(self.tm, self.prepared[split], [self.metric])[self.metric]
+            scores = evaluate_heads(self.tm, {split: self.prepared[split]}, [self.metric], list(pruned))
+            self.evals[key] = scores[split][self.metric]
         return self.evals[key]
 
     def heads(self, order: Sequence[Head], sparsity: float) -> list[Head]:

@@ -137,13 +137,12 @@ def loss(tm: TaskModel, batch: Batch, out: torch.Tensor | None = None) -> torch.
 @torch.no_grad()
 def predict(tm: TaskModel, prepared: Prepared) -> np.ndarray:
     if prepared.sentences is not None:
-        emb = {}
-        for b in prepared.sentences:
-            for i, e in zip(b.index, embed(tm, b.inputs).float().cpu()):
-                emb[int(i)] = e
-        a = torch.stack([emb[int(i)] for i in prepared.pairs[:, 0]])
-        b_ = torch.stack([emb[int(i)] for i in prepared.pairs[:, 1]])
-        return torch.nn.functional.cosine_similarity(a, b_, dim=-1).numpy().astype(np.float64)
+        chunks = [(b.index, embed(tm, b.inputs).float().cpu()) for b in prepared.sentences]
+        emb = torch.empty(sum(len(i) for i, _ in chunks), chunks[0][1].shape[-1])
+        for index, e in chunks:
+            emb[torch.as_tensor(index)] = e
+        pairs = torch.as_tensor(prepared.pairs)
+        return torch.nn.functional.cosine_similarity(emb[pairs[:, 0]], emb[pairs[:, 1]], dim=-1).numpy().astype(np.float64)
     preds = np.zeros(prepared.n)
     for b in prepared.batches:
         out = outputs(tm, b).float().cpu()

@@ -93,7 +93,8 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
 
 def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
     """A method's scores, computed once per context and scoring options (not per budget)."""
-    key = ("scores", cfg.method, *((o, getattr(cfg, o)) for o in sorted(uses(cfg.method))))
+    # the seed always: gradient methods draw the output Fisher's directions from it when there are no labels
+    key = ("scores", cfg.method, cfg.seed, *((o, getattr(cfg, o)) for o in sorted(uses(cfg.method))))
     with ctx.timed("score"):
         return ctx.memo(key, lambda: get_method(cfg.method)(ctx, cfg))
 

@@ -20,7 +20,7 @@ from ..attention import AttentionBatch, most_attended, punct_words
 from ..dependencies import PUNCT
 from ..errors import SynpruneError
 from . import HeadScores, fuse_orders, get_method, order_by, register
-from .sap import HIST_BINS, _is_number, tau_from
+from .sap import HIST_BINS, parse_threshold, tau_from
 
 SCORES = ("penalty", "accuracy")
 WEIGHTS = ("paper", "flat", "inverse-frequency")
@@ -58,10 +58,10 @@ class Variant:
                 raise SynpruneError(f"sapx {name}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if self.k < 1:
             raise SynpruneError("sapx k must be at least 1")
-        kind = self.threshold
-        if not (kind in ("global-mean", "layer-mean", "head-mean") or _is_number(kind)
-                or (kind.startswith("quantile:") and _is_number(kind[9:]))):
-            raise SynpruneError(f"sapx threshold {kind!r}: use global-mean, layer-mean, head-mean, quantile:Q or a number")
+        try:
+            parse_threshold(self.threshold)
+        except ValueError as e:
+            raise SynpruneError(f"sapx threshold: {e}") from None
         return self
 
     def label(self) -> str:
@@ -119,7 +119,9 @@ class ArcTable:
 
     def column(self, name: str) -> np.ndarray:
         if not self._parts:
-            return np.zeros((0, *self.grid)) if name not in ("label", "item") else np.zeros(0, dtype=int)
+            if name in ("label", "item"):
+                return np.zeros(0, dtype=int)
+            return np.zeros((0, *self.grid), dtype=bool if name.startswith("hit_") else np.float32)
         return torch.cat([p[name] for p in self._parts]).numpy()
 
     def attention(self, direction: str, specials: bool) -> np.ndarray:
@@ -158,13 +160,12 @@ def variant_scores(table: ArcTable, label_counts: dict[str, int], v: Variant) ->
     """A variant's scores and pruning order from one `ArcTable` (labels counted over the calibration parses)."""
     v.validate()
     labels = table.column("label")
-    known = np.array([label_counts.get(l, 0) > 0 and (v.keep_punct or l != PUNCT) for l in table.labels])
-    counts = [label_counts.get(l, 0) if known[i] else 0 for i, l in enumerate(table.labels)]
-    names = [l for i, l in enumerate(table.labels) if known[i]]
+    known = np.array([label_counts.get(l, 0) > 0 and (v.keep_punct or l != PUNCT) for l in table.labels], dtype=bool)
+    names = [l for l, ok in zip(table.labels, known) if ok]
+    counts = [label_counts[l] for l in names]
     weight = np.zeros(len(table.labels))
     top = np.zeros(len(table.labels), dtype=bool)
-    w, t = label_weights(names, [counts[i] for i in np.flatnonzero(known)], v.k, v.weights)
-    weight[known], top[known] = w, t
+    weight[known], top[known] = label_weights(names, counts, v.k, v.weights)
     keep = known[labels]
     arc_label, item = labels[keep], table.column("item")[keep]
     is_top = top[arc_label][:, None, None]
@@ -189,7 +190,7 @@ def variant_scores(table: ArcTable, label_counts: dict[str, int], v: Variant) ->
     order = order_by(scores, highest_first=highest_first, tiebreak=mean_top)
     details = {"variant": asdict(v), "variant_label": v.label(), "n_arcs": int(len(arc_label)),
                "labels": [{"label": l, "count": int(c), "weight": float(wi), "top_k": bool(ti)}
-                          for l, c, wi, ti in zip(table.labels, counts, weight, top) if c]}
+                          for l, c, wi, ti in zip(names, counts, weight[known], top[known])]}
     if tau is not None:
         details["threshold"] = {"kind": v.threshold, "value": float(tau.mean()) if np.allclose(tau, tau.flat[0]) else tau.tolist()}
     return HeadScores(scores, order, details)
@@ -203,7 +204,8 @@ def arc_table(ctx) -> ArcTable:
     return ctx.memo("arc-table", compute)
 
 
-def label_counts(ctx) -> dict[str, int]:
+def calibration_label_counts(ctx) -> dict[str, int]:
+    """Arcs per label over the calibration parses, punctuation included."""
     ranking = ctx.dependency_ranking(1, keep_punct=True)
     return dict(zip(ranking.labels, ranking.counts))
 
@@ -212,7 +214,7 @@ def score_variant(ctx, v: Variant) -> HeadScores:
     """A variant's scores on a calibration context (memoized); a fused variant's scores are its mean rank."""
     def compute() -> HeadScores:
         if v.fuse == "none":
-            return variant_scores(arc_table(ctx), label_counts(ctx), v)
+            return variant_scores(arc_table(ctx), calibration_label_counts(ctx), v)
         from ..config import PruneConfig
 
         syntax = score_variant(ctx, replace(v, fuse="none"))
