@@ -34,12 +34,13 @@ def test_missing_glue_folder_says_how_to_point_to_it(capsys, tmp_path, tiny_fold
     _assert_one_line_error(code, err, "--glue-dir", "SYNPRUNE_GLUE_DIR")
 
 
-def test_missing_model_folder(capsys, tmp_path):
-    code, err = run_cli(["prune", "--model", str(tmp_path / "missing_model"), "--out", str(tmp_path / "o")], capsys)
+def test_missing_model_folder(capsys, tmp_path, glue_dir):
+    code, err = run_cli(["prune", "--model", str(tmp_path / "missing_model"), "--glue-dir", str(glue_dir),
+                         "--out", str(tmp_path / "o")], capsys)
     _assert_one_line_error(code, err, "not found")
 
 
-def test_model_without_known_heads(capsys, tmp_path):
+def test_model_without_known_heads(capsys, tmp_path, glue_dir):
     from transformers import GPT2Config, GPT2Model
 
     path = tmp_path / "gpt2"
@@ -48,7 +49,7 @@ def test_model_without_known_heads(capsys, tmp_path):
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(bundled_model_path()).save_pretrained(path)
-    code, err = run_cli(["prune", "--model", str(path), "--out", str(tmp_path / "o")], capsys)
+    code, err = run_cli(["prune", "--model", str(path), "--glue-dir", str(glue_dir), "--out", str(tmp_path / "o")], capsys)
     _assert_one_line_error(code, err, "gpt2", "no attention-head adapter")
 
 
