@@ -43,13 +43,29 @@ def task_record(data: TaskData, metric_names) -> dict:
             "label_map": data.label_map, "rows_skipped": dict(data.skipped)}
 
 
-def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Selection, list[dict]]:
-    """Heads to prune for the budget: the top of the order, or CF's walk over a candidate pool."""
-    n = n_to_prune(cfg.sparsity, ctx.tm.n_heads)
-    if cfg.budget:
-        from .budget import heads_for_budget
+def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Selection, list[dict], PruneConfig, dict | None]:
+    """Heads to prune: the top of the order, or CF's walk over a candidate pool. With a budget, also the
+    config the selection ran with (its sparsity is the budget's head count) and what the selection keeps."""
+    n_heads = ctx.tm.n_heads
+    if not cfg.budget:
+        return (*_pick(ctx, cfg, scores, n_to_prune(cfg.sparsity, n_heads)), cfg, None)
+    from .budget import budget_report, heads_for_budget
 
-        n = heads_for_budget(ctx.tm.model, scores.order, cfg.budget, ctx.mean_length())
+    seq_len = ctx.mean_length()
+    n = heads_for_budget(ctx.tm.model, scores.order, cfg.budget, seq_len, layer_fraction=cfg.layer_fraction)
+    while True:  # the layer rule can make a selection of n heads keep more than the order's first n heads would
+        used = cfg.replace(sparsity=n / n_heads)  # CF sizes its candidate pool from the sparsity
+        selection, cf_log = _pick(ctx, used, scores, n)
+        report = budget_report(ctx.tm.model, selection.pruned, cfg.budget, seq_len)
+        if report["met"] or n >= n_heads:
+            break
+        n += 1
+    if not report["met"]:
+        raise SynpruneError(f"budget {cfg.budget}: the selection keeps {report} and cannot meet it; use a larger fraction")
+    return selection, cf_log, used.replace(sparsity=len(selection.pruned) / n_heads), report
+
+
+def _pick(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, n: int) -> tuple[Selection, list[dict]]:
     if cfg.cf:
         from .cf import candidate_filter
 
@@ -101,14 +117,14 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         ctx = gold_calibration(tm, parses_file, cfg, metric_names)
         split = Split(ctx.examples, split.evaluation, f"calibration: {len(ctx.examples)} seeded sentences of {parses_file} "
                       f"with gold trees; evaluation: {', '.join(split.evaluation)}")
-    result = run(ctx, cfg, data, split, out)
+    result = run(ctx, cfg, data, split)
     if export is not None:
         from .export import export_pruned
 
         export_pruned(tm.model, tm.tokenizer, result.pruned_heads, export, overwrite=overwrite, onnx=onnx,
-                      meta={"method": result.method, "cf": result.cf, "task": data.name, "sparsity": cfg.sparsity,
+                      meta={"method": result.method, "cf": result.cf, "task": data.name, "sparsity": result.sparsity,
                             "metric": {k: result.metric[k] for k in ("name", "dense", "pruned")}})
-    return result
+    return result._written(out)  # last: a failed export leaves the previous output set as it was
 
 
 def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
@@ -124,7 +140,7 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
     tm, metric_names = ctx.tm, ctx.metric_names
     scores = score(ctx, cfg)
     with ctx.timed("select" if not cfg.cf else "cf"):
-        selection, cf_log = choose(ctx, cfg, scores)
+        selection, cf_log, cfg, budget = choose(ctx, cfg, scores)
     prepared = ctx.memo("eval-prepared", lambda: {
         s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()})
     with ctx.timed("evaluate_dense"):
@@ -143,5 +159,5 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
                 "pruned": pruned[main_split][main_metric], "all": {"dense": dense, "pruned": pruned}},
         head_scores=scores.scores, config=cfg.to_json(), seed=cfg.seed, timings=dict(ctx.timings),
         versions=versions(ctx.parse_info.get("parser")),
-        details={**scores.details, "parse_cache": ctx.parse_info}, cf_log=cf_log,
+        details={**scores.details, "parse_cache": ctx.parse_info, **({"budget": budget} if budget else {})}, cf_log=cf_log,
     )._written(out)
