@@ -74,7 +74,7 @@ def read_json(path: str | Path, what: str) -> Any:
 
     p = Path(path)
     if not p.is_file():
-        raise SynpruneError(f"{p} not found; pass {what}")
+        raise SynpruneError(f"{p} does not exist; pass {what}")
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
