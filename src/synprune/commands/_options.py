@@ -72,6 +72,19 @@ class CfOptions(OptionSet):
         help="CF: absolute allowed drop of the metric instead of --tolerance.")] = _D.tolerance_abs
 
 
+@dataclass
+class UnitOptions(OptionSet):
+    """Which units are pruned, the neurons' scores, the mask search and the repair."""
+
+    units: Annotated[str, typer.Option(help="Prunable units: heads, or heads,neurons (feed-forward neurons too).")] = _D.units
+    neuron_score: Annotated[str, typer.Option(
+        help="With neurons: auto (the method's partner), fisher, output-fisher, magnitude or wanda.")] = _D.neuron_score
+    repair: Annotated[str, typer.Option(
+        help="Retrain-free repair: none, ls (least-squares rescaling, Kwon et al.) or bias (FLAP's bias compensation).")] = _D.repair
+    rearrange: Annotated[bool, typer.Option(
+        "--rearrange/--no-rearrange", help="With neurons and a budget: Kwon et al.'s mask rearrangement (gradient scores).")] = _D.rearrange
+
+
 def option_sets(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Spread every parameter annotated with an OptionSet dataclass into that set's options (for typer),
     and rebuild the set from them when the command runs."""
