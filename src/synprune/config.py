@@ -25,6 +25,7 @@ class PruneConfig:
     tolerance: float = 0.95
     tolerance_abs: float | None = None
     budget: str | None = None
+    dependencies_from: str | None = None  # SAP: rank dependency labels on this dataset instead of the calibration data
 
     def validate(self) -> "PruneConfig":
         from .attention import DIRECTIONS
@@ -50,6 +51,10 @@ class PruneConfig:
             raise SynpruneError(f"--tolerance {self.tolerance} must be a ratio of the dense metric, e.g. 0.95")
         if self.tolerance_abs is not None and self.tolerance_abs < 0:
             raise SynpruneError(f"--tolerance-abs {self.tolerance_abs} must be a non-negative drop of the metric, e.g. 1.0")
+        if self.dependencies_from is not None:
+            from .depsource import check_source
+
+            check_source(self.dependencies_from)
         if self.budget is not None:
             from .budget import parse_budget
 

@@ -273,7 +273,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     tm = as_task_model(model, tokenizer)
     metric_names = task_metrics(tm, data)
     split = make_split(data, base.calib_size, base.seed)
-    ctx = Calibration(tm, split.calibration, base, metric_names)
+    ctx = Calibration(tm, split.calibration, base, metric_names, glue_dir=glue_dir)
     out_dir = Path(out) if out is not None else None
     rows: list[dict] = []
     results: dict[str, PruneResult] = {}
