@@ -4,8 +4,8 @@ For each fine-tuned task model (SST-2, CoLA, MRPC, STS-B), SAP at one sparsity (
 dependency ranking and weights computed on each of the four datasets (`--dependencies-from`; the diagonal is
 the model's own calibration data), and random heads (seeds 0, 1, 2) for scale. Attention is always read on the
 model's own calibration sample (512 seeded train examples); evaluation is all of dev. Also: how similar the
-rankings are (Spearman correlation of the label weights over the union of labels, a label a dataset never
-shows weighing 0) and how much of the pruned set a foreign ranking changes (Jaccard with the own ranking's).
+rankings are (Spearman correlation of the label weights over the union of two datasets' labels, a label a
+dataset never shows weighing 0) and how much of the pruned set a foreign ranking changes (Jaccard with the own ranking's).
 
     python benchmarks/dependency_transfer.py --out runs/transfer [--budget-minutes 30]
 
@@ -29,11 +29,14 @@ from synprune.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def weight_correlations(rankings: dict[str, list[dict]]) -> dict[tuple[str, str], float]:
-    """Spearman correlation of SAP's label weights between sources, over the union of their labels."""
-    labels = sorted({r["label"] for rk in rankings.values() for r in rk})
-    vec = {s: np.array([{r["label"]: r["weight"] for r in rk}.get(l, 0) for l in labels], dtype=float)
-           for s, rk in rankings.items()}
-    return {(a, b): float(spearmanr(vec[a], vec[b])[0]) for a in vec for b in vec}
+    """Spearman correlation of SAP's label weights between two sources, over the union of their labels."""
+    weights = {s: {r["label"]: r["weight"] for r in rk} for s, rk in rankings.items()}
+
+    def corr(a: dict, b: dict) -> float:
+        labels = sorted(a.keys() | b.keys())
+        return float(spearmanr([a.get(l, 0) for l in labels], [b.get(l, 0) for l in labels])[0])
+
+    return {(a, b): corr(weights[a], weights[b]) for a in weights for b in weights}
 
 
 def jaccard(a, b) -> float:
