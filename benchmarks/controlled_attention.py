@@ -10,6 +10,7 @@ pruned last) and how many of them it prunes at --sparsity. SAP's mechanism predi
 and the heads move towards the kept end as p rises; the verdict line says whether it does.
 
     python benchmarks/controlled_attention.py --out runs/controlled            # bundled MiniLM, STS-B
+    python benchmarks/controlled_attention.py --relations top-k --out runs/controlled_topk   # only SAP's top-k relations
     python benchmarks/controlled_attention.py --heads random:6 --otherwise previous --out runs/controlled_prev
 """
 from __future__ import annotations
@@ -84,10 +85,18 @@ def sap_parts(ctx: Calibration, cfg: PruneConfig) -> dict:
 
 
 def measure(tm, examples, cfg: PruneConfig, metric_names, heads: Sequence[Head], ps: Sequence[float],
-            methods: Sequence[str], otherwise: str, sparsity: float, parses) -> list[dict]:
-    """One row per p: each method's placement of the chosen heads and SAP's parts, on the manipulated model."""
+            methods: Sequence[str], otherwise: str, sparsity: float, parses, relations: str = "all") -> list[dict]:
+    """One row per p: each method's placement of the chosen heads and SAP's parts, on the manipulated model.
+    `relations`: `all` (every word attends to its head), `top-k` (only words whose relation is one of SAP's
+    top-k labels) or a comma-separated list of labels."""
     base = Calibration(tm, examples, cfg, metric_names, parses=parses)
-    targets = syntactic_targets(tm.tokenizer, base.items, cfg.max_length, cfg.seed)
+    if relations == "all":
+        chosen_relations = None
+    elif relations == "top-k":
+        chosen_relations = set(base.dependency_ranking(cfg.k, cfg.keep_punct).labels[: cfg.k])
+    else:
+        chosen_relations = set(filter(None, relations.split(",")))
+    targets = syntactic_targets(tm.tokenizer, base.items, cfg.max_length, cfg.seed, chosen_relations)
     n = n_to_prune(sparsity, tm.n_heads)
     rows = []
     for p in ps:
@@ -125,15 +134,15 @@ def verdict(rows: list[dict]) -> dict:
     per_head = np.array([r["sap_per_head"] for r in rows])  # (ps, heads)
     mean = per_head.mean(1)
     position = [r["methods"]["sap"]["position"] for r in rows]
-    return {"mean_falls": monotone(list(mean)) and mean[-1] < mean[0],
+    return {"mean_falls": bool(monotone(list(mean)) and mean[-1] < mean[0]),
             "heads_falling": int(sum(monotone(list(c)) and c[-1] < c[0] for c in per_head.T)),
-            "heads": per_head.shape[1], "position_rises": monotone(position, falling=False) and position[-1] > position[0],
+            "heads": per_head.shape[1], "position_rises": bool(monotone(position, falling=False) and position[-1] > position[0]),
             "penalty_change": float(mean[-1] - mean[0]), "position_change": float(position[-1] - position[0])}
 
 
 def markdown(rows: list[dict], methods: Sequence[str], meta: dict, v: dict) -> str:
     lines = [f"Chosen heads ({len(meta['heads'])}): {', '.join(f'{l}:{h}' for l, h in meta['heads'])}; "
-             f"otherwise: {meta['otherwise']}; {meta['model']} on {meta['task']}, {meta['calib_size']} calibration examples; "
+             f"relations made syntactic: {meta.get('relations', 'all')}; otherwise: {meta['otherwise']}; {meta['model']} on {meta['task']}, {meta['calib_size']} calibration examples; "
              f"position 0 = pruned first, 1 = pruned last; pruned = of the chosen heads, how many the method prunes at "
              f"sparsity {meta['sparsity']:g}.", "",
              "| p | dep->head attention, top-k arcs (chosen / other heads) | tau | SAP penalty (mean) | = top-k misses | + rare over-attention | "
@@ -193,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--heads", default="sap-top:6", help="sap-top:N, random:N or LAYER:HEAD,...")
     ap.add_argument("--ps", default="0,0.25,0.5,0.75,1")
     ap.add_argument("--otherwise", default="original", choices=OTHERWISE)
+    ap.add_argument("--relations", default="all", help="all, top-k (SAP's top-k labels only) or LABEL,LABEL,...")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--out", type=Path, default=Path("runs/controlled"))
@@ -210,15 +220,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parses = base.parses
     heads = choose_heads(args.heads, tm.grid, get_method("sap")(base, cfg).order if args.heads.startswith("sap-top") else [],
                          args.seed)
-    rows = measure(tm, examples, cfg, metric_names, heads, ps, methods, args.otherwise, args.sparsity, parses)
+    rows = measure(tm, examples, cfg, metric_names, heads, ps, methods, args.otherwise, args.sparsity, parses, args.relations)
     v = verdict(rows)
-    meta = {"model": tm.name, "task": data.name, "calib_size": len(examples), "heads": heads, "otherwise": args.otherwise,
+    meta = {"model": tm.name, "task": data.name, "calib_size": len(examples), "heads": heads, "otherwise": args.otherwise, "relations": args.relations,
             "sparsity": args.sparsity, "ps": ps, "methods": methods, "seconds": round(time.perf_counter() - t0, 1),
             "command": "python benchmarks/controlled_attention.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     text = markdown(rows, methods, meta, v)
     atomic_write_text(args.out / "table.md", text)
     atomic_write_json(args.out / "results.json", {"meta": meta, "verdict": v, "rows": rows})
-    title = f"{tm.name} / {data.name}: heads {', '.join(f'{l}:{h}' for l, h in heads)} (otherwise {args.otherwise})"
+    title = (f"{tm.name} / {data.name}: heads {', '.join(f'{l}:{h}' for l, h in heads)} "
+             f"(relations: {args.relations}; otherwise: {args.otherwise})")
     for target in filter(None, (args.out / "controlled_attention.png", args.plot)):
         plot(rows, methods, target, title)
     print(text)

@@ -164,3 +164,26 @@ def test_head_choice_rejects_bad_specs():
     for bad in ("3:0", "x:1", "random:0", ""):
         with pytest.raises(SynpruneError):
             bench.choose_heads(bad, (3, 4), [], 0)
+
+
+def test_only_the_chosen_relations_become_syntactic(glue_dir):
+    """With relations={'det'}, a p = 1 head attends fully to the head of every det arc and to no other arc's
+    head more than its own map did."""
+    tm = tiny_model("bert")
+    ctx = _ctx(glue_dir, tm)
+    labels = ctx.dependency_ranking(1, True).labels
+    det = torch.cat([ctx.run_scan([LabelRecorder()], keep_punct=True)[0].labels]) == labels.index("det")
+    plain = torch.cat(_scan(ctx).arc_attn)
+    with controlled_attention(tm.model, syntactic_targets(tm.tokenizer, ctx.items, relations={"det"}), [(0, 1)], 1.0):
+        ctl = torch.cat(_scan(ctx).arc_attn)
+    assert det.any() and (~det).any()
+    torch.testing.assert_close(ctl[det, 0, 1], torch.ones(int(det.sum())), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ctl[~det, 0, 1], plain[~det, 0, 1])  # layer 0: its other rows keep their own map
+
+
+class LabelRecorder:
+    def __init__(self):
+        self.labels = []
+
+    def update(self, batch):
+        self.labels.append(batch.arcs.label)

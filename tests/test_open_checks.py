@@ -68,3 +68,20 @@ def test_weight_correlation_of_rankings():
     assert corr[("a", "a")] == pytest.approx(1.0) and corr[("a", "b")] == pytest.approx(-1.0)
     assert 0 < corr[("a", "c")] < 1  # amod and obj each missing from one ranking: weight 0 there
     assert tr.jaccard([[0, 1], [1, 2]], [[1, 2], [2, 3]]) == pytest.approx(1 / 3)
+
+
+def test_ranking_error_by_relations_served():
+    """A method that orders the 'serve many' heads backwards and the others right has its error there only."""
+    import numpy as np
+
+    rd = _load("relation_diversity")
+    served = np.array([[3.0, 3.0, 3.0, 3.0], [0.5, 0.5, 0.5, 0.5]])  # row 0 serves many
+    drops = np.array([[1.0, 2.0, 3.0, 4.0], [0.1, 0.2, 0.3, 0.4]])  # reference: row 1 first, then row 0 in order
+    right = [(1, 0), (1, 1), (1, 2), (1, 3), (0, 0), (0, 1), (0, 2), (0, 3)]
+    half_wrong = right[:4] + right[4:][::-1]
+    res = rd.analyse(served, drops, {"right": right, "half": half_wrong})
+    many, few = "serve many (> median)", "serve few (<= median)"
+    assert res["methods"]["right"]["all"]["mean_error"] == 0.0
+    assert res["methods"]["half"][few]["mean_error"] == 0.0 and res["methods"]["half"][many]["mean_error"] > 0
+    assert res["methods"]["half"][many]["spearman"] == pytest.approx(-1.0)
+    assert res["methods"]["half"]["error_vs_served"] > 0

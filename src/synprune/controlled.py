@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,9 +34,11 @@ OTHERWISE = ("original", "previous")
 Key = tuple[int, ...]
 
 
-def syntactic_targets(tokenizer, items: Sequence[CalibItem], max_length: int = 128, seed: int = 0) -> dict[Key, tuple[np.ndarray, np.ndarray]]:
+def syntactic_targets(tokenizer, items: Sequence[CalibItem], max_length: int = 128, seed: int = 0,
+                      relations: Collection[str] | None = None) -> dict[Key, tuple[np.ndarray, np.ndarray]]:
     """For each item, keyed by its token ids: the token each token's word's syntactic head starts at (-1: none,
-    e.g. the root, special tokens) and the word's uniform draw u (shared by the word's sub-tokens)."""
+    e.g. the root, special tokens, or a word whose relation is not in `relations` when given) and the word's
+    uniform draw u (shared by the word's sub-tokens)."""
     rng = random.Random(seed)
     out: dict[Key, tuple[np.ndarray, np.ndarray]] = {}
     for item in items:
@@ -50,7 +52,8 @@ def syntactic_targets(tokenizer, items: Sequence[CalibItem], max_length: int = 1
             if parse is None:
                 continue
             base = len(word_head)
-            word_head += [-1 if (h < 0 or h == i or d == "ROOT") else h + base for i, (h, d) in enumerate(zip(parse.heads, parse.deps))]
+            word_head += [-1 if (h < 0 or h == i or d == "ROOT" or (relations is not None and d not in relations)) else h + base
+                          for i, (h, d) in enumerate(zip(parse.heads, parse.deps))]
         t2w = np.asarray(al.token_to_word)
         first = np.full(al.n_words, -1, dtype=np.int64)
         for t in range(len(t2w) - 1, -1, -1):
