@@ -158,8 +158,10 @@ def heads_to_prune(model_or_config: Any, ranked: Sequence[Head], spec: str | Bud
         if not (0 <= l < cost.n_layers and 0 <= h < cost.n_heads):
             raise SynpruneError(f"ranked head [{l}, {h}] is outside the model's {cost.n_layers} x {cost.n_heads} heads")
     if budget.kind == "heads":
+        from .select import n_to_prune
+
         n_total = cost.n_layers * cost.n_heads
-        n = round(round(1.0 - budget.keep, 12) * n_total)
+        n = n_to_prune(round(1.0 - budget.keep, 12), n_total)  # halves up, as --sparsity rounds
         if n > len(ranked):
             raise SynpruneError(f"budget heads:{budget.keep:g} prunes {n} heads but only {len(ranked)} are ranked")
         return n
@@ -173,6 +175,25 @@ def heads_to_prune(model_or_config: Any, ranked: Sequence[Head], spec: str | Bud
     raise SynpruneError(
         f"budget {budget.kind}:{budget.keep:g} cannot be met: pruning all {len(ranked)} ranked heads keeps "
         f"{reach:.4f} of the attention + feed-forward {budget.kind}; use a fraction of at least {math.ceil(reach * 1e4) / 1e4:g}")
+
+
+def budget_report(model_or_config: Any, pruned: Iterable[Head], spec: str | Budget,
+                  mean_seq_len: float | None = None) -> dict[str, Any]:
+    """What a selection keeps (fraction of heads, parameters and, with a sequence length, FLOPs) and whether
+    that meets the budget. `pruned` lists every removed head (a removed layer's heads all appear)."""
+    budget = spec if isinstance(spec, Budget) else parse_budget(spec)
+    cost = CostModel.from_model(model_or_config)
+    pruned = sorted({(int(l), int(h)) for l, h in pruned})
+    kinds = ("heads", "params") + (("flops",) if mean_seq_len else ())
+    kept = {k: cost.kept_fraction(pruned, k, mean_seq_len) for k in kinds}
+    if budget.kind == "heads":
+        from .select import n_to_prune
+
+        met = len(pruned) >= n_to_prune(round(1.0 - budget.keep, 12), cost.n_layers * cost.n_heads)
+    else:
+        met = kept[budget.kind] <= budget.keep * (1 + 1e-12)
+    return {"spec": f"{budget.kind}:{budget.keep:g}", "met": bool(met), "heads_pruned": len(pruned),
+            **{f"{k}_kept": round(v, 6) for k, v in kept.items()}, "mean_seq_len": mean_seq_len}
 
 
 # The name main's pipeline imports (`heads_for_budget(model, order, budget, mean_length)`): same function.

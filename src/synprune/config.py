@@ -1,6 +1,7 @@
 """Every option of a pruning run, with SPEC defaults. The whole object is written into each result."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from .errors import SynpruneError
@@ -31,6 +32,14 @@ class PruneConfig:
         from .attention import DIRECTIONS
         from .methods.sap import parse_threshold
 
+        for f in fields(self):  # nan passes every range check written as `not lo <= x <= hi`... or none at all
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SynpruneError(f"--{f.name.replace('_', '-')} {value}: give a finite number")
+        if _non_finite_number(str(self.threshold)):
+            raise SynpruneError(f"--threshold {self.threshold}: give a finite number or a named threshold")
+        if self.seed < 0:
+            raise SynpruneError(f"--seed {self.seed}: seeds must be non-negative integers, e.g. 0")
         if not 0 <= self.sparsity < 1:
             raise SynpruneError(f"sparsity {self.sparsity} is outside [0, 1): it is the fraction of heads to remove")
         if self.k < 1:
@@ -59,6 +68,13 @@ class PruneConfig:
             parse_budget(self.budget)
         return self
 
+    def check_model(self, max_positions: int | None) -> "PruneConfig":
+        """Refuse a --max-length the model cannot embed (its position table would be indexed past its end)."""
+        if max_positions is not None and self.max_length > max_positions:
+            raise SynpruneError(f"--max-length {self.max_length} exceeds the model's limit of {max_positions} tokens; "
+                                f"pass --max-length {max_positions} or less")
+        return self
+
     def replace(self, **changes) -> "PruneConfig":
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
@@ -67,3 +83,27 @@ class PruneConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def _non_finite_number(text: str) -> bool:
+    """"nan", "inf", "quantile:nan": a number that parses but is not finite."""
+    tail = text.rpartition(":")[2]
+    try:
+        return not math.isfinite(float(tail))
+    except ValueError:
+        return False
+
+
+# Families whose position ids start after the padding index (RoBERTa's scheme): fewer usable positions.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "xmod")
+
+
+def max_positions(model) -> int | None:
+    """The longest input `model` can embed, from its config (None when the config does not say)."""
+    cfg = getattr(model, "config", model)
+    n = getattr(cfg, "max_position_embeddings", None)
+    if not isinstance(n, int):
+        return None
+    if getattr(cfg, "model_type", "") in _OFFSET_POSITIONS and getattr(cfg, "position_embedding_type", "absolute") == "absolute":
+        n -= int(getattr(cfg, "pad_token_id", 0) or 0) + 1
+    return n

@@ -73,10 +73,15 @@ class PruneResult:
         return self
 
     def write(self, out_dir: str | Path) -> Path:
-        """result.json (and cf_log.jsonl with CF), each written atomically: a failed run leaves neither."""
+        """The output set: result.json, and cf_log.jsonl with CF. result.json is the set's commit record: it is
+        removed first and written last (each file atomically), so a failure part way leaves no result.json
+        beside a newer or older cf_log, and a run without CF removes an earlier run's cf_log.jsonl."""
         import json
 
         out = Path(out_dir)
+        (out / "result.json").unlink(missing_ok=True)
         if self.cf:
             atomic_write_text(out / "cf_log.jsonl", "".join(json.dumps(r) + "\n" for r in self.cf_log))
+        else:
+            (out / "cf_log.jsonl").unlink(missing_ok=True)
         return atomic_write_json(out / "result.json", self.to_json())

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, get_type_hints
 
-from .config import PruneConfig
+from .config import PruneConfig, max_positions
 from .errors import SynpruneError
 from .io import atomic_write_json, atomic_write_text
 from .methods import available, uses
@@ -263,7 +263,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     """
     from .calibration import Calibration
     from .evaluate import task_metrics
-    from .pipeline import as_task_model, run as run_one
+    from .pipeline import as_task_model, model_data, run as run_one
 
     base = (config or PruneConfig()).replace(**options).validate()
     plan = plan_sweep(methods, sparsities, seeds, grid, base)
@@ -271,6 +271,8 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         model = task_model_for(task.name if isinstance(task, TaskData) else task, glue_dir)
     data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
     tm = as_task_model(model, tokenizer)
+    base.check_model(max_positions(tm.model))
+    data = model_data(tm, data)
     metric_names = task_metrics(tm, data)
     split = make_split(data, base.calib_size, base.seed, base.eval_size)
     ctx = Calibration(tm, split.calibration, base, metric_names)
