@@ -77,11 +77,11 @@ class TaskData:
     source: str
     hashes: dict[str, str] = field(default_factory=dict)
     eval_splits: tuple[str, ...] = ("dev",)
-    calib_split: str = "train"  # where the calibration sample is drawn from (when present)
-    lm: bool = False  # language modelling: plain texts scored by perplexity, no labels needed
     label_names: tuple[str, ...] | None = None  # names of label ids 0..n-1 when the data named its labels
     skipped: dict[str, int] = field(default_factory=dict)  # file -> rows left out (too few columns)
     label_map: dict[str, int] | None = None  # the name -> id map the labels were scored with (set by align_labels)
+    calib_split: str = "train"  # where the calibration sample is drawn from (when present)
+    lm: bool = False  # language modelling: plain texts scored by perplexity, no labels needed
 
     @property
     def is_regression(self) -> bool:
