@@ -172,7 +172,7 @@ def test_only_the_chosen_relations_become_syntactic(glue_dir):
     tm = tiny_model("bert")
     ctx = _ctx(glue_dir, tm)
     labels = ctx.dependency_ranking(1, True).labels
-    det = torch.cat([ctx.run_scan([LabelRecorder()], keep_punct=True)[0].labels]) == labels.index("det")
+    det = torch.cat(ctx.run_scan([LabelRecorder()], keep_punct=True)[0].labels) == labels.index("det")
     plain = torch.cat(_scan(ctx).arc_attn)
     with controlled_attention(tm.model, syntactic_targets(tm.tokenizer, ctx.items, relations={"det"}), [(0, 1)], 1.0):
         ctl = torch.cat(_scan(ctx).arc_attn)

@@ -121,7 +121,7 @@ def controlled_attention(model: torch.nn.Module, targets: dict[Key, tuple[np.nda
         raise SynpruneError(f"p = {p} is not a probability; use a value in [0, 1]")
     if otherwise not in OTHERWISE:
         raise SynpruneError(f"otherwise={otherwise!r}: use one of {', '.join(OTHERWISE)}")
-    layer_of = {id(h.heads_module): h.layer for h in attention_handles(model)}
+    layer_of = {id(h.module): h.layer for h in attention_handles(model)}
     chosen: dict[int, list[int]] = {}
     for layer, head in heads:
         chosen.setdefault(layer, []).append(head)
