@@ -161,3 +161,28 @@ def test_every_family_declares_what_it_is():
         cfg = a.tiny_config()
         assert get_adapter(cfg) is a, name
         assert a.task_kinds == (("lm",) if a.causal else ("embedding", "classifier"))
+
+
+def test_kv_group_units_select_whole_groups():
+    from synprune.arch import removed_kv_groups
+    from synprune.select import group_order, select
+
+    # 2 layers x 4 heads in groups of 2; group (0, 1) = heads 2, 3 has mean position 1.5, group (1, 0) 2.5
+    order = [(0, 2), (1, 0), (0, 3), (1, 1), (0, 0), (1, 3), (0, 1), (1, 2)]
+    grouped = group_order(order, 2)
+    assert grouped[:4] == [(0, 2), (0, 3), (1, 0), (1, 1)]
+    chosen = select(grouped, (2, 4), 4).pruned
+    assert chosen == [(0, 2), (0, 3), (1, 0), (1, 1)]
+    model = build("llama")
+    assert removed_kv_groups(model, chosen) == [[0, 1], [1, 0]]
+    assert removed_kv_groups(model, [(0, 2), (1, 1)]) == []  # no group lost all its heads
+
+
+def test_kv_groups_with_cf_is_refused():
+    from synprune.config import PruneConfig
+    from synprune.errors import SynpruneError
+
+    with pytest.raises(SynpruneError, match="kv-groups"):
+        PruneConfig(units="kv-groups", cf=True).validate()
+    with pytest.raises(SynpruneError, match="--units"):
+        PruneConfig(units="groups").validate()

@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass, fields
 from .errors import SynpruneError
 
 
+UNITS = ("heads", "kv-groups")
+
+
 @dataclass
 class PruneConfig:
     method: str = "sap"
@@ -26,6 +29,7 @@ class PruneConfig:
     tolerance: float = 0.95
     tolerance_abs: float | None = None
     budget: str | None = None
+    units: str = "heads"  # what the budget counts: "heads" (query heads) or "kv-groups" (whole key/value groups)
 
     def validate(self) -> "PruneConfig":
         from .attention import DIRECTIONS
@@ -59,6 +63,10 @@ class PruneConfig:
             raise SynpruneError(f"--tolerance {self.tolerance} must be a ratio of the dense metric, e.g. 0.95")
         if self.tolerance_abs is not None and self.tolerance_abs < 0:
             raise SynpruneError(f"--tolerance-abs {self.tolerance_abs} must be a non-negative drop of the metric, e.g. 1.0")
+        if self.units not in UNITS:
+            raise SynpruneError(f"--units {self.units!r}: use one of {', '.join(UNITS)}")
+        if self.units == "kv-groups" and self.cf:
+            raise SynpruneError("--units kv-groups prunes whole key/value groups, but CF walks single heads; drop +cf or use --units heads")
         if self.budget is not None:
             from .budget import parse_budget
 

@@ -2,11 +2,13 @@
 CF -> evaluate -> result). The command line is a thin layer over this function."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from .arch import group_size, removed_kv_groups
 from .calibration import Calibration
 from .config import PruneConfig, max_positions
 from .errors import SynpruneError
@@ -16,7 +18,7 @@ from .methods import HeadScores, get_method, unused_options, uses
 from .models import TaskModel, load_model
 from .progress import log
 from .result import PruneResult, versions
-from .select import Selection, n_to_prune, select
+from .select import Selection, group_order, n_to_prune, select
 from .tasks import Split, TaskData, align_labels, load_task, make_split
 
 
@@ -57,19 +59,23 @@ def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Sele
     """Heads to prune: the top of the order, or CF's walk over a candidate pool. With a budget, also the
     config the selection ran with (its sparsity is the budget's head count) and what the selection keeps."""
     n_heads = ctx.tm.n_heads
+    gs = group_size(ctx.tm.model) if cfg.units == "kv-groups" else 1
+    if gs > 1:
+        scores = replace(scores, order=group_order(scores.order, gs))
     if not cfg.budget:
-        return (*_pick(ctx, cfg, scores, n_to_prune(cfg.sparsity, n_heads)), cfg, None)
+        return (*_pick(ctx, cfg, scores, gs * n_to_prune(cfg.sparsity, n_heads // gs)), cfg, None)
     from .budget import budget_report, heads_for_budget
 
     seq_len = ctx.mean_length()
     n = heads_for_budget(ctx.tm.model, scores.order, cfg.budget, seq_len, layer_fraction=cfg.layer_fraction)
+    n = -(-n // gs) * gs  # whole groups
     while True:  # the layer rule can make a selection of n heads keep more than the order's first n heads would
         used = cfg.replace(sparsity=n / n_heads)  # CF sizes its candidate pool from the sparsity
         selection, cf_log = _pick(ctx, used, scores, n)
         report = budget_report(ctx.tm.model, selection.pruned, cfg.budget, seq_len)
         if report["met"] or n >= n_heads:
             break
-        n += 1
+        n += gs
     if not report["met"]:
         raise SynpruneError(f"budget {cfg.budget}: the selection keeps {report} and cannot meet it; use a larger fraction")
     return selection, cf_log, used.replace(sparsity=len(selection.pruned) / n_heads), report
@@ -178,6 +184,7 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
                "calibration_items": len(ctx.items) if "items" in ctx.__dict__ else None,
                "calibration_rows_cut": ctx.texts.rows_cut if "texts" in ctx.__dict__ else None, "note": split.note},
         sparsity=cfg.sparsity, n_heads=tm.n_heads, pruned_heads=selection.pruned, removed_layers=selection.removed_layers,
+        removed_kv_groups=removed_kv_groups(tm.model, selection.pruned),
         metric={"name": main_metric, "split": main_split, "dense": dense[main_split][main_metric],
                 "pruned": pruned[main_split][main_metric], "all": {"dense": dense, "pruned": pruned}},
         head_scores=scores.scores, config=cfg.to_json(), seed=cfg.seed, timings=dict(ctx.timings),

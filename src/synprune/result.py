@@ -44,6 +44,7 @@ class PruneResult:
     versions: dict
     details: dict = field(default_factory=dict)
     cf_log: list[dict] = field(default_factory=list)
+    removed_kv_groups: list[list[int]] = field(default_factory=list)  # [layer, group]: all its query heads pruned
 
     @property
     def pruned_per_layer(self) -> list[int]:
@@ -57,6 +58,7 @@ class PruneResult:
             "method": self.method, "cf": self.cf, "model": self.model, "task": self.task, "split": self.split,
             "sparsity": self.sparsity, "n_heads": self.n_heads, "n_pruned": len(self.pruned_heads),
             "pruned_heads": [list(h) for h in self.pruned_heads], "removed_layers": self.removed_layers,
+            "removed_kv_groups": [list(g) for g in self.removed_kv_groups],
             "pruned_per_layer": self.pruned_per_layer, "metric": self.metric,
             "head_scores": np.asarray(self.head_scores, dtype=float).tolist(),
         }

@@ -59,6 +59,9 @@ class SapOptions(OptionSet):
     keep_punct: Annotated[bool, typer.Option("--keep-punct", help="SAP: count punct arcs too.")] = _D.keep_punct
     layer_fraction: Annotated[float, typer.Option(
         help="Remove a layer's whole attention block once this fraction of its heads is pruned.")] = _D.layer_fraction
+    units: Annotated[str, typer.Option(
+        help="What sparsity and budgets count: heads (query heads) or kv-groups (whole key/value groups with all "
+             "their query heads: also shrinks the KV cache).")] = _D.units
 
 
 @dataclass
