@@ -20,6 +20,7 @@ class PruneConfig:
     keep_punct: bool = False
     layer_fraction: float = 1.0
     calib_size: int = 512
+    eval_size: int | None = None  # cap on evaluation examples per split (seeded sample), for quick runs
     seed: int = 0
     max_length: int = 128
     batch_size: int = 32
@@ -57,6 +58,8 @@ class PruneConfig:
             raise SynpruneError(f"--layer-fraction {self.layer_fraction} must be in (0, 1]")
         if self.calib_size < 1 or self.batch_size < 1 or self.max_length < 4:
             raise SynpruneError("--calib-size and --batch-size must be positive and --max-length at least 4")
+        if self.eval_size is not None and self.eval_size < 1:
+            raise SynpruneError(f"--eval-size {self.eval_size} must be at least 1 (or left out for the whole split)")
         if self.pool_ratio is not None and not 0 < self.pool_ratio <= 1:
             raise SynpruneError(f"--pool-ratio {self.pool_ratio} must be in (0, 1]")
         if not 0 < self.tolerance <= 1.5:

@@ -15,7 +15,7 @@ from .errors import SynpruneError
 from .evaluate import evaluate, prepare, task_metrics
 from .masking import HeadMask
 from .methods import HeadScores, get_method, unused_options, uses
-from .models import TaskModel, load_model
+from .models import TaskModel, load_model, model_kind, with_bos
 from .progress import log
 from .result import PruneResult, versions
 from .select import Selection, group_order, n_to_prune, select
@@ -29,9 +29,10 @@ def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
     if isinstance(model, nn.Module):
         if tokenizer is None:
             raise ValueError("pass the model's tokenizer with a model object")
-        kind = "classifier" if hasattr(model, "classifier") else "embedding"
+        kind = model_kind(model)
         model.eval()
-        return TaskModel(model, tokenizer, kind, type(model).__name__, getattr(model, "name_or_path", ""), None)
+        return TaskModel(model, with_bos(tokenizer) if kind == "lm" else tokenizer, kind, type(model).__name__,
+                         getattr(model, "name_or_path", ""), None)
     return load_model(model)
 
 
@@ -116,16 +117,16 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         from .io import refuse_to_replace
 
         refuse_to_replace(export, overwrite, "--export")
-    if parses_file is not None and cfg.cf:
-        raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
     data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
-    if not data.has_labels:
+    if parses_file is not None and cfg.cf and not data.lm:
+        raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
+    if not data.can_evaluate:
         raise SynpruneError(f"task data {data.source} has no labels, and evaluation needs them; pass --label-col")
     tm = as_task_model(model, tokenizer)
     cfg.check_model(max_positions(tm.model))
     data = model_data(tm, data)
     metric_names = task_metrics(tm, data)
-    split = make_split(data, cfg.calib_size, cfg.seed)
+    split = make_split(data, cfg.calib_size, cfg.seed, cfg.eval_size)
     if parses_file is None:
         ctx = Calibration(tm, split.calibration, cfg, metric_names)
     else:

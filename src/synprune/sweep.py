@@ -38,7 +38,7 @@ SELECTION_OPTIONS = frozenset({"layer_fraction"})
 CF_OPTIONS = frozenset({"pool_ratio", "tolerance", "tolerance_abs"})
 # Fixed for a whole sweep: the axes of the sweep itself, and what defines its calibration context.
 NOT_GRIDDABLE = {"method": "--methods", "cf": "--methods NAME+cf", "sparsity": "--sparsities", "seed": "--seeds",
-                 "budget": "--sparsities", "calib_size": "a separate sweep", "max_length": "a separate sweep",
+                 "budget": "--sparsities", "calib_size": "a separate sweep", "eval_size": "a separate sweep", "max_length": "a separate sweep",
                  "batch_size": "a separate sweep", "parser": "a separate sweep"}
 PER_RUN = ("method", "cf", "sparsity")  # set by each run, so not part of the sweep-wide options
 RESULT_COLUMNS = ("method", "cf", "sparsity", "seed", "metric_name", "dense", "pruned", "n_pruned", "seconds")
@@ -320,7 +320,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     base.check_model(max_positions(tm.model))
     data = model_data(tm, data)
     metric_names = task_metrics(tm, data)
-    split = make_split(data, base.calib_size, base.seed)
+    split = make_split(data, base.calib_size, base.seed, base.eval_size)
     ctx = Calibration(tm, split.calibration, base, metric_names)
     out_dir = Path(out) if out is not None else None
     done = finished_runs(out_dir, plan, tm.describe(), task_record(data, metric_names), overwrite) if out_dir else {}
