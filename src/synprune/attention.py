@@ -3,6 +3,16 @@
 `scan` runs the model with eager attention over the calibration items and hands each batch (token
 attention, word attention, dependency arcs) to a list of collectors. Nothing the size of the dataset is
 kept: each collector holds running sums, so memory does not grow with the number of sentences.
+
+Causal language models (decoders) see only earlier tokens, so attention from word i to a later word j is 0
+by construction. For them (`AttentionBatch.causal`):
+- word pairs are the visible triangle only (j earlier than i): `pair_mask`, and with it SAP's threshold, the
+  most-attended word and every mean over pairs;
+- an arc is read in the direction that is visible, from its later word to its earlier one, whatever the
+  `direction` option: dep2head when the head comes first, head2dep when the dependent does (`max` gives the
+  same, since the other direction is 0);
+- the text starts with a start token (`models.with_bos`) that, like an encoder's [CLS], belongs to no word:
+  the attention sink there is outside the word-level maps.
 """
 from __future__ import annotations
 
@@ -67,25 +77,29 @@ class AttentionBatch:
     arcs: Arcs
     items: Sequence[CalibItem]
     special_mask: torch.Tensor | None = None  # (B, T) bool, special tokens ([CLS], [SEP], <s>, ...)
+    causal: bool = False  # a decoder: a word attends only to itself and earlier words
 
     def arc_attention(self, direction: str = "dep2head") -> torch.Tensor:
-        """(P, L, H) attention value of each arc in the chosen direction."""
+        """(P, L, H) attention value of each arc in the chosen direction (causal: the visible direction)."""
         a = self.arcs
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
+        if self.causal:
+            return self.word_attn[a.item, :, :, torch.maximum(a.head, a.dep), torch.minimum(a.head, a.dep)]
         d2h = self.word_attn[a.item, :, :, a.dep, a.head]
         if direction == "dep2head":
             return d2h
         h2d = self.word_attn[a.item, :, :, a.head, a.dep]
         if direction == "head2dep":
             return h2d
-        if direction == "max":
-            return torch.maximum(d2h, h2d)
-        raise ValueError(f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
+        return torch.maximum(d2h, h2d)  # "max"
 
     def pair_mask(self) -> torch.Tensor:
-        """(B, W, W) bool: word pairs i != j that both survived truncation."""
+        """(B, W, W) bool: word pairs i != j that both survived truncation (causal: j before i only)."""
         m = self.word_mask[:, :, None] & self.word_mask[:, None, :]
-        eye = torch.eye(m.shape[-1], dtype=torch.bool)
-        return m & ~eye
+        n = m.shape[-1]
+        visible = torch.ones(n, n, dtype=torch.bool).tril(-1) if self.causal else ~torch.eye(n, dtype=torch.bool)
+        return m & visible
 
 
 def most_attended(batch: AttentionBatch) -> torch.Tensor:
@@ -166,7 +180,7 @@ def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collect
             word_mask = R.sum(-1) > 0
             batch = AttentionBatch(token_attn, enc["attention_mask"].bool(), word_attn, word_mask,
                                    batch_arcs(batch_items, alignments, label_index, keep_punct), batch_items,
-                                   enc["special_tokens_mask"].bool())
+                                   enc["special_tokens_mask"].bool(), causal=tm.kind == "lm")
             n_arcs += len(batch.arcs)
             for c in collectors:
                 c.update(batch)

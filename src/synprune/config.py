@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass, fields
 from .errors import SynpruneError
 
 
+UNITS = ("heads", "kv-groups", "heads,neurons")
+
+
 @dataclass
 class PruneConfig:
     method: str = "sap"
@@ -17,6 +20,7 @@ class PruneConfig:
     keep_punct: bool = False
     layer_fraction: float = 1.0
     calib_size: int = 512
+    eval_size: int | None = None  # cap on evaluation examples per split (seeded sample), for quick runs
     seed: int = 0
     max_length: int = 128
     batch_size: int = 32
@@ -26,10 +30,11 @@ class PruneConfig:
     tolerance: float = 0.95
     tolerance_abs: float | None = None
     budget: str | None = None
-    units: str = "heads"
-    neuron_score: str = "auto"
-    repair: str = "none"
-    rearrange: bool = True
+    units: str = "heads"  # what is pruned: "heads" (query heads), "kv-groups" (whole key/value groups), "heads,neurons"
+    dependencies_from: str | None = None  # SAP: rank dependency labels on this dataset instead of the calibration data
+    neuron_score: str = "auto"  # --units heads,neurons: how neurons are scored (synprune.neurons)
+    repair: str = "none"  # retrain-free repair after pruning: none, ls, bias (synprune.repair)
+    rearrange: bool = True  # budgeted neuron search: Kwon et al.'s mask rearrangement
 
     def validate(self) -> "PruneConfig":
         from .attention import DIRECTIONS
@@ -57,18 +62,26 @@ class PruneConfig:
             raise SynpruneError(f"--layer-fraction {self.layer_fraction} must be in (0, 1]")
         if self.calib_size < 1 or self.batch_size < 1 or self.max_length < 4:
             raise SynpruneError("--calib-size and --batch-size must be positive and --max-length at least 4")
+        if self.eval_size is not None and self.eval_size < 1:
+            raise SynpruneError(f"--eval-size {self.eval_size} must be at least 1 (or left out for the whole split)")
         if self.pool_ratio is not None and not 0 < self.pool_ratio <= 1:
             raise SynpruneError(f"--pool-ratio {self.pool_ratio} must be in (0, 1]")
         if not 0 < self.tolerance <= 1.5:
             raise SynpruneError(f"--tolerance {self.tolerance} must be a ratio of the dense metric, e.g. 0.95")
         if self.tolerance_abs is not None and self.tolerance_abs < 0:
             raise SynpruneError(f"--tolerance-abs {self.tolerance_abs} must be a non-negative drop of the metric, e.g. 1.0")
+        if self.units not in UNITS:
+            raise SynpruneError(f"--units {self.units!r}: use one of {', '.join(UNITS)}")
+        if self.units == "kv-groups" and self.cf:
+            raise SynpruneError("--units kv-groups prunes whole key/value groups, but CF walks single heads; drop +cf or use --units heads")
+        if self.dependencies_from is not None:
+            from .depsource import check_source
+
+            check_source(self.dependencies_from)
         if self.budget is not None:
             from .budget import parse_budget
 
             parse_budget(self.budget)
-        if self.units not in UNITS:
-            raise SynpruneError(f"--units {self.units!r}: use heads or heads,neurons")
         from .repair import REPAIRS
 
         if self.repair not in REPAIRS:
@@ -113,7 +126,6 @@ class PruneConfig:
         return asdict(self)
 
 
-UNITS = ("heads", "heads,neurons")
 
 
 def _non_finite_number(text: str) -> bool:

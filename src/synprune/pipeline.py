@@ -2,19 +2,22 @@
 CF -> evaluate -> result). The command line is a thin layer over this function."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from .arch import group_size, removed_kv_groups
 from .calibration import Calibration
 from .config import PruneConfig, max_positions
 from .errors import SynpruneError
 from .evaluate import evaluate, prepare, task_metrics
-from .methods import HeadScores, get_method, uses
-from .models import TaskModel, load_model
+from .methods import HeadScores, get_method, unused_options, uses
+from .models import TaskModel, load_model, model_kind, with_bos
+from .progress import log
 from .result import PruneResult, versions
-from .select import Selection, n_to_prune, select
+from .select import Selection, group_order, n_to_prune, select
 from .tasks import Split, TaskData, align_labels, load_task, make_split
 
 
@@ -25,10 +28,37 @@ def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
     if isinstance(model, nn.Module):
         if tokenizer is None:
             raise ValueError("pass the model's tokenizer with a model object")
-        kind = "classifier" if hasattr(model, "classifier") else "embedding"
+        kind = model_kind(model)
         model.eval()
-        return TaskModel(model, tokenizer, kind, type(model).__name__, getattr(model, "name_or_path", ""), None)
+        return TaskModel(model, with_bos(tokenizer) if kind == "lm" else tokenizer, kind, type(model).__name__,
+                         getattr(model, "name_or_path", ""), None)
     return load_model(model)
+
+
+def refuse_unused_options(cfg: PruneConfig) -> None:
+    """An option set away from its default that the method never reads would be recorded as if it mattered."""
+    default = PruneConfig()
+    ignored = [o for o in unused_options(cfg.method) if getattr(cfg, o) != getattr(default, o)]
+    if ignored:
+        flags = ", ".join(f"--{o.replace('_', '-')}" for o in ignored)
+        raise SynpruneError(f"{flags} has no effect on method {cfg.method} (see `synprune methods`); drop it")
+
+
+def refuse_cf_without_labels(data: TaskData, cf: bool) -> None:
+    """Without labels a run is scored against the dense model (`fidelity`), but CF needs the task metric."""
+    if cf and not data.can_evaluate:
+        raise SynpruneError(f"task data {data.source} has no labels: Candidate Filtering checks candidates against "
+                            "the task metric; drop --cf (or the +cf methods), or pass --label-col")
+
+
+def with_reference(tm: TaskModel, prepared: dict, metric_names) -> dict:
+    """Label-free runs score against the dense model's outputs, computed here once, before any mask."""
+    from .fidelity import NAMES, outputs
+
+    if set(metric_names) <= NAMES:
+        for p in prepared.values():
+            p.reference = outputs(tm, p)
+    return prepared
 
 
 def model_data(tm: TaskModel, data: TaskData) -> TaskData:
@@ -58,19 +88,23 @@ def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Sele
             if not report["met"]:
                 raise SynpruneError(f"budget {cfg.budget}: the selection keeps {report} and cannot meet it; use a larger fraction")
         return selection, [], cfg.replace(sparsity=len(selection.pruned) / n_heads), {**(report or {}), "units": info}
+    gs = group_size(ctx.tm.model) if cfg.units == "kv-groups" else 1
+    if gs > 1:
+        scores = replace(scores, order=group_order(scores.order, gs))
     if not cfg.budget:
-        return (*_pick(ctx, cfg, scores, n_to_prune(cfg.sparsity, n_heads)), cfg, None)
+        return (*_pick(ctx, cfg, scores, gs * n_to_prune(cfg.sparsity, n_heads // gs)), cfg, None)
     from .budget import budget_report, heads_for_budget
 
     seq_len = ctx.mean_length()
     n = heads_for_budget(ctx.tm.model, scores.order, cfg.budget, seq_len, layer_fraction=cfg.layer_fraction)
+    n = -(-n // gs) * gs  # whole groups
     while True:  # the layer rule can make a selection of n heads keep more than the order's first n heads would
         used = cfg.replace(sparsity=n / n_heads)  # CF sizes its candidate pool from the sparsity
         selection, cf_log = _pick(ctx, used, scores, n)
         report = budget_report(ctx.tm.model, selection.pruned, cfg.budget, seq_len)
         if report["met"] or n >= n_heads:
             break
-        n += 1
+        n += gs
     if not report["met"]:
         raise SynpruneError(f"budget {cfg.budget}: the selection keeps {report} and cannot meet it; use a larger fraction")
     return selection, cf_log, used.replace(sparsity=len(selection.pruned) / n_heads), report
@@ -114,24 +148,24 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     """
     cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate().resolved()
     get_method(cfg.method)  # unknown methods fail before any work
+    refuse_unused_options(cfg)
     if onnx and export is None:
         raise SynpruneError("--onnx writes model.onnx into the exported folder; add --export DIR or drop --onnx")
     if export is not None:
         from .io import refuse_to_replace
 
         refuse_to_replace(export, overwrite, "--export")
-    if parses_file is not None and cfg.cf:
-        raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
     data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
-    if not data.has_labels:
-        raise SynpruneError(f"task data {data.source} has no labels, and evaluation needs them; pass --label-col")
+    if parses_file is not None and cfg.cf and not data.lm:
+        raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
+    refuse_cf_without_labels(data, cfg.cf)
     tm = as_task_model(model, tokenizer)
     cfg.check_model(max_positions(tm.model))
     data = model_data(tm, data)
     metric_names = task_metrics(tm, data)
-    split = make_split(data, cfg.calib_size, cfg.seed)
+    split = make_split(data, cfg.calib_size, cfg.seed, cfg.eval_size)
     if parses_file is None:
-        ctx = Calibration(tm, split.calibration, cfg, metric_names)
+        ctx = Calibration(tm, split.calibration, cfg, metric_names, glue_dir=glue_dir)
     else:
         from .conllu import gold_calibration
 
@@ -157,6 +191,17 @@ def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
         return ctx.memo(key, lambda: get_method(cfg.method)(ctx, cfg))
 
 
+def run_notes(cfg: PruneConfig, scores: HeadScores) -> list[str]:
+    """What the run did differently from what was asked, said in the terminal and kept in result.json."""
+    notes = []
+    if scores.details.get("loss") == "output-fisher" and cfg.method != "output-fisher":
+        notes.append(f"{cfg.method}: the calibration data has no labels, so the label-free output Fisher "
+                     "replaced the task loss")
+    for n in notes:
+        log(f"note: {n}")
+    return notes
+
+
 def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: str | Path | None = None) -> PruneResult:
     """Score, select (or CF), evaluate dense and pruned, and assemble the result for one method and budget."""
     import time
@@ -165,6 +210,7 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
     cfg = cfg.resolved()
     t0 = time.perf_counter()
     scores = score(ctx, cfg)
+    notes = run_notes(cfg, scores)
     with ctx.timed("select" if not cfg.cf else "cf"):
         selection, cf_log, cfg, budget = choose(ctx, cfg, scores)
     repair = None
@@ -176,8 +222,9 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
             repair = make_repair(cfg.repair, tm.model, list(model_inputs(tm, ctx.prepared.batches)), selection.pruned,
                                  selection.neurons if cfg.neurons else None)
     prune_seconds = time.perf_counter() - t0
-    prepared = ctx.memo("eval-prepared", lambda: {
-        s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()})
+    prepared = ctx.memo("eval-prepared", lambda: with_reference(tm, {
+        s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()},
+        metric_names))
     with ctx.timed("evaluate_dense"):
         dense = ctx.memo("dense", lambda: evaluate_heads(tm, prepared, metric_names, []))
     with ctx.timed("evaluate_pruned"):
@@ -191,11 +238,13 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
                "calibration_items": len(ctx.items) if "items" in ctx.__dict__ else None,
                "calibration_rows_cut": ctx.texts.rows_cut if "texts" in ctx.__dict__ else None, "note": split.note},
         sparsity=cfg.sparsity, n_heads=tm.n_heads, pruned_heads=selection.pruned, removed_layers=selection.removed_layers,
+        removed_kv_groups=removed_kv_groups(tm.model, selection.pruned),
         metric={"name": main_metric, "split": main_split, "dense": dense[main_split][main_metric],
                 "pruned": pruned[main_split][main_metric], "all": {"dense": dense, "pruned": pruned}},
         head_scores=scores.scores, config=cfg.to_json(), seed=cfg.seed, timings=dict(ctx.timings),
         versions=versions(ctx.parse_info.get("parser")),
         details={**scores.details, "parse_cache": ctx.parse_info, **({"budget": budget} if budget else {}),
+                 "options_not_used": unused_options(cfg.method), **({"notes": notes} if notes else {}),
                  "prune_seconds": prune_seconds, **({"repair": repair.summary()} if repair is not None else {})},
         cf_log=cf_log, pruned_neurons=selection.neurons, n_neurons=_n_neurons(tm) if cfg.neurons else 0, repair=repair,
     )._written(out)

@@ -1,4 +1,5 @@
-"""Tasks: GLUE from a local `glue_data` folder (or the hub), or any CSV/TSV/JSONL file.
+"""Tasks: GLUE from a local `glue_data` folder (or the hub), any CSV/TSV/JSONL file, or language modelling
+(`ewt`: Universal Dependencies English EWT text; any .txt file, one text per line).
 
 A task is its examples per split plus what it is scored with; everything downstream (parsing, attention
 statistics, evaluation) sees only `Example`s, so new data sources plug in here.
@@ -79,6 +80,8 @@ class TaskData:
     label_names: tuple[str, ...] | None = None  # names of label ids 0..n-1 when the data named its labels
     skipped: dict[str, int] = field(default_factory=dict)  # file -> rows left out (too few columns)
     label_map: dict[str, int] | None = None  # the name -> id map the labels were scored with (set by align_labels)
+    calib_split: str = "train"  # where the calibration sample is drawn from (when present)
+    lm: bool = False  # language modelling: plain texts scored by perplexity, no labels needed
 
     @property
     def is_regression(self) -> bool:
@@ -91,6 +94,11 @@ class TaskData:
     @property
     def has_labels(self) -> bool:
         return all(e.label is not None for s in self.splits.values() for e in s)
+
+    @property
+    def can_evaluate(self) -> bool:
+        """Language modelling scores plain text; every other task needs a label on each example."""
+        return self.lm or self.has_labels
 
 
 def default_glue_dir() -> Path | None:
@@ -320,17 +328,71 @@ def align_labels(data: TaskData, config) -> TaskData:
                                label_map={n: by_name[n.lower()] for n in data.label_names})
 
 
+LM_METRICS = ("perplexity",)
+EWT = "ewt"
+EWT_FILES = {"dev": "en_ewt-ud-dev.conllu", "test": "en_ewt-ud-test.conllu"}
+
+
+def default_ud_dir() -> Path | None:
+    """$SYNPRUNE_UD_DIR, else ../shared/data/ud/en_ewt beside the checkout or the working dir."""
+    if env := os.environ.get("SYNPRUNE_UD_DIR"):
+        return Path(env)
+    repo_root = Path(__file__).resolve().parents[2]
+    for base in (repo_root, Path.cwd()):
+        cand = base.parent / "shared" / "data" / "ud" / "en_ewt"
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def load_ewt(ud_dir: str | Path | None = None) -> TaskData:
+    """Language modelling on UD English EWT: calibration from dev (whose gold trees `--parses` can give),
+    perplexity on test."""
+    from .conllu import read_conllu
+
+    root = Path(ud_dir) if ud_dir is not None else default_ud_dir()
+    if root is None or not all((root / f).is_file() for f in EWT_FILES.values()):
+        raise SynpruneError(f"task ewt needs {' and '.join(EWT_FILES.values())} in {root or 'a UD English EWT folder'}; "
+                            "set SYNPRUNE_UD_DIR to the folder that holds them")
+    splits, hashes = {}, {}
+    for split, name in EWT_FILES.items():
+        bank = read_conllu(root / name)
+        splits[split] = [Example(t) for t in bank.texts]
+        hashes[name] = bank.sha256
+    return TaskData(EWT, splits, 0, LM_METRICS, str(root), hashes, ("test",), calib_split="dev", lm=True)
+
+
+def load_text_file(path: str | Path) -> TaskData:
+    """Language modelling on a text file, one text per line (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SynpruneError(f"text file {path} not found")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise SynpruneError(f"{path} is not UTF-8 text; pass a UTF-8 .txt file with one text per line") from None
+    texts = [t for t in lines if t]
+    if len(texts) < 2:
+        raise SynpruneError(f"{path} has {len(texts)} non-empty lines; language modelling needs at least 2 (one text per line)")
+    return TaskData(path.stem, {"all": [Example(t) for t in texts]}, 0, LM_METRICS, str(path),
+                    {path.name: sha256_file(path)}, ("all",), lm=True)
+
+
 def load_task(task: str, glue_dir: str | Path | None = None, text_col: str | None = None,
               text_pair_col: str | None = None, label_col: str | None = None) -> TaskData:
     """A GLUE task name, or a path to a CSV/TSV/JSONL file (then `text_col` is required)."""
     key = ALIASES.get(task.lower(), task.lower())
     if key in GLUE:
         return load_glue(key, glue_dir)
+    if key == EWT:
+        return load_ewt()
+    if Path(task).suffix.lower() == ".txt":
+        return load_text_file(task)
     if Path(task).suffix.lower() in (".csv", ".tsv", ".jsonl"):
         if text_col is None:
             raise SynpruneError(f"{task} is a data file: name its text column with --text-col")
         return load_file(task, text_col, text_pair_col, label_col)
-    raise SynpruneError(f"unknown task {task!r}: use one of {', '.join(GLUE)} or a .csv/.tsv/.jsonl file")
+    raise SynpruneError(f"unknown task {task!r}: use one of {', '.join(GLUE)}, ewt, a .csv/.tsv/.jsonl file or a .txt file")
 
 
 @dataclass(frozen=True)
@@ -342,23 +404,41 @@ class Split:
     note: str
 
 
-def make_split(data: TaskData, calib_size: int = 512, seed: int = 0) -> Split:
-    """Calibration: a seeded sample of train; evaluation: the dev split(s). Without train, halve dev."""
+def make_split(data: TaskData, calib_size: int = 512, seed: int = 0, eval_size: int | None = None) -> Split:
+    """Calibration: a seeded sample of the calibration split (train; dev for `ewt`); evaluation: the eval
+    split(s). Without a calibration split, a seeded half of the first eval split calibrates and the other
+    half evaluates. `eval_size` caps each evaluation split at a seeded sample of that many examples."""
     rng = random.Random(seed)
-    if "train" in data.splits and data.splits["train"]:
-        train = data.splits["train"]
-        idx = sorted(rng.sample(range(len(train)), min(calib_size, len(train))))
-        return Split([train[i] for i in idx], {s: data.splits[s] for s in data.eval_splits},
-                     f"calibration: {len(idx)} seeded examples of train; evaluation: {', '.join(data.eval_splits)}")
-    name = data.eval_splits[0]
-    pool = data.splits[name]
-    if len(pool) < 2:
-        raise SynpruneError(f"task {data.name} has {len(pool)} examples; need at least 2 to calibrate and evaluate")
-    order = list(range(len(pool)))
-    rng.shuffle(order)
-    half = len(pool) // 2
-    calib_idx = sorted(order[:half][:calib_size])
-    eval_idx = sorted(order[half:])
-    return Split([pool[i] for i in calib_idx], {name: [pool[i] for i in eval_idx]},
-                 f"no train split: a seeded half of {name} ({len(calib_idx)} examples) calibrates, "
-                 f"the other half ({len(eval_idx)}) evaluates")
+    source = data.calib_split
+    if source in data.splits and data.splits[source] and source not in data.eval_splits:
+        pool = data.splits[source]
+        idx = sorted(rng.sample(range(len(pool)), min(calib_size, len(pool))))
+        calibration = [pool[i] for i in idx]
+        evaluation = {s: data.splits[s] for s in data.eval_splits}
+        note = f"calibration: {len(idx)} seeded examples of {source}; evaluation: {', '.join(data.eval_splits)}"
+    else:
+        name = data.eval_splits[0]
+        pool = data.splits[name]
+        if len(pool) < 2:
+            raise SynpruneError(f"task {data.name} has {len(pool)} examples; need at least 2 to calibrate and evaluate")
+        order = list(range(len(pool)))
+        rng.shuffle(order)
+        half = len(pool) // 2
+        calib_idx = sorted(order[:half][:calib_size])
+        eval_idx = sorted(order[half:])
+        calibration = [pool[i] for i in calib_idx]
+        evaluation = {name: [pool[i] for i in eval_idx]}
+        note = (f"no {source} split: a seeded half of {name} ({len(calib_idx)} examples) calibrates, "
+                f"the other half ({len(eval_idx)}) evaluates")
+    if eval_size is not None:
+        evaluation = {s: cap(ex, eval_size, seed) for s, ex in evaluation.items()}
+        note += f"; evaluation capped at {eval_size} seeded examples per split (--eval-size)"
+    return Split(calibration, evaluation, note)
+
+
+def cap(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """A seeded sample of n examples in their original order (all of them when there are n or fewer)."""
+    if n >= len(examples):
+        return examples
+    idx = sorted(random.Random(f"eval-{seed}").sample(range(len(examples)), n))
+    return [examples[i] for i in idx]

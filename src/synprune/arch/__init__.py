@@ -20,7 +20,8 @@ from ..errors import SynpruneError
 from .base import Adapter, AttentionHandles, FFNHandles, Shape, in_dim, is_conv1d, out_dim, weight_rows
 
 __all__ = ["Adapter", "AttentionHandles", "FFNHandles", "Shape", "register", "get_adapter", "adapters",
-           "attention_handles", "ffn_handles", "head_grid", "kv_grid", "in_dim", "out_dim", "is_conv1d", "weight_rows"]
+           "attention_handles", "ffn_handles", "head_grid", "kv_grid", "group_size", "removed_kv_groups", "in_dim", "out_dim", "is_conv1d",
+           "weight_rows"]
 
 ADAPTERS: dict[str, Adapter] = {}
 _SUPPORT = {"base", "gqa"}
@@ -70,6 +71,20 @@ def head_grid(model: nn.Module) -> tuple[int, int]:
     """(layers, query heads per layer) of the unpruned architecture."""
     s = get_adapter(model).shape(model)
     return s.n_layers, s.n_heads
+
+
+def group_size(model: nn.Module) -> int:
+    """Query heads per key/value group (1 without grouped-query attention)."""
+    s = get_adapter(model).shape(model)
+    return s.n_heads // s.n_kv
+
+
+def removed_kv_groups(model: nn.Module, pruned_heads) -> list[list[int]]:
+    """[layer, group] of the key/value groups whose query heads are all in `pruned_heads`."""
+    gs = group_size(model)
+    gone = {(int(l), int(h)) for l, h in pruned_heads}
+    n_layers, n_kv = kv_grid(model)
+    return [[l, g] for l in range(n_layers) for g in range(n_kv) if all((l, g * gs + j) in gone for j in range(gs))]
 
 
 def kv_grid(model: nn.Module) -> tuple[int, int]:

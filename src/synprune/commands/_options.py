@@ -29,9 +29,13 @@ class OptionSet:
 class DataOptions(OptionSet):
     """Which model and data, and how the calibration sample is drawn and read."""
 
-    model: Annotated[Optional[str], typer.Option(help="Model folder or hub id (default: the bundled all-MiniLM-L6-v2).")] = None
-    task: Annotated[str, typer.Option(help="GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli) or a .csv/.tsv/.jsonl file.")] = "stsb"
+    model: Annotated[Optional[str], typer.Option(
+        help="Model folder, hub id, .gguf file, or smollm2 (the bundled SmolLM2-135M-Instruct GGUF); default: the bundled all-MiniLM-L6-v2.")] = None
+    task: Annotated[str, typer.Option(
+        help="GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli), a .csv/.tsv/.jsonl file, or language modelling: ewt (UD English EWT) or a .txt file (one text per line).")] = "stsb"
     calib_size: Annotated[int, typer.Option(help="Calibration examples sampled (seeded) from train.")] = _D.calib_size
+    eval_size: Annotated[Optional[int], typer.Option(
+        help="Evaluate on at most this many (seeded) examples per evaluation split, for quick runs.")] = _D.eval_size
     seed: Annotated[int, typer.Option(help="Seed for the calibration sample and random methods.")] = _D.seed
     max_length: Annotated[int, typer.Option(help="Max tokens per input.")] = _D.max_length
     batch_size: Annotated[int, typer.Option(help="Batch size for attention statistics.")] = _D.batch_size
@@ -57,8 +61,14 @@ class SapOptions(OptionSet):
     threshold: Annotated[str, typer.Option(help="SAP: global-mean, layer-mean, head-mean, quantile:Q or a number.")] = _D.threshold
     direction: Annotated[str, typer.Option(help="SAP: dep2head, head2dep or max.")] = _D.direction
     keep_punct: Annotated[bool, typer.Option("--keep-punct", help="SAP: count punct arcs too.")] = _D.keep_punct
+    dependencies_from: Annotated[Optional[str], typer.Option(
+        help="SAP: rank dependency labels on this dataset (GLUE task, .conllu or .txt) instead of the calibration data.")] = _D.dependencies_from
     layer_fraction: Annotated[float, typer.Option(
         help="Remove a layer's whole attention block once this fraction of its heads is pruned.")] = _D.layer_fraction
+    units: Annotated[str, typer.Option(
+        help="What sparsity and budgets count: heads (query heads), kv-groups (whole key/value groups with all "
+             "their query heads: also shrinks the KV cache) or heads,neurons (query heads and feed-forward "
+             "neurons; budgets flops:F / params:F run Kwon et al.'s mask search).")] = _D.units
 
 
 @dataclass
@@ -74,9 +84,8 @@ class CfOptions(OptionSet):
 
 @dataclass
 class UnitOptions(OptionSet):
-    """Which units are pruned, the neurons' scores, the mask search and the repair."""
+    """With --units heads,neurons: the neurons' scores and the mask search; and the repair (any units)."""
 
-    units: Annotated[str, typer.Option(help="Prunable units: heads, or heads,neurons (feed-forward neurons too).")] = _D.units
     neuron_score: Annotated[str, typer.Option(
         help="With neurons: auto (the method's partner), fisher, output-fisher, magnitude or wanda.")] = _D.neuron_score
     repair: Annotated[str, typer.Option(
