@@ -2,6 +2,7 @@
 CF -> evaluate -> result). The command line is a thin layer over this function."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,9 @@ def _pick(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, n: int) -> tup
     return select(scores.order, ctx.tm.grid, n, cfg.layer_fraction), []
 
 
-def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned) -> dict[str, dict[str, float]]:
-    with HeadMask.pruning(tm.model, pruned):
+def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned, compensate=None) -> dict[str, dict[str, float]]:
+    """The metrics with `pruned` heads masked (and, for methods that correct the pruned model, `compensate`d)."""
+    with HeadMask.pruning(tm.model, pruned), (compensate(pruned) if compensate else contextlib.nullcontext()):
         return {split: evaluate(tm, p, metric_names) for split, p in prepared.items()}
 
 
@@ -153,7 +155,7 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
     with ctx.timed("evaluate_dense"):
         dense = ctx.memo("dense", lambda: evaluate_heads(tm, prepared, metric_names, []))
     with ctx.timed("evaluate_pruned"):
-        pruned = evaluate_heads(tm, prepared, metric_names, selection.pruned)
+        pruned = evaluate_heads(tm, prepared, metric_names, selection.pruned, scores.compensate)
     main_split, main_metric = next(iter(prepared)), metric_names[0]
     return PruneResult(
         method=cfg.method, cf=cfg.cf, model=tm.describe(),
