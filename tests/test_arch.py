@@ -186,3 +186,32 @@ def test_kv_groups_with_cf_is_refused():
         PruneConfig(units="kv-groups", cf=True).validate()
     with pytest.raises(SynpruneError, match="--units"):
         PruneConfig(units="groups").validate()
+
+
+@pytest.mark.integration
+def test_real_smollm2_sliced_equals_masked_and_generates(smollm2, tmp_path):
+    """SmolLM2-135M (Llama, 30 layers x 9 query heads in 3 key/value groups): uneven groups, an emptied layer
+    and halved neurons; the exported model reloads as the same class and decodes the same tokens."""
+    model, tok = smollm2
+    heads = [(0, 1), (0, 4), (1, 0), (1, 1), (1, 2), (3, 8)] + [(5, h) for h in range(9)]
+    neurons = [(2, i) for i in range(0, 1536, 2)]
+    enc = tok(["The cat sat on the mat because", "Hello"], return_tensors="pt", padding=True)
+    prompt = enc["input_ids"][:1]
+    with torch.no_grad(), UnitMask.pruning(model, heads, neurons):
+        ref = model(**enc).logits
+        ref_tokens = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    out = export_pruned(model, tok, heads, tmp_path / "small", neurons=neurons)
+    small, small_tok = load_pruned(out)
+    assert type(small) is type(model)
+    with torch.no_grad():
+        assert (small(**enc).logits - ref).abs().max() < 1e-3 * (1 + ref.abs().max())
+        assert small.generate(prompt, max_new_tokens=6, do_sample=False).tolist() == ref_tokens.tolist()
+    assert removed_kv(small) == [(1, 0), (5, 0), (5, 1), (5, 2)]  # heads 0-2 of layer 1 = group 0; layer 5 whole
+    assert small_tok is not None
+
+
+def removed_kv(model) -> list[tuple[int, int]]:
+    from synprune.remove import pruning_state
+
+    state = pruning_state(model)
+    return [(l, g) for l, kept in enumerate(state["kept_kv_groups"]) for g in range(3) if g not in kept]

@@ -130,3 +130,22 @@ def test_failure_while_writing_leaves_no_result_beside_a_new_cf_log(glue_dir, tm
     with pytest.raises(OSError):
         _quick(glue_dir, out, cf=True, pool_ratio=0.5)
     assert not (out / "result.json").exists()  # the old result.json no longer describes the folder
+
+
+def test_options_a_method_ignores_are_refused_not_recorded(glue_dir):
+    with pytest.raises(SynpruneError, match="--k, --threshold has no effect on method sapx"):
+        prune(tiny_model("bert"), task="stsb", glue_dir=glue_dir, method="sapx", k=7, threshold="layer-mean")
+    res = _quick(glue_dir, None)
+    assert {"k", "threshold", "direction", "keep_punct"} <= set(res.details["options_not_used"])
+
+
+def test_parses_switching_fisher_to_the_output_fisher_is_said(glue_dir, tmp_path):
+    from test_conllu import SAMPLE
+
+    f = tmp_path / "gold.conllu"
+    f.write_text(SAMPLE)
+    res = prune(tiny_model("bert"), task="stsb", sparsity=0.25, glue_dir=glue_dir, method="fisher", parses_file=f)
+    assert res.details["loss"] == "output-fisher"
+    assert any("output Fisher replaced the task loss" in n for n in res.details["notes"])
+    plain = _quick(glue_dir, None)
+    assert "notes" not in plain.details

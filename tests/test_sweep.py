@@ -297,3 +297,58 @@ def test_report_renders_in_headless_chromium(swept, tmp_path):
     orange = np.abs(img - [255, 127, 14]).sum(-1) < 30  # the top-k bars of the dependency ranking
     red = np.abs(img - [255, 0, 0]).sum(-1) < 30  # the pruned-head crosses of the heat map
     assert orange.sum() > 2000 and red.sum() > 50, "the embedded plots did not render"
+
+
+def _small_sweep(tmp, **kwargs):
+    return sweep(tiny_model("bert"), task="stsb", glue_dir=write_stsb(tmp / "glue"), out=tmp / "sweep", calib_size=6,
+                 methods=["magnitude", FAKE], sparsities=[0.25, 0.5], seeds=[0, 1], report=False, **kwargs)
+
+
+def test_interrupted_sweep_resumes_with_the_finished_runs(monkeypatch, tmp_path):
+    _register_fake(monkeypatch)
+    real_run = synprune.pipeline.run
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1].method)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the third run
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(synprune.pipeline, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _small_sweep(tmp_path)
+    finished = sorted(p.parent.name for p in (tmp_path / "sweep" / "runs").glob("*/result.json"))
+    assert len(finished) == 2
+    calls.clear()
+    monkeypatch.setattr(synprune.pipeline, "run", Counter(real_run))
+    resumed = _small_sweep(tmp_path)
+    assert synprune.pipeline.run.calls == len(resumed.rows) - 2 == 4  # 2 magnitude + 4 fake runs, 2 reused
+    assert resumed.summary["reused_runs"] == finished
+    fresh = _small_sweep(tmp_path / "fresh")
+    assert [(r["method"], r["sparsity"], r["seed"], r["pruned"], r["n_pruned"]) for r in resumed.rows] == \
+        [(r["method"], r["sparsity"], r["seed"], r["pruned"], r["n_pruned"]) for r in fresh.rows]
+    assert len(_csv(tmp_path / "sweep" / "results.csv")) == 6
+
+
+def test_sweep_with_other_options_refuses_to_overwrite_run_folders(monkeypatch, tmp_path):
+    _register_fake(monkeypatch)
+    _small_sweep(tmp_path)
+    before = (tmp_path / "sweep" / "runs" / "magnitude_s0.25_seed0" / "result.json").read_text()
+    with pytest.raises(SynpruneError, match="other calib_size"):
+        sweep(tiny_model("bert"), task="stsb", glue_dir=tmp_path / "glue", out=tmp_path / "sweep", calib_size=4,
+              methods=["magnitude"], sparsities=[0.25], report=False)
+    assert (tmp_path / "sweep" / "runs" / "magnitude_s0.25_seed0" / "result.json").read_text() == before
+    other = sweep(tiny_model("bert"), task="stsb", glue_dir=tmp_path / "glue", out=tmp_path / "sweep", calib_size=4,
+                  methods=["magnitude"], sparsities=[0.25], report=False, overwrite=True)
+    assert other.results["magnitude_s0.25_seed0"].split["calibration"] == 4
+
+
+def test_sweep_refuses_a_users_non_empty_folder(tmp_path):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SynpruneError, match="--overwrite"):
+        sweep(tiny_model("bert"), task="stsb", glue_dir=write_stsb(tmp_path / "glue"), out=out, methods=["magnitude"],
+              sparsities=[0.25], calib_size=4, report=False)
+    assert (out / "notes.txt").read_text() == "mine"

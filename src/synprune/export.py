@@ -152,6 +152,9 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
             from .onnx_export import export_onnx
 
             info["onnx"] = export_onnx(small, tmp)
+        from .st_export import carry_sentence_transformers
+
+        info["sentence_transformers"] = carry_sentence_transformers(source.get("path"), tmp)
         _write_folder(small, tokenizer, info, tmp)
         _usual_permissions(tmp)
         _swap_in(tmp, out_dir)
@@ -264,8 +267,14 @@ def _load_tokenizer(path: str | Path) -> Any:
         return None
 
 
-def load_source_model(path: str) -> tuple[nn.Module, Any]:
-    """Load an original checkpoint with the class its config names (a classifier keeps its head)."""
+# Heads that pretraining left in a checkpoint and that no synprune task scores: a sentence encoder whose config
+# names `MPNetForMaskedLM` is used (and pruned) as the bare encoder.
+_PRETRAINING_HEADS = ("ForMaskedLM", "ForPreTraining", "ForNextSentencePrediction")
+
+
+def load_source_model(path: str, kind: str | None = None) -> tuple[nn.Module, Any]:
+    """Load an original checkpoint as its task used it: a classifier with its head, an embedding model (`kind`
+    "embedding", or a config naming only a pretraining head) as the bare encoder."""
     import transformers
 
     try:
@@ -273,6 +282,8 @@ def load_source_model(path: str) -> tuple[nn.Module, Any]:
     except (OSError, ValueError) as e:
         raise SynpruneError(f"cannot load model {path!r}: {str(e).strip().splitlines()[0]}") from None
     arch = (getattr(config, "architectures", None) or [None])[0]
+    if kind == "embedding" or (arch and arch.endswith(_PRETRAINING_HEADS)):
+        arch = None
     cls = getattr(transformers, arch, None) if arch else None
     transformers.utils.logging.disable_progress_bar()
     model = (cls or transformers.AutoModel).from_pretrained(path)

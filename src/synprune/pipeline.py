@@ -15,8 +15,9 @@ from .config import PruneConfig, max_positions
 from .errors import SynpruneError
 from .evaluate import evaluate, prepare, task_metrics
 from .masking import HeadMask
-from .methods import HeadScores, get_method, uses
+from .methods import HeadScores, get_method, unused_options, uses
 from .models import TaskModel, load_model, model_kind, with_bos
+from .progress import log
 from .result import PruneResult, versions
 from .select import Selection, group_order, n_to_prune, select
 from .tasks import Split, TaskData, align_labels, load_task, make_split
@@ -34,6 +35,15 @@ def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
         return TaskModel(model, with_bos(tokenizer) if kind == "lm" else tokenizer, kind, type(model).__name__,
                          getattr(model, "name_or_path", ""), None)
     return load_model(model)
+
+
+def refuse_unused_options(cfg: PruneConfig) -> None:
+    """An option set away from its default that the method never reads would be recorded as if it mattered."""
+    default = PruneConfig()
+    ignored = [o for o in unused_options(cfg.method) if getattr(cfg, o) != getattr(default, o)]
+    if ignored:
+        flags = ", ".join(f"--{o.replace('_', '-')}" for o in ignored)
+        raise SynpruneError(f"{flags} has no effect on method {cfg.method} (see `synprune methods`); drop it")
 
 
 def model_data(tm: TaskModel, data: TaskData) -> TaskData:
@@ -102,6 +112,7 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     """
     cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate()
     get_method(cfg.method)  # unknown methods fail before any work
+    refuse_unused_options(cfg)
     if onnx and export is None:
         raise SynpruneError("--onnx writes model.onnx into the exported folder; add --export DIR or drop --onnx")
     if export is not None:
@@ -144,10 +155,22 @@ def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
         return ctx.memo(key, lambda: get_method(cfg.method)(ctx, cfg))
 
 
+def run_notes(cfg: PruneConfig, scores: HeadScores) -> list[str]:
+    """What the run did differently from what was asked, said in the terminal and kept in result.json."""
+    notes = []
+    if scores.details.get("loss") == "output-fisher" and cfg.method != "output-fisher":
+        notes.append(f"{cfg.method}: the calibration data has no labels, so the label-free output Fisher "
+                     "replaced the task loss")
+    for n in notes:
+        log(f"note: {n}")
+    return notes
+
+
 def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: str | Path | None = None) -> PruneResult:
     """Score, select (or CF), evaluate dense and pruned, and assemble the result for one method and budget."""
     tm, metric_names = ctx.tm, ctx.metric_names
     scores = score(ctx, cfg)
+    notes = run_notes(cfg, scores)
     with ctx.timed("select" if not cfg.cf else "cf"):
         selection, cf_log, cfg, budget = choose(ctx, cfg, scores)
     prepared = ctx.memo("eval-prepared", lambda: {
@@ -169,5 +192,6 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
                 "pruned": pruned[main_split][main_metric], "all": {"dense": dense, "pruned": pruned}},
         head_scores=scores.scores, config=cfg.to_json(), seed=cfg.seed, timings=dict(ctx.timings),
         versions=versions(ctx.parse_info.get("parser")),
-        details={**scores.details, "parse_cache": ctx.parse_info, **({"budget": budget} if budget else {})}, cf_log=cf_log,
+        details={**scores.details, "parse_cache": ctx.parse_info, **({"budget": budget} if budget else {}),
+                 "options_not_used": unused_options(cfg.method), **({"notes": notes} if notes else {})}, cf_log=cf_log,
     )._written(out)

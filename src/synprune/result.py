@@ -69,6 +69,24 @@ class PruneResult:
         out.update({"config": self.config, "versions": self.versions, "seed": self.seed, "timings": self.timings})
         return out
 
+    @classmethod
+    def read(cls, out_dir: str | Path) -> "PruneResult":
+        """A result written by `write` (with its cf_log when it used CF), e.g. a finished run a sweep reuses."""
+        import json
+
+        out = Path(out_dir)
+        d = json.loads((out / "result.json").read_text(encoding="utf-8"))
+        details = dict(d.get("details") or {})
+        details.update({k: d[k] for k in ("dependency_ranking", "threshold") if k in d})
+        cf_log = []
+        if d["cf"] and (out / "cf_log.jsonl").is_file():
+            cf_log = [json.loads(line) for line in (out / "cf_log.jsonl").read_text(encoding="utf-8").splitlines() if line]
+        return cls(method=d["method"], cf=d["cf"], model=d["model"], task=d["task"], split=d["split"],
+                   sparsity=d["sparsity"], n_heads=d["n_heads"], pruned_heads=[tuple(h) for h in d["pruned_heads"]],
+                   removed_layers=d["removed_layers"], metric=d["metric"], head_scores=np.asarray(d["head_scores"]),
+                   config=d["config"], seed=d["seed"], timings=d["timings"], versions=d["versions"], details=details,
+                   cf_log=cf_log)
+
     def _written(self, out_dir: str | Path | None) -> "PruneResult":
         if out_dir is not None:
             self.write(out_dir)

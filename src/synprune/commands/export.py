@@ -66,7 +66,8 @@ def export(
     location = model or model_location(result)
     if not location:
         raise SynpruneError(f"{result_json} names no model (model.path); pass --model PATH")
-    src, tokenizer = load_source_model(location)
+    kind = result["model"].get("kind") if isinstance(result.get("model"), dict) else None
+    src, tokenizer = load_source_model(location, kind)
     _, n_heads = head_grid(src)
     pruned = heads_to_remove(result, n_heads)
     actual = sha256_dir(location) if Path(location).is_dir() else None
