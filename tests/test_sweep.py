@@ -352,3 +352,17 @@ def test_sweep_refuses_a_users_non_empty_folder(tmp_path):
         sweep(tiny_model("bert"), task="stsb", glue_dir=write_stsb(tmp_path / "glue"), out=out, methods=["magnitude"],
               sparsities=[0.25], calib_size=4, report=False)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_sweep_on_unlabeled_text_reports_the_label_free_score(tmp_path):
+    f = tmp_path / "texts.jsonl"
+    texts = ["A cat sat on the mat.", "Dogs run fast in the park.", "The sun is warm today.", "Birds sing at dawn.",
+             "Rain fell all night long.", "She reads a book by the window."]
+    f.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    result = sweep(tiny_model("bert"), task=str(f), text_col="text", out=tmp_path / "s", calib_size=3,
+                   methods=["sap", "magnitude", "output-fisher"], sparsities=[0.5], seeds=[0])
+    assert {r["metric_name"] for r in result.rows} == {"cosine_to_dense"}
+    assert all(r["dense"] == pytest.approx(100.0) and r["pruned"] < 100.0 for r in result.rows)
+    assert (tmp_path / "s" / "report.html").is_file()
+    with pytest.raises(SynpruneError, match="no labels"):
+        sweep(tiny_model("bert"), task=str(f), text_col="text", out=tmp_path / "s2", methods=["sap+cf"], sparsities=[0.5])

@@ -46,6 +46,23 @@ def refuse_unused_options(cfg: PruneConfig) -> None:
         raise SynpruneError(f"{flags} has no effect on method {cfg.method} (see `synprune methods`); drop it")
 
 
+def refuse_cf_without_labels(data: TaskData, cf: bool) -> None:
+    """Without labels a run is scored against the dense model (`fidelity`), but CF needs the task metric."""
+    if cf and not data.can_evaluate:
+        raise SynpruneError(f"task data {data.source} has no labels: Candidate Filtering checks candidates against "
+                            "the task metric; drop --cf (or the +cf methods), or pass --label-col")
+
+
+def with_reference(tm: TaskModel, prepared: dict, metric_names) -> dict:
+    """Label-free runs score against the dense model's outputs, computed here once, before any mask."""
+    from .fidelity import NAMES, outputs
+
+    if set(metric_names) <= NAMES:
+        for p in prepared.values():
+            p.reference = outputs(tm, p)
+    return prepared
+
+
 def model_data(tm: TaskModel, data: TaskData) -> TaskData:
     """The task's labels in the model's own label ids (classifiers with named labels)."""
     return align_labels(data, tm.model.config) if tm.kind == "classifier" else data
@@ -122,8 +139,7 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
     if parses_file is not None and cfg.cf and not data.lm:
         raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
-    if not data.can_evaluate:
-        raise SynpruneError(f"task data {data.source} has no labels, and evaluation needs them; pass --label-col")
+    refuse_cf_without_labels(data, cfg.cf)
     tm = as_task_model(model, tokenizer)
     cfg.check_model(max_positions(tm.model))
     data = model_data(tm, data)
@@ -173,8 +189,9 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
     notes = run_notes(cfg, scores)
     with ctx.timed("select" if not cfg.cf else "cf"):
         selection, cf_log, cfg, budget = choose(ctx, cfg, scores)
-    prepared = ctx.memo("eval-prepared", lambda: {
-        s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()})
+    prepared = ctx.memo("eval-prepared", lambda: with_reference(tm, {
+        s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()},
+        metric_names))
     with ctx.timed("evaluate_dense"):
         dense = ctx.memo("dense", lambda: evaluate_heads(tm, prepared, metric_names, []))
     with ctx.timed("evaluate_pruned"):

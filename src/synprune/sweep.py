@@ -308,7 +308,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     """
     from .calibration import Calibration
     from .evaluate import task_metrics
-    from .pipeline import as_task_model, model_data, run as run_one, task_record
+    from .pipeline import as_task_model, model_data, refuse_cf_without_labels, run as run_one, task_record
     from .result import PruneResult
 
     base = (config or PruneConfig()).replace(**options).validate()
@@ -319,6 +319,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     tm = as_task_model(model, tokenizer)
     base.check_model(max_positions(tm.model))
     data = model_data(tm, data)
+    refuse_cf_without_labels(data, any(s.cf for s in plan.specs))
     metric_names = task_metrics(tm, data)
     split = make_split(data, base.calib_size, base.seed, base.eval_size)
     ctx = Calibration(tm, split.calibration, base, metric_names)
