@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -31,8 +31,6 @@ class HeadScores:
     scores: np.ndarray
     order: list[Head]
     details: dict = field(default_factory=dict)
-    # how to evaluate the pruned model beyond masking (FLAP's bias compensation): pruned heads -> context manager
-    compensate: Callable[[Sequence[Head]], ContextManager] | None = None
 
 
 MethodFn = Callable[["Calibration", "PruneConfig"], HeadScores]

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..arch import attention_handles, get_adapter
+from ..activations import model_inputs
 from . import HeadScores, order_by, register
-from ._capture import InputState, each_input, real_tokens
 from .magnitude import out_proj_norms
 
 
@@ -25,7 +25,7 @@ def block_importance(ctx) -> np.ndarray:
     pre_norm = get_adapter(model).pre_norm
     L, _ = ctx.tm.grid
     total, count = np.zeros(L), np.zeros(L)
-    state, inputs, handles = InputState(), {}, []
+    inputs, handles, real = {}, [], {}
 
     def layer_input(layer: int):
         def hook(module, args, kwargs):
@@ -35,8 +35,9 @@ def block_importance(ctx) -> np.ndarray:
     def block_output(layer: int):
         def hook(module, args, output):
             out = output[0] if isinstance(output, tuple) else output
-            x = real_tokens(inputs.pop(layer), state)
-            y = x + real_tokens(out, state) if pre_norm else real_tokens(out, state)
+            keep = real["mask"].to(out.device)
+            x = inputs.pop(layer)[keep].double()
+            y = x + out[keep].double() if pre_norm else out[keep].double()
             total[layer] += float((1 - torch.nn.functional.cosine_similarity(x, y, dim=-1)).sum())
             count[layer] += x.shape[0]
         return hook
@@ -45,8 +46,10 @@ def block_importance(ctx) -> np.ndarray:
         handles.append(h.block_parent.register_forward_pre_hook(layer_input(h.layer), with_kwargs=True))
         handles.append(getattr(h.block_parent, h.block_attr).register_forward_hook(block_output(h.layer)))
     try:
-        for _ in each_input(ctx, state, "attention blocks: input/output similarity"):
-            pass
+        with torch.no_grad():
+            for batch in model_inputs(ctx.tm, ctx.prepared.batches):
+                real["mask"] = batch["attention_mask"].bool()
+                model(**batch)
     finally:
         for handle in handles:
             handle.remove()
