@@ -100,7 +100,7 @@ class Penalty:
         self.n_arcs += len(batch.arcs)
 
 
-@register("sap", uses=("k", "threshold", "direction", "keep_punct"))
+@register("sap", uses=("k", "threshold", "direction", "keep_punct"), needs=("parser", "attention"))
 def sap(ctx, cfg) -> HeadScores:
     ranking = ctx.dependency_ranking(cfg.k, cfg.keep_punct)
     if not ranking.labels:
