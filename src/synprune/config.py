@@ -31,6 +31,7 @@ class PruneConfig:
     tolerance_abs: float | None = None
     budget: str | None = None
     units: str = "heads"  # what the budget counts: "heads" (query heads) or "kv-groups" (whole key/value groups)
+    dependencies_from: str | None = None  # SAP: rank dependency labels on this dataset instead of the calibration data
 
     def validate(self) -> "PruneConfig":
         from .attention import DIRECTIONS
@@ -70,6 +71,10 @@ class PruneConfig:
             raise SynpruneError(f"--units {self.units!r}: use one of {', '.join(UNITS)}")
         if self.units == "kv-groups" and self.cf:
             raise SynpruneError("--units kv-groups prunes whole key/value groups, but CF walks single heads; drop +cf or use --units heads")
+        if self.dependencies_from is not None:
+            from .depsource import check_source
+
+            check_source(self.dependencies_from)
         if self.budget is not None:
             from .budget import parse_budget
 

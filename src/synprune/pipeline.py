@@ -144,7 +144,7 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     metric_names = task_metrics(tm, data)
     split = make_split(data, cfg.calib_size, cfg.seed, cfg.eval_size)
     if parses_file is None:
-        ctx = Calibration(tm, split.calibration, cfg, metric_names)
+        ctx = Calibration(tm, split.calibration, cfg, metric_names, glue_dir=glue_dir)
     else:
         from .conllu import gold_calibration
 

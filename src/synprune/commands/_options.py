@@ -61,6 +61,8 @@ class SapOptions(OptionSet):
     threshold: Annotated[str, typer.Option(help="SAP: global-mean, layer-mean, head-mean, quantile:Q or a number.")] = _D.threshold
     direction: Annotated[str, typer.Option(help="SAP: dep2head, head2dep or max.")] = _D.direction
     keep_punct: Annotated[bool, typer.Option("--keep-punct", help="SAP: count punct arcs too.")] = _D.keep_punct
+    dependencies_from: Annotated[Optional[str], typer.Option(
+        help="SAP: rank dependency labels on this dataset (GLUE task, .conllu or .txt) instead of the calibration data.")] = _D.dependencies_from
     layer_fraction: Annotated[float, typer.Option(
         help="Remove a layer's whole attention block once this fraction of its heads is pruned.")] = _D.layer_fraction
     units: Annotated[str, typer.Option(
