@@ -116,7 +116,7 @@ def test_methods_command_lists_what_each_method_needs(capsys):
     text = out.out + out.err
     rows = {r["method"]: r for r in method_rows()}
     assert set(rows) == set(available()) and all(name in text for name in rows)
-    assert rows["sap"]["options"] == ["direction", "k", "keep_punct", "threshold"]
+    assert {"direction", "k", "keep_punct", "threshold"} <= set(rows["sap"]["options"])
     assert any("parses" in n for n in rows["sap"]["needs"]) and any("labels" in n for n in rows["fisher"]["needs"])
     assert rows["magnitude"]["needs"] == [] and not any("labels" in n for n in rows["output-fisher"]["needs"])
     assert all(r["about"] for r in rows.values())
