@@ -45,6 +45,9 @@ class PruneResult:
     details: dict = field(default_factory=dict)
     cf_log: list[dict] = field(default_factory=list)
     removed_kv_groups: list[list[int]] = field(default_factory=list)  # [layer, group]: all its query heads pruned
+    pruned_neurons: list[tuple[int, int]] = field(default_factory=list)  # --units heads,neurons
+    n_neurons: int = 0  # neurons of the model when they were prunable units, else 0
+    repair: Any = None  # synprune.repair.Repair (its summary goes into details)
 
     @property
     def pruned_per_layer(self) -> list[int]:
@@ -59,13 +62,18 @@ class PruneResult:
             "sparsity": self.sparsity, "n_heads": self.n_heads, "n_pruned": len(self.pruned_heads),
             "pruned_heads": [list(h) for h in self.pruned_heads], "removed_layers": self.removed_layers,
             "removed_kv_groups": [list(g) for g in self.removed_kv_groups],
-            "pruned_per_layer": self.pruned_per_layer, "metric": self.metric,
+            "pruned_per_layer": self.pruned_per_layer,
+            **({"n_neurons": self.n_neurons, "n_neurons_pruned": len(self.pruned_neurons),
+                "pruned_neurons": [list(u) for u in self.pruned_neurons]} if self.n_neurons else {}),
+            "metric": self.metric,
             "head_scores": np.asarray(self.head_scores, dtype=float).tolist(),
         }
         for key in ("dependency_ranking", "threshold"):
             if key in self.details:
                 out[key] = self.details[key]
         out["details"] = {k: v for k, v in self.details.items() if k not in ("dependency_ranking", "threshold")}
+        if self.repair is not None:
+            out["repair"] = self.repair.to_json()
         out.update({"config": self.config, "versions": self.versions, "seed": self.seed, "timings": self.timings})
         return out
 
