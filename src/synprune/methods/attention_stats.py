@@ -61,14 +61,14 @@ def attention_stats(ctx) -> AttentionStats:
     return ctx.memo(MEMO_KEY, lambda: ctx.run_scan([AttentionStats(ctx.tm.grid)], description="attention entropy/confidence")[0])
 
 
-@register("entropy")
+@register("entropy", needs=("attention",))
 def entropy(ctx, cfg) -> HeadScores:
     stats = attention_stats(ctx)
     scores = stats.mean_entropy.numpy()
     return HeadScores(scores, order_by(scores, highest_first=True), {"scores": "mean row entropy (nats)", **stats.details()})
 
 
-@register("confidence")
+@register("confidence", needs=("attention",))
 def confidence(ctx, cfg) -> HeadScores:
     stats = attention_stats(ctx)
     scores = stats.mean_max.numpy()

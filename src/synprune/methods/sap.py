@@ -107,7 +107,7 @@ class Penalty:
             self.n_arcs += len(batch.arcs)
 
 
-@register("sap", uses=("k", "threshold", "direction", "keep_punct", "dependencies_from"))
+@register("sap", uses=("k", "threshold", "direction", "keep_punct", "dependencies_from"), needs=("parser", "attention"))
 def sap(ctx, cfg) -> HeadScores:
     source = cfg.dependencies_from
     ranking = ctx.dependency_ranking(cfg.k, cfg.keep_punct, source)
