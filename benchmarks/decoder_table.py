@@ -9,11 +9,13 @@ Three sweeps share one loaded model and one evaluation sample (`--eval-size` see
 Each sweep writes its own folder (results.csv, report.html, runs/*/result.json); the combined table goes to
 OUT/table.md after every sweep, so a cut-short run still leaves what it finished.
 
-    flock /tmp/synprune-heavy.lock python benchmarks/decoder_table.py --out runs/decoder_table
+    flock /tmp/synprune-heavy.lock python benchmarks/decoder_table.py --out runs/decoder_table --skip C
+    flock /tmp/synprune-heavy.lock python benchmarks/decoder_table.py --out runs/decoder_table --skip A,B
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import statistics
 import sys
@@ -35,7 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cf-methods", default="sap,fisher,flap")
     p.add_argument("--cf-calib-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip", default="", help="comma-separated sweeps to skip: A, B, C")
+    p.add_argument("--tolerance", type=float, default=0.85,
+                   help="CF: a removal is kept while calibration perplexity stays within (2 - tolerance) x dense")
+    p.add_argument("--skip", default="",
+                   help="comma-separated sweeps not to run now (A, B, C); one already in OUT (results.csv) is read back")
     return p.parse_args(argv)
 
 
@@ -73,7 +78,8 @@ def render(parts: list[tuple[str, list[dict]]], args: argparse.Namespace, second
              f"sentences (--eval-size {n_eval}, seed 0); bold: best pruned model per column",
              f"sweeps: A = every method, calibration {args.calib_size} seeded dev sentences; B = flap with --repair bias "
              f"(FLAP's bias compensation), same calibration; C = {args.cf_methods} with and without CF, calibration "
-             f"{args.cf_calib_size} dev sentences (CF's candidates are checked on the calibration perplexity)",
+             f"{args.cf_calib_size} dev sentences (CF's candidates are checked on the calibration perplexity; "
+             f"--tolerance {args.tolerance}: a removal stays while it is within {2 - args.tolerance:.2f} x dense)",
              "sweep seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())]
     return "\n".join(["# Query-head pruning of a causal LM", "", *lines, "", *[f"- {n}" for n in notes]]) + "\n"
 
@@ -88,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     from synprune.models import load_model
     from synprune.sweep import sweep
 
+    if not set("ABC") - set(args.skip.split(",")):
+        raise SystemExit("--skip A,B,C leaves nothing to run")
     tm = load_model(args.model)
     sparsities = [float(s) for s in args.sparsities.split(",")]
     common = dict(task=args.task, sparsities=sparsities, eval_size=args.eval_size)
@@ -95,17 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     plan = [
         ("A", dict(methods=args.methods.split(","), seeds=[0, 1, 2], calib_size=args.calib_size)),
         ("B", dict(methods=["flap"], seeds=[0], calib_size=args.calib_size, repair="bias")),
-        ("C", dict(methods=[m + s for m in cf_methods for s in ("", "+cf")], seeds=[0], calib_size=args.cf_calib_size)),
+        ("C", dict(methods=[m + s for m in cf_methods for s in ("", "+cf")], seeds=[0], calib_size=args.cf_calib_size,
+                   tolerance=args.tolerance)),
     ]
     parts, seconds = [], {}
     skip = set(args.skip.split(","))
     for name, options in plan:
+        label = f"{name} ({options['calib_size']})" + (" repair bias" if options.get("repair") else "")
+        done = args.out / f"sweep_{name}" / "results.csv"
         if name in skip:
+            if done.is_file():
+                with open(done, newline="") as f:
+                    parts.append((label, list(csv.DictReader(f))))
             continue
         t0 = time.perf_counter()
         res = sweep(tm, None, out=args.out / f"sweep_{name}", **common, **options)
         seconds[name] = time.perf_counter() - t0
-        label = f"{name} ({options['calib_size']})" + (" repair bias" if options.get("repair") else "")
         parts.append((label, res.rows))
         text = render(parts, args, seconds)
         atomic_write_text(args.out / "table.md", text)
