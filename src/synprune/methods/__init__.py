@@ -39,7 +39,7 @@ USES: dict[str, frozenset[str]] = {}
 NEEDS: dict[str, tuple[str, ...]] = {}
 # What a method may need from the calibration run (listed by `synprune methods`).
 NEED_TEXT = {"parser": "dependency parses (spaCy, or --parses)", "attention": "an attention scan",
-             "gradients": "backward passes", "labels": "labels (without them: the label-free output Fisher)"}
+             "gradients": "backward passes", "activations": "a forward pass over the calibration data", "labels": "labels (without them: the label-free output Fisher)"}
 
 
 def register(name: str, uses: Iterable[str] = (), needs: Iterable[str] = ()) -> Callable[[MethodFn], MethodFn]:

@@ -56,7 +56,7 @@ def block_importance(ctx) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.inf)  # a block already gone: never chosen again
 
 
-@register("attn-drop")
+@register("attn-drop", needs=("activations",))
 def attn_drop(ctx, cfg) -> HeadScores:
     importance = ctx.memo("block-importance", lambda: block_importance(ctx))
     L, H = ctx.tm.grid

@@ -59,7 +59,7 @@ def standardise(scores: np.ndarray) -> np.ndarray:
     return (scores - scores.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
 
 
-@register("flap")
+@register("flap", needs=("activations",))
 def flap(ctx, cfg) -> HeadScores:
     moments = ctx.memo("flap-moments", lambda: channel_moments(ctx))
     L, H = ctx.tm.grid
