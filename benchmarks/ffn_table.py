@@ -105,17 +105,32 @@ def run_task(args) -> dict:
 
 
 def render(paths: list[Path]) -> str:
-    runs = [json.loads(p.read_text()) for p in paths]
-    lines = ["| task (model) | recipe | label-free | FLOPs budget | FLOPs kept | heads / neurons pruned | metric | "
-             "dense | pruned | change | prune s |", "|" + "---|" * 11]
-    for r in runs:
-        for row in r["rows"]:
-            b = "-" if row["budget"] is None else f"{row['budget']:g}"
-            lines.append(f"| {r['task']} ({r['model']}) | {row['recipe']} | {'yes' if row['label_free'] else ''} | {b} | "
-                         f"{row['flops_kept']:.3f} | {row['heads_pruned']} / {row['neurons_pruned']} | {row['metric']} | "
-                         f"{row['dense']:.2f} | {row['pruned']:.2f} | {row['pruned'] - row['dense']:+.2f} | "
-                         f"{row['prune_seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
+    """Per task: one row per recipe, the pruned metric at each FLOPs budget (change from dense in brackets),
+    and the time to prune (scoring + search + repair, as if run alone) at each budget."""
+    out = []
+    for r in (json.loads(p.read_text()) for p in paths):
+        rows = r["rows"]
+        budgets = sorted({x["budget"] for x in rows if x["budget"] is not None}, reverse=True)
+        first = rows[0]
+        out += [f"**{r['task']}** ({r['model']}; {first['metric']}, dev, dense {first['dense']:.2f}; calibration "
+                f"{r['calib_size']} train examples, mean length {r['mean_length']:.1f} tokens)", "",
+                "| recipe | label-free | " + " | ".join(f"FLOPs {b:g}" for b in budgets) + " | prune s |",
+                "|" + "---|" * (len(budgets) + 3)]
+        recipes = list(dict.fromkeys(x["recipe"] for x in rows))
+        for name in recipes:
+            mine = {x["budget"]: x for x in rows if x["recipe"] == name}
+            cells = []
+            for b in budgets:
+                x = mine.get(b)
+                cells.append("-" if x is None else f"{x['pruned']:.2f} ({x['pruned'] - x['dense']:+.2f})")
+            if None in mine:  # a heads-only row: its own FLOPs
+                x = mine[None]
+                cells = [f"{x['pruned']:.2f} ({x['pruned'] - x['dense']:+.2f}) at FLOPs {x['flops_kept']:.2f}"] + [""] * (len(budgets) - 1)
+            times = "/".join(f"{x['prune_seconds']:.0f}" for x in mine.values())
+            free = "yes" if next(iter(mine.values()))["label_free"] else ""
+            out.append(f"| {name} | {free} | " + " | ".join(cells) + f" | {times} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main() -> None:

@@ -145,3 +145,20 @@ def test_cf_with_neurons_walks_heads_with_the_neurons_pruned(glue_dir, monkeypat
     assert seen["n"] == len(plain.pruned_heads) == len(walked.pruned_heads)
     assert list(seen["background"]) == plain.pruned_neurons == walked.pruned_neurons
     assert walked.cf_log and walked.details["budget"]["met"]
+
+
+def test_a_written_result_reads_back_with_its_neurons_and_repair(glue_dir, tmp_path):
+    from synprune.repair import repaired
+    from synprune.result import PruneResult
+
+    tm = tiny_model("bert")
+    res = prune(tm, task="stsb", glue_dir=glue_dir, calib_size=6, method="kwon", budget="flops:0.6", out=tmp_path / "run")
+    back = PruneResult.read(tmp_path / "run")
+    assert back.pruned_neurons == res.pruned_neurons and back.n_neurons == res.n_neurons
+    inputs = tm.tokenizer(["a short one"], return_tensors="pt")
+    with torch.no_grad():
+        with repaired(tm.model, res.pruned_heads, res.pruned_neurons, res.repair):
+            a = tm.model(**inputs)[0]
+        with repaired(tm.model, back.pruned_heads, back.pruned_neurons, back.repair):
+            b = tm.model(**inputs)[0]
+    assert torch.equal(a, b)
