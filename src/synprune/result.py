@@ -93,7 +93,8 @@ class PruneResult:
                    sparsity=d["sparsity"], n_heads=d["n_heads"], pruned_heads=[tuple(h) for h in d["pruned_heads"]],
                    removed_layers=d["removed_layers"], metric=d["metric"], head_scores=np.asarray(d["head_scores"]),
                    config=d["config"], seed=d["seed"], timings=d["timings"], versions=d["versions"], details=details,
-                   cf_log=cf_log)
+                   cf_log=cf_log, removed_kv_groups=[list(g) for g in d.get("removed_kv_groups", [])],
+                   pruned_neurons=[tuple(u) for u in d.get("pruned_neurons", [])], n_neurons=d.get("n_neurons", 0))
 
     def _written(self, out_dir: str | Path | None) -> "PruneResult":
         if out_dir is not None:
