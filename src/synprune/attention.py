@@ -1,14 +1,20 @@
-"""Word-level attention statistics, accumulated batch by batch (SPEC section 2).
+"""Word-level attention statistics, accumulated batch by batch and layer by layer (SPEC section 2).
 
-`scan` runs the model with eager attention over the calibration items and hands each batch (token
-attention, word attention, dependency arcs) to a list of collectors. Nothing the size of the dataset is
-kept: each collector holds running sums, so memory does not grow with the number of sentences.
+`scan` runs the model with eager attention over the calibration items and hands each layer of each batch
+(token attention, word attention, dependency arcs) to a list of collectors as soon as that layer has run:
+a hook on each layer's attention module takes its map and passes on an empty placeholder, so at most one
+layer's T x T maps exist at a time. Nothing the size of the dataset is kept: each collector holds running
+sums, so memory does not grow with the number of sentences. Models whose attention modules cannot be found
+(one per layer, returning the maps) are scanned whole: all layers of a batch at once.
+
+Collectors index their per-layer sums with `batch.layers` (one layer, or all of them) and count per-batch
+quantities (rows, arcs, items) once, at `batch.first`.
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
@@ -67,6 +73,19 @@ class AttentionBatch:
     arcs: Arcs
     items: Sequence[CalibItem]
     special_mask: torch.Tensor | None = None  # (B, T) bool, special tokens ([CLS], [SEP], <s>, ...)
+    layers: slice = field(default_factory=lambda: slice(None))  # the model layers the L axis holds: one layer when streamed, else all
+    n_layers: int | None = None  # layers in the model (None: this batch holds all of them)
+    shared: dict = field(default_factory=dict, repr=False)  # per-batch values, computed once for all its layers
+
+    @property
+    def first(self) -> bool:
+        """The first slice of its batch: count per-batch quantities (rows, arcs, items) here, once."""
+        return self.layers.start in (None, 0)
+
+    @property
+    def last(self) -> bool:
+        """The last slice of its batch (per-arc tables that need every layer can be assembled here)."""
+        return self.layers.stop is None or self.layers.stop == self.n_layers
 
     def arc_attention(self, direction: str = "dep2head") -> torch.Tensor:
         """(P, L, H) attention value of each arc in the chosen direction."""
@@ -83,9 +102,10 @@ class AttentionBatch:
 
     def pair_mask(self) -> torch.Tensor:
         """(B, W, W) bool: word pairs i != j that both survived truncation."""
-        m = self.word_mask[:, :, None] & self.word_mask[:, None, :]
-        eye = torch.eye(m.shape[-1], dtype=torch.bool)
-        return m & ~eye
+        if "pairs" not in self.shared:
+            m = self.word_mask[:, :, None] & self.word_mask[:, None, :]
+            self.shared["pairs"] = m & ~torch.eye(m.shape[-1], dtype=torch.bool)
+        return self.shared["pairs"]
 
 
 def most_attended(batch: AttentionBatch) -> torch.Tensor:
@@ -96,11 +116,13 @@ def most_attended(batch: AttentionBatch) -> torch.Tensor:
 
 def punct_words(batch: AttentionBatch) -> torch.Tensor:
     """(B, W) bool: words whose dependency label is punct (text B's words follow text A's)."""
-    mask = torch.zeros(batch.word_mask.shape, dtype=torch.bool)
-    for b, item in enumerate(batch.items):
-        deps = [d for p in (item.parse_a, item.parse_b) if p is not None for d in p.deps]
-        mask[b, :len(deps)] = torch.tensor([d == PUNCT for d in deps], dtype=torch.bool)
-    return mask & batch.word_mask
+    if "punct" not in batch.shared:
+        mask = torch.zeros(batch.word_mask.shape, dtype=torch.bool)
+        for b, item in enumerate(batch.items):
+            deps = [d for p in (item.parse_a, item.parse_b) if p is not None for d in p.deps]
+            mask[b, :len(deps)] = torch.tensor([d == PUNCT for d in deps], dtype=torch.bool)
+        batch.shared["punct"] = mask & batch.word_mask
+    return batch.shared["punct"]
 
 
 class Collector(Protocol):
@@ -139,36 +161,137 @@ def eager_attention(model: torch.nn.Module) -> Iterator[None]:
             model.set_attn_implementation(current)
 
 
+SCAN_ONLY_KEYS = ("offset_mapping", "special_tokens_mask")  # tokenizer outputs the model does not take
+
+
+@dataclass
+class ScanInput:
+    """One batch of calibration items, tokenized and aligned once and reused by every scan."""
+
+    items: list[CalibItem]
+    enc: Any  # the tokenizer's BatchEncoding (tensors, offsets, special-token masks)
+    alignments: list
+    R: torch.Tensor
+    C: torch.Tensor
+
+    def model_inputs(self, device) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in self.enc.items() if k not in SCAN_ONLY_KEYS}
+
+
+def scan_batches(tm: TaskModel, items: Sequence[CalibItem], batch_size: int = 32, max_length: int = 128) -> list[ScanInput]:
+    """`items` in batches of similar length (longest first), tokenized with offsets and aligned to their words."""
+    tok = tm.tokenizer
+    order = sorted(range(len(items)), key=lambda i: -(len(items[i].text_a) + len(items[i].text_b or "")))
+    out = []
+    for start in range(0, len(order), batch_size):
+        batch_items = [items[i] for i in order[start:start + batch_size]]
+        texts_a = [it.text_a for it in batch_items]
+        texts_b = [it.text_b for it in batch_items] if batch_items[0].text_b is not None else None
+        enc = tok(texts_a, texts_b, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                  return_offsets_mapping=True, return_special_tokens_mask=True)
+        alignments = A.align_batch(
+            enc, texts_a, [it.parse_a.words for it in batch_items],
+            texts_b, [it.parse_b.words for it in batch_items] if texts_b is not None else None,
+        )
+        R, C = A.pooling_matrices(alignments, enc["input_ids"].shape[-1])
+        out.append(ScanInput(batch_items, enc, alignments, R, C))
+    return out
+
+
+def attention_modules(model: torch.nn.Module) -> list[tuple[torch.nn.Module, int]] | None:
+    """Per layer, the module whose output holds that layer's attention maps, and their index in the output;
+    None where there is not exactly one per layer (the scan then takes the maps from the model's output)."""
+    from .arch import attention_handles, get_adapter
+
+    spec = getattr(model, "_can_record_outputs", None) or {}
+    spec = spec.get("attentions") if isinstance(spec, dict) else None
+    target, index, name = getattr(spec, "target_class", spec), getattr(spec, "index", 1), getattr(spec, "layer_name", None)
+    layers = get_adapter(model).layers(model)
+    if not isinstance(target, type):  # older model code: the heads' module of each layer returns (output, maps)
+        handles = attention_handles(model)
+        if len(handles) != len(layers):
+            return None
+        return [(h.heads_module, 1) for h in handles]
+    found = []
+    for layer in layers:
+        mods = [m for n, m in layer.named_modules() if isinstance(m, target)
+                and (name is None or f".{name.strip('.')}." in f".{n}.")]
+        if len(mods) != 1:
+            return None
+        found.append((mods[0], index))
+    return found
+
+
+class _Streamer:
+    """Forward hooks that hand each layer's attention maps to a callback and pass an empty tensor on."""
+
+    def __init__(self, modules: Sequence[tuple[torch.nn.Module, int]], on_layer):
+        self.modules, self.on_layer = modules, on_layer
+        self.seen: list[int] = []
+
+    def __enter__(self) -> "_Streamer":
+        self.handles = [m.register_forward_hook(self._hook(layer, index), prepend=True)
+                        for layer, (m, index) in enumerate(self.modules)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def _hook(self, layer: int, index: int):
+        def hook(module, args, output):
+            maps = output[index] if isinstance(output, tuple) and len(output) > index else None
+            if not (torch.is_tensor(maps) and maps.dim() == 4):
+                return None
+            self.seen.append(layer)
+            self.on_layer(layer, maps)
+            return (*output[:index], maps.new_zeros(0), *output[index + 1:])  # the map is not kept past this layer
+        return hook
+
+
+def _streams(tm: TaskModel, first: ScanInput, device) -> list[tuple[torch.nn.Module, int]] | None:
+    """The attention modules, if a forward pass on one item hands over one map per layer, in order."""
+    modules = attention_modules(tm.model)
+    if modules is None:
+        return None
+    probe = {k: v[:1] for k, v in first.model_inputs(device).items()}
+    with _Streamer(modules, lambda layer, maps: None) as s:
+        tm.model(**probe, output_attentions=True)
+    return modules if s.seen == list(range(len(modules))) else None
+
+
 @torch.no_grad()
 def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collector], label_index: dict[str, int],
-         keep_punct: bool = False, batch_size: int = 32, max_length: int = 128, description: str = "attention") -> int:
-    """Feed every batch of `items` to each collector; returns the number of arcs seen."""
-    tok, model = tm.tokenizer, tm.model
+         keep_punct: bool = False, batch_size: int = 32, max_length: int = 128, description: str = "attention",
+         batches: Sequence[ScanInput] | None = None) -> int:
+    """Feed every batch of `items` to each collector, layer by layer; returns the number of arcs seen.
+    `batches`: `scan_batches(tm, items, batch_size, max_length)` made once for many scans."""
+    model = tm.model
     device = next(model.parameters()).device
-    order = sorted(range(len(items)), key=lambda i: -(len(items[i].text_a) + len(items[i].text_b or "")))
+    batches = scan_batches(tm, items, batch_size, max_length) if batches is None else batches
     n_arcs = 0
     with bar(description, len(items)) as advance, eager_attention(model):
-        for start in range(0, len(order), batch_size):
-            batch_items = [items[i] for i in order[start:start + batch_size]]
-            texts_a = [it.text_a for it in batch_items]
-            texts_b = [it.text_b for it in batch_items] if batch_items[0].text_b is not None else None
-            enc = tok(texts_a, texts_b, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
-                      return_offsets_mapping=True, return_special_tokens_mask=True)
-            alignments = A.align_batch(
-                enc, texts_a, [it.parse_a.words for it in batch_items],
-                texts_b, [it.parse_b.words for it in batch_items] if texts_b is not None else None,
-            )
-            inputs = {k: v.to(device) for k, v in enc.items() if k not in ("offset_mapping", "special_tokens_mask")}
-            out = model(**inputs, output_attentions=True)
-            token_attn = torch.stack(out.attentions, dim=1).float().cpu()  # (B, L, H, T, T)
-            R, C = A.pooling_matrices(alignments, token_attn.shape[-1])
-            word_attn = A.word_attention(token_attn, R, C)
-            word_mask = R.sum(-1) > 0
-            batch = AttentionBatch(token_attn, enc["attention_mask"].bool(), word_attn, word_mask,
-                                   batch_arcs(batch_items, alignments, label_index, keep_punct), batch_items,
-                                   enc["special_tokens_mask"].bool())
-            n_arcs += len(batch.arcs)
-            for c in collectors:
-                c.update(batch)
-            advance(len(batch_items))
+        modules = _streams(tm, batches[0], device) if batches else None
+        for b in batches:
+            arcs_ = batch_arcs(b.items, b.alignments, label_index, keep_punct)
+            word_mask, shared = b.R.sum(-1) > 0, {}
+
+            def feed(token_attn: torch.Tensor, layers: slice, n_layers: int | None) -> None:
+                batch = AttentionBatch(token_attn, b.enc["attention_mask"].bool(), A.word_attention(token_attn, b.R, b.C),
+                                       word_mask, arcs_, b.items, b.enc["special_tokens_mask"].bool(), layers, n_layers,
+                                       shared)
+                for c in collectors:
+                    c.update(batch)
+
+            if modules is not None:
+                L = len(modules)
+                with _Streamer(modules, lambda l, maps: feed(maps.float().cpu()[:, None], slice(l, l + 1), L)) as s:
+                    model(**b.model_inputs(device), output_attentions=True)
+                if s.seen != list(range(L)):
+                    raise RuntimeError(f"attention maps came from layers {s.seen}, expected 0..{L - 1} in order")
+            else:
+                out = model(**b.model_inputs(device), output_attentions=True)
+                feed(torch.stack(out.attentions, dim=1).float().cpu(), slice(None), None)  # (B, L, H, T, T)
+            n_arcs += len(arcs_)
+            advance(len(b.items))
     return n_arcs

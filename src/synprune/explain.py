@@ -53,13 +53,14 @@ class RelationAccuracy:
         if not len(a):
             return
         pred = most_attended(batch)
-        dep2head = pred[a.item, :, :, a.dep] == a.head[:, None, None]  # (P, L, H)
+        dep2head = pred[a.item, :, :, a.dep] == a.head[:, None, None]  # (P, L, H), L: the layers in batch.layers
         head2dep = pred[a.item, :, :, a.head] == a.dep[:, None, None]
-        self.correct[0].index_add_(0, a.label, dep2head.double())
-        self.correct[1].index_add_(0, a.label, head2dep.double())
-        self.count += torch.bincount(a.label, minlength=len(self.labels)).double()
-        at_offset = (a.head - a.dep)[:, None] == torch.tensor(OFFSETS)[None]
-        self.offset_hits.index_add_(0, a.label, at_offset.double())
+        self.correct[0][:, batch.layers].index_add_(0, a.label, dep2head.double())
+        self.correct[1][:, batch.layers].index_add_(0, a.label, head2dep.double())
+        if batch.first:
+            self.count += torch.bincount(a.label, minlength=len(self.labels)).double()
+            at_offset = (a.head - a.dep)[:, None] == torch.tensor(OFFSETS)[None]
+            self.offset_hits.index_add_(0, a.label, at_offset.double())
 
 
 class HeadProfile:
@@ -78,21 +79,22 @@ class HeadProfile:
         self.pairs = 0
 
     def update(self, batch: AttentionBatch) -> None:
-        A, rows = batch.token_attn, batch.token_mask
+        A, rows, ls = batch.token_attn, batch.token_mask, batch.layers  # A: (B, L, H, T, T), L: the layers in ls
         special = rows & (batch.special_mask if batch.special_mask is not None else torch.zeros_like(rows))
         to_special = A @ special[:, None, None, :, None].to(A.dtype)  # (B, L, H, T, 1)
-        self.special += (to_special[..., 0] * rows[:, None, None]).sum((0, 3)).double()
+        self.special[ls] += (to_special[..., 0] * rows[:, None, None]).sum((0, 3)).double()
         entropy = -(A * A.clamp_min(1e-12).log()).sum(-1)  # (B, L, H, T)
-        self.entropy += (entropy * rows[:, None, None]).sum((0, 3)).double()
-        self.token_rows += int(rows.sum())
+        self.entropy[ls] += (entropy * rows[:, None, None]).sum((0, 3)).double()
         W, pairs = batch.word_attn, batch.pair_mask()
         to_punct = pairs & punct_words(batch)[:, None, :]
-        self.punct += (W * to_punct[:, None, None]).sum((0, 3, 4)).double()
-        self.word_rows += int(batch.word_mask.sum())
-        strong = (W > self.tau[None, :, :, None, None]) & pairs[:, None, None]
-        self.strong_count += strong.sum((0, 3, 4)).double()
-        self.strong_mass += (W * strong).sum((0, 3, 4)).double()
-        self.pairs += int(pairs.sum())
+        self.punct[ls] += (W * to_punct[:, None, None]).sum((0, 3, 4)).double()
+        strong = (W > self.tau[ls][None, :, :, None, None]) & pairs[:, None, None]
+        self.strong_count[ls] += strong.sum((0, 3, 4)).double()
+        self.strong_mass[ls] += (W * strong).sum((0, 3, 4)).double()
+        if batch.first:
+            self.token_rows += int(rows.sum())
+            self.word_rows += int(batch.word_mask.sum())
+            self.pairs += int(pairs.sum())
 
 
 @dataclass
@@ -254,10 +256,13 @@ class _MapCollector:
         self.maps: dict[int, np.ndarray] = {}
 
     def update(self, batch: AttentionBatch) -> None:
-        layers = torch.tensor([l for l, _ in self.heads])
-        cols = torch.tensor([h for _, h in self.heads])
+        W = batch.word_attn  # (B, L, H, W, W), L: the layers in batch.layers
+        held = range(batch.n_layers or W.shape[1])[batch.layers]
         for b, item in enumerate(batch.items):
-            self.maps[id(item)] = batch.word_attn[b, layers, cols].numpy()
+            maps = self.maps.setdefault(id(item), np.zeros((len(self.heads), *W.shape[-2:]), dtype=np.float32))
+            for i, (layer, head) in enumerate(self.heads):
+                if layer in held:
+                    maps[i] = W[b, held.index(layer), head].numpy()
 
 
 def _words(item: CalibItem) -> list[str]:

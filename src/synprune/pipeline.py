@@ -10,6 +10,7 @@ from torch import nn
 from .calibration import Calibration
 from .config import PruneConfig
 from .errors import SynpruneError
+from .evalcache import cached_dense
 from .evaluate import evaluate, prepare, task_metrics
 from .masking import HeadMask
 from .methods import HeadScores, get_method, uses
@@ -105,12 +106,15 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
     scores = score(ctx, cfg)
     with ctx.timed("select" if not cfg.cf else "cf"):
         selection, cf_log = choose(ctx, cfg, scores)
-    prepared = ctx.memo("eval-prepared", lambda: {
-        s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()})
+    with ctx.timed("tokenize"):
+        prepared = ctx.memo("eval-prepared", lambda: {
+            s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()})
     with ctx.timed("evaluate_dense"):
-        dense = ctx.memo("dense", lambda: evaluate_heads(tm, prepared, metric_names, []))
-    with ctx.timed("evaluate_pruned"):
-        pruned = evaluate_heads(tm, prepared, metric_names, selection.pruned)
+        dense, dense_cached = ctx.memo("dense", lambda: cached_dense(tm, prepared, metric_names,
+                                                                     lambda: evaluate_heads(tm, prepared, metric_names, [])))
+    with ctx.timed("evaluate_pruned"):  # runs that prune the same heads (e.g. two methods' CF) share one evaluation
+        pruned = ctx.memo(("pruned", frozenset(selection.pruned)),
+                          lambda: evaluate_heads(tm, prepared, metric_names, selection.pruned))
     main_split, main_metric = next(iter(prepared)), metric_names[0]
     return PruneResult(
         method=cfg.method, cf=cfg.cf, model=tm.describe(),
@@ -122,5 +126,5 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
                 "pruned": pruned[main_split][main_metric], "all": {"dense": dense, "pruned": pruned}},
         head_scores=scores.scores, config=cfg.to_json(), seed=cfg.seed, timings=dict(ctx.timings),
         versions=versions(ctx.parse_info.get("parser")),
-        details={**scores.details, "parse_cache": ctx.parse_info}, cf_log=cf_log,
+        details={**scores.details, "parse_cache": ctx.parse_info, "dense_cached": dense_cached}, cf_log=cf_log,
     )._written(out)

@@ -287,19 +287,33 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
             results[r.name] = res
             advance()
     last = results[plan.runs[-1].name]  # its split and parse provenance cover all the shared work
+    total = time.perf_counter() - t0
     summary = {
         "sweep": plan.to_json(), "model": tm.describe(), "task": last.task, "split": last.split,
         "metric": {k: last.metric[k] for k in ("name", "split", "dense")},
         "versions": last.versions, "parse_cache": ctx.parse_info,
-        "timings": {"shared_stages": dict(ctx.timings), "total": round(time.perf_counter() - t0, 3)},
+        "timings": {"shared_stages": dict(ctx.timings), "total": round(total, 3)},
         "rows": rows,
     }
     result = SweepResult(plan, rows, results, summary, out_dir)
+    stages = dict(ctx.timings)
     if out_dir is not None:
+        t = time.perf_counter()
         result.files["results.csv"] = atomic_write_text(out_dir / "results.csv", rows_csv(rows))
         result.files["results.json"] = atomic_write_json(out_dir / "results.json", summary)
         if report:
             from .report import write_report
 
             result.files.update(write_report(out_dir))
+        stages["write results and report"] = time.perf_counter() - t
+    log(stage_breakdown(stages, total + stages.get("write results and report", 0.0)))
     return result
+
+
+def stage_breakdown(stages: Mapping[str, float], total: float) -> str:
+    """One line per stage (largest first) with its share of `total`; what no stage timed is `other`."""
+    parts = sorted(stages.items(), key=lambda kv: -kv[1])
+    parts.append(("other", max(0.0, total - sum(stages.values()))))
+    width = max(len(name) for name, _ in parts)
+    lines = [f"  {name:<{width}} {sec:8.1f} s  {100 * sec / max(total, 1e-9):5.1f}%" for name, sec in parts]
+    return "\n".join([f"sweep stages ({total:.1f} s in all):", *lines])

@@ -28,8 +28,9 @@ class AttentionStats:
         real = batch.token_mask  # (B, T)
         keys = real[:, None, None, :].float()  # (B, 1, 1, T): masks key columns of (B, H, T, T)
         queries = real[:, None, :].float()  # (B, 1, T): masks query rows of (B, H, T)
-        for layer in range(batch.token_attn.shape[1]):  # one layer at a time keeps the temporaries small
-            a = batch.token_attn[:, layer].float()  # (B, H, T, T)
+        layers = range(self.entropy_sum.shape[0])[batch.layers]  # the model layers this batch holds
+        for i, layer in enumerate(layers):  # one layer at a time keeps the temporaries small
+            a = batch.token_attn[:, i].float()  # (B, H, T, T)
             on_real = (a * keys).sum(-1)  # (B, H, T)
             on_padding = (a * (1 - keys)).sum(-1)
             self.padding_mass = max(self.padding_mass, float((on_padding * queries).max()))
@@ -37,7 +38,8 @@ class AttentionStats:
             entropy = -torch.special.xlogy(p, p).sum(-1)
             self.entropy_sum[layer] += (entropy * queries).sum(dim=(0, 2)).double()
             self.max_sum[layer] += (p.amax(-1) * queries).sum(dim=(0, 2)).double()
-        self.rows += int(real.sum())
+        if batch.first:
+            self.rows += int(real.sum())
 
     @property
     def mean_entropy(self) -> torch.Tensor:

@@ -27,9 +27,10 @@ class MeanAttention:
 
     def update(self, batch: AttentionBatch) -> None:
         m = batch.pair_mask()  # (B, W, W)
-        w = batch.word_attn  # (B, L, H, W, W)
-        self.sum += (w * m[:, None, None]).sum(dim=(0, 3, 4)).double()
-        self.count += int(m.sum())
+        w = batch.word_attn  # (B, L, H, W, W), L: the layers in batch.layers
+        self.sum[batch.layers] += (w * m[:, None, None]).sum(dim=(0, 3, 4)).double()
+        if batch.first:
+            self.count += int(m.sum())
         values = w.permute(0, 3, 4, 1, 2)[m].flatten().clamp(0, 1)
         self.hist += torch.histc(values.double(), bins=HIST_BINS, min=0.0, max=1.0)
 
@@ -90,14 +91,16 @@ class Penalty:
     def update(self, batch: AttentionBatch) -> None:
         if not len(batch.arcs):
             return
-        a = batch.arc_attention(self.direction)  # (P, L, H)
+        a = batch.arc_attention(self.direction)  # (P, L, H), L: the layers in batch.layers
         labels = batch.arcs.label
         top = self.top[labels][:, None, None]
-        miss = torch.where(top, a < self.tau, a > self.tau)
-        self.penalty += (miss.double() * self.weight[labels][:, None, None]).sum(0)
-        self.top_sum += (a * top).sum(0).double()
-        self.top_count += int(top.sum())
-        self.n_arcs += len(batch.arcs)
+        tau = self.tau[batch.layers]
+        miss = torch.where(top, a < tau, a > tau)
+        self.penalty[batch.layers] += (miss.double() * self.weight[labels][:, None, None]).sum(0)
+        self.top_sum[batch.layers] += (a * top).sum(0).double()
+        if batch.first:
+            self.top_count += int(top.sum())
+            self.n_arcs += len(batch.arcs)
 
 
 @register("sap", uses=("k", "threshold", "direction", "keep_punct"))
