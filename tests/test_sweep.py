@@ -297,3 +297,28 @@ def test_report_renders_in_headless_chromium(swept, tmp_path):
     orange = np.abs(img - [255, 127, 14]).sum(-1) < 30  # the top-k bars of the dependency ranking
     red = np.abs(img - [255, 0, 0]).sum(-1) < 30  # the pruned-head crosses of the heat map
     assert orange.sum() > 2000 and red.sum() > 50, "the embedded plots did not render"
+
+
+def test_stages_do_not_overlap_and_the_breakdown_adds_up(monkeypatch):
+    """Nested stages count only as themselves (a fake clock: each call advances it one second)."""
+    import itertools
+
+    import synprune.calibration as C
+    from synprune.sweep import stage_breakdown
+
+    clock = itertools.count()
+    monkeypatch.setattr(C.time, "perf_counter", lambda: float(next(clock)))
+    ctx = C.Calibration(types.SimpleNamespace(), [], PruneConfig())
+    with ctx.timed("score"):  # reads 0
+        with ctx.timed("attention"):  # 1 .. 2
+            pass
+        with ctx.timed("parse"):  # 3 .. 4
+            pass
+    with ctx.timed("attention"):  # 6 .. 7   (score closed at 5)
+        pass
+    assert ctx.timings == {"attention": 2.0, "parse": 1.0, "score": 3.0}
+    text = stage_breakdown(ctx.timings, 10.0)
+    lines = text.splitlines()
+    assert lines[0] == "sweep stages (10.0 s in all):"
+    assert [line.split()[0] for line in lines[1:]] == ["score", "attention", "parse", "other"]
+    assert lines[-1].split()[1:] == ["4.0", "s", "40.0%"]
