@@ -21,7 +21,8 @@ def _dense(tm, prepared, calls):
     return cached_dense(tm, prepared, ["pearson"], compute)
 
 
-def test_second_evaluation_comes_from_the_cache_and_changes_invalidate_it():
+def test_second_evaluation_comes_from_the_cache_and_changes_invalidate_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("SYNPRUNE_CACHE", str(tmp_path / "cache"))
     tm, calls = tiny_model("bert"), []
     first, cached = _dense(tm, _prepared(tm), calls)
     assert not cached and len(calls) == 1
@@ -39,7 +40,8 @@ def test_second_evaluation_comes_from_the_cache_and_changes_invalidate_it():
     assert not cached and len(calls) == 3 and changed != first
 
 
-def test_a_second_prune_does_not_evaluate_the_dense_model_again(glue_dir, monkeypatch):
+def test_a_second_prune_does_not_evaluate_the_dense_model_again(glue_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("SYNPRUNE_CACHE", str(tmp_path / "cache"))  # other tests evaluate the same model and rows
     dense_calls = []
     real = P.evaluate_heads
     monkeypatch.setattr(P, "evaluate_heads", lambda tm, prepared, names, pruned:

@@ -2,6 +2,7 @@
 CF -> evaluate -> result). The command line is a thin layer over this function."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from .calibration import Calibration
 from .config import PruneConfig
 from .errors import SynpruneError
 from .evalcache import cached_dense
-from .evaluate import evaluate, prepare, task_metrics
+from .evaluate import Prepared, evaluate, prepare, task_metrics
 from .masking import HeadMask
 from .methods import HeadScores, get_method, uses
 from .models import TaskModel, load_model
@@ -100,22 +101,59 @@ def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
         return ctx.memo(key, lambda: get_method(cfg.method)(ctx, cfg))
 
 
-def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: str | Path | None = None) -> PruneResult:
-    """Score, select (or CF), evaluate dense and pruned, and assemble the result for one method and budget."""
-    tm, metric_names = ctx.tm, ctx.metric_names
+@dataclass
+class Chosen:
+    """A run's heads before evaluation: its scores, the selection and CF's log."""
+
+    cfg: PruneConfig
+    scores: HeadScores
+    selection: Selection
+    cf_log: list[dict]
+
+
+def choose_heads(ctx: Calibration, cfg: PruneConfig) -> Chosen:
+    """Score (memoized per context) and select, or run CF, for one method and budget."""
     scores = score(ctx, cfg)
     with ctx.timed("select" if not cfg.cf else "cf"):
         selection, cf_log = choose(ctx, cfg, scores)
+    return Chosen(cfg, scores, selection, cf_log)
+
+
+def evaluation_inputs(ctx: Calibration, split: Split) -> dict[str, Prepared]:
+    """The evaluation split(s) tokenized once per context (batches of at least 64)."""
+    cfg = ctx.config
     with ctx.timed("tokenize"):
-        prepared = ctx.memo("eval-prepared", lambda: {
-            s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()})
+        return ctx.memo("eval-prepared", lambda: {
+            s: prepare(ctx.tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length)
+            for s, ex in split.evaluation.items()})
+
+
+def dense_scores(ctx: Calibration, split: Split, compute=None) -> tuple[dict, bool]:
+    """The unpruned model's scores per split, once per context and cached on disk (`evalcache`); and whether
+    they came from the disk cache. `compute` evaluates it where it is not cached (default: here)."""
+    prepared = evaluation_inputs(ctx, split)
+    compute = compute or (lambda: evaluate_heads(ctx.tm, prepared, ctx.metric_names, []))
     with ctx.timed("evaluate_dense"):
-        dense, dense_cached = ctx.memo("dense", lambda: cached_dense(tm, prepared, metric_names,
-                                                                     lambda: evaluate_heads(tm, prepared, metric_names, [])))
+        return ctx.memo("dense", lambda: cached_dense(ctx.tm, prepared, ctx.metric_names, compute))
+
+
+def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: str | Path | None = None) -> PruneResult:
+    """Score, select (or CF), evaluate dense and pruned, and assemble the result for one method and budget."""
+    chosen = choose_heads(ctx, cfg)
+    prepared = evaluation_inputs(ctx, split)
+    dense = dense_scores(ctx, split)
     with ctx.timed("evaluate_pruned"):  # runs that prune the same heads (e.g. two methods' CF) share one evaluation
-        pruned = ctx.memo(("pruned", frozenset(selection.pruned)),
-                          lambda: evaluate_heads(tm, prepared, metric_names, selection.pruned))
-    main_split, main_metric = next(iter(prepared)), metric_names[0]
+        pruned = ctx.memo(("pruned", frozenset(chosen.selection.pruned)),
+                          lambda: evaluate_heads(ctx.tm, prepared, ctx.metric_names, chosen.selection.pruned))
+    return assemble(ctx, chosen, data, split, dense, pruned, out)
+
+
+def assemble(ctx: Calibration, chosen: Chosen, data: TaskData, split: Split, dense: tuple[dict, bool],
+             pruned: dict, out: str | Path | None = None) -> PruneResult:
+    """The result of one run from its chosen heads and its scores (dense, cached?; pruned), written to `out`."""
+    tm, metric_names, cfg, selection, scores = ctx.tm, ctx.metric_names, chosen.cfg, chosen.selection, chosen.scores
+    dense, dense_cached = dense
+    main_split, main_metric = next(iter(split.evaluation)), metric_names[0]
     return PruneResult(
         method=cfg.method, cf=cfg.cf, model=tm.describe(),
         task={"name": data.name, "source": data.source, "data_sha256": data.hashes, "metrics": list(metric_names)},
@@ -126,5 +164,5 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
                 "pruned": pruned[main_split][main_metric], "all": {"dense": dense, "pruned": pruned}},
         head_scores=scores.scores, config=cfg.to_json(), seed=cfg.seed, timings=dict(ctx.timings),
         versions=versions(ctx.parse_info.get("parser")),
-        details={**scores.details, "parse_cache": ctx.parse_info, "dense_cached": dense_cached}, cf_log=cf_log,
+        details={**scores.details, "parse_cache": ctx.parse_info, "dense_cached": dense_cached}, cf_log=chosen.cf_log,
     )._written(out)

@@ -263,7 +263,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     """
     from .calibration import Calibration
     from .evaluate import task_metrics
-    from .pipeline import as_task_model, run as run_one
+    from .pipeline import as_task_model
 
     base = (config or PruneConfig()).replace(**options).validate()
     plan = plan_sweep(methods, sparsities, seeds, grid, base)
@@ -279,13 +279,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     results: dict[str, PruneResult] = {}
     t0 = time.perf_counter()
     log(f"sweep: {len(plan.runs)} runs ({', '.join(s.label for s in plan.specs)}) on {tm.name} / {data.name}")
-    with bar("sweep runs", len(plan.runs)) as advance:
-        for r in plan.runs:
-            t = time.perf_counter()
-            res = run_one(ctx, r.config(base), data, split, out_dir / "runs" / r.name if out_dir else None)
-            rows.append(_row(r, res, time.perf_counter() - t, list(plan.grid)))
-            results[r.name] = res
-            advance()
+    worker_seconds = _run_all(ctx, plan, base, data, split, out_dir, rows, results)
     last = results[plan.runs[-1].name]  # its split and parse provenance cover all the shared work
     total = time.perf_counter() - t0
     summary = {
@@ -297,6 +291,8 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     }
     result = SweepResult(plan, rows, results, summary, out_dir)
     stages = dict(ctx.timings)
+    if worker_seconds:
+        summary["timings"]["evaluation_worker_busy"] = round(worker_seconds, 3)
     if out_dir is not None:
         t = time.perf_counter()
         result.files["results.csv"] = atomic_write_text(out_dir / "results.csv", rows_csv(rows))
@@ -306,8 +302,52 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
 
             result.files.update(write_report(out_dir))
         stages["write results and report"] = time.perf_counter() - t
-    log(stage_breakdown(stages, total + stages.get("write results and report", 0.0)))
+    text = stage_breakdown(stages, total + stages.get("write results and report", 0.0))
+    if worker_seconds:
+        text += f"\n  (besides: the evaluation worker process evaluated pruned models for {worker_seconds:.1f} s alongside)"
+    log(text)
     return result
+
+
+def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir: Path | None, rows: list[dict],
+             results: dict[str, "PruneResult"]) -> float:
+    """Choose every run's heads, evaluating each chosen model meanwhile in a worker process where one can
+    start (`evalpool`); then assemble the results in plan order. Runs without CF choose first, so that the
+    worker evaluates them while this process runs Candidate Filtering. Returns the worker's busy seconds."""
+    import torch
+
+    from .evalpool import Evaluations
+    from .pipeline import assemble, choose_heads, dense_scores, evaluation_inputs
+
+    prepared = evaluation_inputs(ctx, split)
+    chosen: dict[str, tuple[Any, float]] = {}
+    threads = torch.get_num_threads()
+    with Evaluations(ctx.tm, prepared, split.evaluation, ctx.metric_names, max(base.batch_size, 64),
+                     base.max_length) as evals:
+        if evals.parallel:  # one core for the worker, the rest for choosing heads
+            torch.set_num_threads(max(1, threads - 1))
+        try:
+            dense = dense_scores(ctx, split, lambda: evals.result([]))
+            with bar("sweep runs: choosing heads", len(plan.runs)) as advance:
+                for r in sorted(plan.runs, key=lambda r: r.spec.cf):
+                    t = time.perf_counter()
+                    c = choose_heads(ctx, r.config(base))
+                    evals.submit(c.selection.pruned)
+                    chosen[r.name] = (c, time.perf_counter() - t)
+                    advance()
+            with bar("sweep runs: evaluating", len(plan.runs)) as advance:
+                for r in plan.runs:
+                    c, seconds = chosen[r.name]
+                    t = time.perf_counter()
+                    with ctx.timed("evaluate_pruned"):
+                        pruned = evals.result(c.selection.pruned)
+                    res = assemble(ctx, c, data, split, dense, pruned, out_dir / "runs" / r.name if out_dir else None)
+                    rows.append(_row(r, res, seconds + time.perf_counter() - t, list(plan.grid)))
+                    results[r.name] = res
+                    advance()
+        finally:
+            torch.set_num_threads(threads)
+        return evals.worker_seconds
 
 
 def stage_breakdown(stages: Mapping[str, float], total: float) -> str:
