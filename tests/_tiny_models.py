@@ -4,39 +4,34 @@ from __future__ import annotations
 import torch
 import transformers as tf
 
+from synprune.arch import adapters
+
 # Tiny tensors: one thread avoids thread-pool overhead that dominates (~10 ms per op) on a shared 2-core box.
 torch.set_num_threads(1)
 
 SIZES = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37, vocab_size=100,
              max_position_embeddings=64)
 
-FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet"]
+FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet"]  # encoders
+DECODERS = [name for name, a in adapters().items() if a.causal]
+ALL_FAMILIES = FAMILIES + DECODERS
 
 # A mix that covers a partly pruned layer, a layer pruned whole, a single head, and an untouched layer order.
+# With 4 query heads in 2 key/value groups, layer 0 keeps one head per group (even) and layer 2 keeps two heads
+# of group 0 and one of group 1 (uneven).
 PRUNED = [(0, 1), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3), (2, 2)]
 
 
 def tiny_config(family: str) -> tf.PretrainedConfig:
-    if family == "bert":
-        return tf.BertConfig(**SIZES)
-    if family == "roberta":
-        return tf.RobertaConfig(**SIZES, pad_token_id=1)
-    if family == "xlm-roberta":
-        return tf.XLMRobertaConfig(**SIZES, pad_token_id=1)
-    if family == "electra":
-        return tf.ElectraConfig(**SIZES, embedding_size=24)
-    if family == "mpnet":
-        return tf.MPNetConfig(**SIZES, pad_token_id=1)
-    if family == "distilbert":
-        return tf.DistilBertConfig(dim=32, n_layers=3, n_heads=4, hidden_dim=37, vocab_size=100,
-                                   max_position_embeddings=64)
-    raise ValueError(family)
+    """The family adapter's own tiny config (3 layers, hidden 32, 4 query heads, 37 neurons)."""
+    return adapters()[family].tiny_config()
 
 
 def tiny_model(family: str, head: str = "base", seed: int = 0, attn: str = "eager") -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = tiny_config(family)
-    auto = {"base": tf.AutoModel, "cls": tf.AutoModelForSequenceClassification, "mlm": tf.AutoModelForMaskedLM}[head]
+    auto = {"base": tf.AutoModel, "cls": tf.AutoModelForSequenceClassification, "mlm": tf.AutoModelForMaskedLM,
+            "lm": tf.AutoModelForCausalLM}[head]
     model = auto.from_config(cfg, attn_implementation=attn)
     # Random biases too: zero-initialised biases would hide a dropped or misplaced bias.
     with torch.no_grad():

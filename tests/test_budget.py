@@ -115,3 +115,55 @@ def test_mean_sequence_length(tmp_path):
     assert mean_sequence_length(tok, ["red blue green red blue"], max_length=4) == 4
     with pytest.raises(SynpruneError):
         mean_sequence_length(tok, [])
+
+
+def test_heads_budget_rounds_halves_up_like_sparsity():
+    from synprune.select import n_to_prune
+
+    one_layer = tf.BertConfig(hidden_size=8, num_attention_heads=4, num_hidden_layers=1, intermediate_size=16, vocab_size=10)
+    ranked = [(0, h) for h in range(4)]
+    # 0.625 * 4 = 2.5 heads: --sparsity 0.625 prunes 3; Python's round() would give 2
+    assert n_to_prune(0.625, 4) == 3
+    assert heads_to_prune(one_layer, ranked, "heads:0.375") == 3
+
+
+def test_budget_report_says_what_a_selection_keeps():
+    from synprune.budget import budget_report
+
+    report = budget_report(CFG, [(0, 0), (0, 1)], "params:0.76", mean_seq_len=10)
+    assert report["params_kept"] == pytest.approx(848 / 1136) and report["met"]  # layer 0 gone with its bias
+    assert report["heads_kept"] == 0.5 and report["flops_kept"] == pytest.approx(1 - 2 * 2080 / 13440)
+    assert not budget_report(CFG, [(0, 0)], "params:0.76")["met"]  # 996/1136 = 0.88 > 0.76
+
+
+def _pipeline_run(glue_dir, **options):
+    from conftest import tiny_model
+    from synprune.pipeline import prune
+
+    return prune(tiny_model("bert"), task="stsb", glue_dir=glue_dir, calib_size=4, method="magnitude", **options)
+
+
+def test_budget_through_prune_records_what_was_pruned(glue_dir):
+    res = _pipeline_run(glue_dir, budget="params:0.8", layer_fraction=0.5)
+    b = res.details["budget"]
+    assert b["met"] and b["params_kept"] <= 0.8 and b["heads_pruned"] == len(res.pruned_heads)
+    assert res.sparsity == pytest.approx(len(res.pruned_heads) / 12)  # not the default 0.5
+    assert res.config["sparsity"] == res.sparsity and res.config["budget"] == "params:0.8"
+    # with layer_fraction 0.5, two pruned heads of a 4-head layer take the whole layer
+    per_layer = res.pruned_per_layer
+    assert all(n in (0, 1, 4) for n in per_layer), per_layer
+
+
+def test_budget_sizes_the_cf_pool_from_its_own_head_count(glue_dir, monkeypatch):
+    import synprune.cf as cf
+    from synprune.select import Selection
+
+    seen = {}
+
+    def fake_cf(ctx, order, n, cfg):
+        seen["sparsity"], seen["n"] = cfg.sparsity, n
+        return Selection(sorted(order[:n]), []), []
+
+    monkeypatch.setattr(cf, "candidate_filter", fake_cf)
+    res = _pipeline_run(glue_dir, budget="heads:0.75", cf=True)
+    assert seen == {"sparsity": 0.25, "n": 3} and res.sparsity == 0.25

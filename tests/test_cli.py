@@ -41,16 +41,16 @@ def test_missing_model_folder(capsys, tmp_path, glue_dir):
 
 
 def test_model_without_known_heads(capsys, tmp_path, glue_dir):
-    from transformers import GPT2Config, GPT2Model
+    from transformers import OPTConfig, OPTModel
 
-    path = tmp_path / "gpt2"
-    GPT2Model(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=30522)).save_pretrained(path)
+    path = tmp_path / "opt"
+    OPTModel(OPTConfig(num_hidden_layers=1, num_attention_heads=2, hidden_size=8, ffn_dim=16, word_embed_proj_dim=8, vocab_size=30522)).save_pretrained(path)
     from synprune.models import bundled_model_path
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(bundled_model_path()).save_pretrained(path)
     code, err = run_cli(["prune", "--model", str(path), "--glue-dir", str(glue_dir), "--out", str(tmp_path / "o")], capsys)
-    _assert_one_line_error(code, err, "gpt2", "no attention-head adapter")
+    _assert_one_line_error(code, err, "opt", "no synprune adapter")
 
 
 @pytest.mark.parametrize("value", ["1.0", "-0.1", "1.5"])

@@ -119,8 +119,8 @@ def test_overwrite_replaces_and_failed_check_writes_nothing(tmp_path, monkeypatc
     export_mod.export_pruned(model, None, [(0, 1), (0, 2)], out, overwrite=True)
     assert json.loads((out / "synprune_pruning.json").read_text())["kept_heads"][0] == [0, 3]
 
-    real = export_mod.remove_heads
-    monkeypatch.setattr(export_mod, "remove_heads", lambda m, heads: real(m, [(0, 0)]))  # cuts the wrong head
+    real = export_mod.remove_units
+    monkeypatch.setattr(export_mod, "remove_units", lambda m, heads, neurons: real(m, [(0, 0)]))  # cuts the wrong head
     with pytest.raises(SynpruneError, match="differ"):
         export_mod.export_pruned(model, None, [(0, 1)], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()

@@ -54,8 +54,8 @@ def test_mask_is_differentiable():
 
 
 def test_unknown_architecture_is_a_clear_error():
-    from transformers import GPT2Config, GPT2Model
+    from transformers import OPTConfig, OPTModel
 
-    model = GPT2Model(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=10))
-    with pytest.raises(SynpruneError, match="no attention-head adapter"):
+    model = OPTModel(OPTConfig(num_hidden_layers=1, num_attention_heads=2, hidden_size=8, ffn_dim=16, word_embed_proj_dim=8, vocab_size=10))
+    with pytest.raises(SynpruneError, match="no synprune adapter"):
         get_adapter(model)

@@ -86,3 +86,47 @@ def test_pair_embeddings_scored_per_distinct_sentence_match_pair_batches():
         for b in prepared.batches:
             expected[b.index] = outputs(tm, b).numpy()
     np.testing.assert_allclose(predict(tm, prepared), expected, atol=1e-5)
+
+
+def _quick(glue_dir, out, sparsity=0.25, **options):
+    return prune(tiny_model("bert"), task="stsb", sparsity=sparsity, glue_dir=glue_dir, out=out, calib_size=4,
+                 method="magnitude", **options)
+
+
+def test_run_without_cf_removes_an_older_cf_log(glue_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "cf_log.jsonl").write_text('{"stage": "single"}\n')
+    _quick(glue_dir, out)
+    assert (out / "result.json").is_file() and not (out / "cf_log.jsonl").exists()
+
+
+def test_failed_export_leaves_the_previous_output_set(glue_dir, tmp_path, monkeypatch):
+    import synprune.export as E
+
+    out = tmp_path / "run"
+    _quick(glue_dir, out)
+    before = (out / "result.json").read_text()
+
+    def broken(*a, **k):
+        raise SynpruneError("disk full")
+
+    monkeypatch.setattr(E, "export_pruned", broken)
+    with pytest.raises(SynpruneError):
+        _quick(glue_dir, out, sparsity=0.5, export=tmp_path / "model")
+    assert (out / "result.json").read_text() == before and not (tmp_path / "model").exists()
+
+
+def test_failure_while_writing_leaves_no_result_beside_a_new_cf_log(glue_dir, tmp_path, monkeypatch):
+    import synprune.result as R
+
+    out = tmp_path / "run"
+    _quick(glue_dir, out)
+
+    def broken(path, obj):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(R, "atomic_write_json", broken)
+    with pytest.raises(OSError):
+        _quick(glue_dir, out, cf=True, pool_ratio=0.5)
+    assert not (out / "result.json").exists()  # the old result.json no longer describes the folder

@@ -44,7 +44,9 @@ def test_removal_matches_mask_and_counts(family):
     assert (out - ref).abs().max() < 1e-5
     assert (dense - ref).abs().max() > 1e-2  # the pruning changes something, so the comparison means something
     assert n_params(model) - n_params(small) == expected_drop(PRUNED) == 7 * 1048 + 32
-    assert state == {"kept_heads": [[0, 2], [], [0, 1, 3]], "removed_layers": [1]}
+    assert (state["kept_heads"], state["removed_layers"]) == ([[0, 2], [], [0, 1, 3]], [1])
+    assert state["kept_kv_groups"] == state["kept_heads"]  # one key/value head per query head
+    assert state["counts"] == {"heads": 5, "kv_groups": 5, "neurons": 3 * 37}
     handles = attention_handles(small)
     assert [h.layer for h in handles] == [0, 2]
     assert [h.num_heads for h in handles] == [2, 3]

@@ -9,6 +9,16 @@ sums, so memory does not grow with the number of sentences. Models whose attenti
 
 Collectors index their per-layer sums with `batch.layers` (one layer, or all of them) and count per-batch
 quantities (rows, arcs, items) once, at `batch.first`.
+
+Causal language models (decoders) see only earlier tokens, so attention from word i to a later word j is 0
+by construction. For them (`AttentionBatch.causal`):
+- word pairs are the visible triangle only (j earlier than i): `pair_mask`, and with it SAP's threshold, the
+  most-attended word and every mean over pairs;
+- an arc is read in the direction that is visible, from its later word to its earlier one, whatever the
+  `direction` option: dep2head when the head comes first, head2dep when the dependent does (`max` gives the
+  same, since the other direction is 0);
+- the text starts with a start token (`models.with_bos`) that, like an encoder's [CLS], belongs to no word:
+  the attention sink there is outside the word-level maps.
 """
 from __future__ import annotations
 
@@ -86,25 +96,30 @@ class AttentionBatch:
     def last(self) -> bool:
         """The last slice of its batch (per-arc tables that need every layer can be assembled here)."""
         return self.layers.stop is None or self.layers.stop == self.n_layers
+    causal: bool = False  # a decoder: a word attends only to itself and earlier words
 
     def arc_attention(self, direction: str = "dep2head") -> torch.Tensor:
-        """(P, L, H) attention value of each arc in the chosen direction."""
+        """(P, L, H) attention value of each arc in the chosen direction (causal: the visible direction)."""
         a = self.arcs
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
+        if self.causal:
+            return self.word_attn[a.item, :, :, torch.maximum(a.head, a.dep), torch.minimum(a.head, a.dep)]
         d2h = self.word_attn[a.item, :, :, a.dep, a.head]
         if direction == "dep2head":
             return d2h
         h2d = self.word_attn[a.item, :, :, a.head, a.dep]
         if direction == "head2dep":
             return h2d
-        if direction == "max":
-            return torch.maximum(d2h, h2d)
-        raise ValueError(f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
+        return torch.maximum(d2h, h2d)  # "max"
 
     def pair_mask(self) -> torch.Tensor:
-        """(B, W, W) bool: word pairs i != j that both survived truncation."""
+        """(B, W, W) bool: word pairs i != j that both survived truncation (causal: j before i only)."""
         if "pairs" not in self.shared:
             m = self.word_mask[:, :, None] & self.word_mask[:, None, :]
-            self.shared["pairs"] = m & ~torch.eye(m.shape[-1], dtype=torch.bool)
+            n = m.shape[-1]
+            visible = torch.ones(n, n, dtype=torch.bool).tril(-1) if self.causal else ~torch.eye(n, dtype=torch.bool)
+            self.shared["pairs"] = m & visible
         return self.shared["pairs"]
 
 
@@ -279,7 +294,7 @@ def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collect
             def feed(token_attn: torch.Tensor, layers: slice, n_layers: int | None) -> None:
                 batch = AttentionBatch(token_attn, b.enc["attention_mask"].bool(), A.word_attention(token_attn, b.R, b.C),
                                        word_mask, arcs_, b.items, b.enc["special_tokens_mask"].bool(), layers, n_layers,
-                                       shared)
+                                       shared, causal=tm.kind == "lm")
                 for c in collectors:
                     c.update(batch)
 

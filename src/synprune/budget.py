@@ -5,10 +5,10 @@ A spec is `KIND:F`, F in [0, 1] the fraction to KEEP:
 - `params:F` keeps at most F of the attention + feed-forward parameters;
 - `flops:F`  keeps at most F of the attention + feed-forward multiply-accumulates at the task's mean
   sequence length n.
-Costs follow Kwon et al. 2022 (per head: 4*d*dh + 3*dh parameters, 4*n*d*dh + 2*n*n*dh MACs; per layer
-feed-forward: 2*d*di + di + d parameters, 2*n*d*di MACs). Embeddings, LayerNorms, pooler and task head are
-not counted: pruning heads does not change them. A layer whose heads all go also saves its out-projection
-bias (d parameters; bias additions are not MACs).
+Costs are per unit (`CostModel`; for encoders they are Kwon et al. 2022's: per head 4*d*dh + 3*dh parameters,
+4*n*d*dh + 2*n*n*dh MACs; per layer feed-forward 2*d*di + di + d parameters, 2*n*d*di MACs). Embeddings, norms,
+pooler and task head are not counted: pruning units does not change them. A layer whose heads all go also saves
+its out-projection bias (d parameters; bias additions are not MACs).
 """
 from __future__ import annotations
 
@@ -44,81 +44,117 @@ def parse_budget(spec: str) -> Budget:
     return Budget(kind, keep)
 
 
-def _cfg(model_or_config: Any) -> Any:
-    return getattr(model_or_config, "config", model_or_config)
-
-
-def _first(cfg: Any, *names: str) -> int:
-    for n in names:
-        v = getattr(cfg, n, None)
-        if v is not None:
-            return int(v)
-    raise SynpruneError(f"config of type {type(cfg).__name__} has none of {', '.join(names)}")
-
-
 @dataclass(frozen=True)
 class CostModel:
-    """Attention + feed-forward cost of an encoder of the unpruned shape, per head and in total."""
+    """Attention + feed-forward cost of the unpruned architecture, per unit and in total, for any family
+    (the shape and which projections have biases come from its adapter).
+
+    Per sequence of n tokens (multiply-accumulates) and in parameters:
+    - a query head: q rows and output-projection columns, d*dh each (+dh q bias); 2*n*d*dh + 2*n*n*dh MACs
+      (its projections, scores and weighted sum);
+    - a key/value group: k and v rows, 2*d*dh (+2*dh biases); 2*n*d*dh MACs;
+    - a feed-forward neuron: n_up up/gate rows and a down column, (n_up + 1)*d (+n_up biases); (n_up + 1)*n*d MACs;
+    - per layer: the output-projection bias (saved when every head goes) and the down-projection bias (kept).
+    With one key/value head per query head (encoders, GPT-2) a head costs 4*d*dh + 3*dh parameters and
+    4*n*d*dh + 2*n*n*dh MACs, as in Kwon et al. 2022.
+    """
 
     n_layers: int
     n_heads: int
     hidden: int  # d
     head_dim: int  # dh
     intermediate: int  # di
+    n_kv: int = 0  # key/value groups per layer (0: one per head)
+    n_up: int = 1
+    qkv_bias: bool = True
+    out_bias: bool = True
+    up_bias: bool = True
+    down_bias: bool = True
 
     @classmethod
     def from_model(cls, model_or_config: Any) -> "CostModel":
-        """From a model or its config (BERT-style names or DistilBERT's dim / n_heads / hidden_dim)."""
-        cfg = _cfg(model_or_config)
-        d = _first(cfg, "hidden_size", "dim")
-        h = _first(cfg, "num_attention_heads", "n_heads")
-        return cls(n_layers=_first(cfg, "num_hidden_layers", "n_layers"), n_heads=h, hidden=d,
-                   head_dim=d // h, intermediate=_first(cfg, "intermediate_size", "hidden_dim"))
+        from .arch import get_adapter
 
-    def head_cost(self, kind: str, seq_len: float | None = None) -> float:
+        s = get_adapter(model_or_config).shape(model_or_config)
+        return cls(n_layers=s.n_layers, n_heads=s.n_heads, hidden=s.hidden, head_dim=s.head_dim,
+                   intermediate=s.intermediate, n_kv=s.n_kv, n_up=s.n_up, qkv_bias=s.qkv_bias, out_bias=s.out_bias,
+                   up_bias=s.up_bias, down_bias=s.down_bias)
+
+    @property
+    def kv(self) -> int:
+        return self.n_kv or self.n_heads
+
+    @property
+    def group_size(self) -> int:
+        return self.n_heads // self.kv
+
+    def query_head_cost(self, kind: str, seq_len: float | None = None) -> float:
         d, dh = self.hidden, self.head_dim
         if kind == "heads":
             return 1.0
         if kind == "params":
-            return float(4 * d * dh + 3 * dh)
+            return float(2 * d * dh + (dh if self.qkv_bias else 0))
         n = _seq_len(seq_len)
-        return 4 * n * d * dh + 2 * n * n * dh
+        return 2 * n * d * dh + 2 * n * n * dh
 
-    def layer_bias_cost(self, kind: str) -> float:
-        """Saved on top of the heads when a layer's attention block goes whole."""
-        return float(self.hidden) if kind == "params" else 0.0
-
-    def ffn_cost(self, kind: str, seq_len: float | None = None) -> float:
-        d, di = self.hidden, self.intermediate
+    def kv_group_cost(self, kind: str, seq_len: float | None = None) -> float:
+        d, dh = self.hidden, self.head_dim
         if kind == "heads":
             return 0.0
         if kind == "params":
-            return float(2 * d * di + di + d)
-        return 2 * _seq_len(seq_len) * d * di
+            return float(2 * d * dh + (2 * dh if self.qkv_bias else 0))
+        return 2 * _seq_len(seq_len) * d * dh
+
+    def head_cost(self, kind: str, seq_len: float | None = None) -> float:
+        """A query head with its share of its key/value group (the whole group when there is one per head)."""
+        return self.query_head_cost(kind, seq_len) + self.kv_group_cost(kind, seq_len) / self.group_size
+
+    def neuron_cost(self, kind: str, seq_len: float | None = None) -> float:
+        d = self.hidden
+        if kind == "heads":
+            return 0.0
+        if kind == "params":
+            return float((self.n_up + 1) * d + (self.n_up if self.up_bias else 0))
+        return (self.n_up + 1) * _seq_len(seq_len) * d
+
+    def layer_bias_cost(self, kind: str) -> float:
+        """Saved on top of the heads when a layer's attention block goes whole."""
+        return float(self.hidden) if kind == "params" and self.out_bias else 0.0
+
+    def ffn_cost(self, kind: str, seq_len: float | None = None) -> float:
+        down_bias = float(self.hidden) if kind == "params" and self.down_bias else 0.0
+        return self.intermediate * self.neuron_cost(kind, seq_len) + down_bias
+
+    def attention_cost(self, kind: str, seq_len: float | None = None) -> float:
+        return (self.n_heads * self.query_head_cost(kind, seq_len) + self.kv * self.kv_group_cost(kind, seq_len)
+                + self.layer_bias_cost(kind))
 
     def total(self, kind: str, seq_len: float | None = None) -> float:
-        per_layer = self.n_heads * self.head_cost(kind, seq_len) + self.layer_bias_cost(kind) + self.ffn_cost(kind, seq_len)
-        return self.n_layers * per_layer
+        return self.n_layers * (self.attention_cost(kind, seq_len) + self.ffn_cost(kind, seq_len))
 
     def saved(self, pruned: Iterable[Head], kind: str, seq_len: float | None = None,
-              layer_fraction: float = 1.0) -> float:
-        """Cost removed by pruning `pruned`, with the layer rule: a layer whose pruned heads reach
-        `layer_fraction` of its heads loses all of them and its out-projection bias."""
+              layer_fraction: float = 1.0, neurons: Iterable[tuple[int, int]] = ()) -> float:
+        """Cost removed by pruning query heads `pruned` (and `neurons`), with the layer rule: a layer whose
+        pruned heads reach `layer_fraction` of its heads loses all of them and its out-projection bias; a
+        key/value group goes when all its query heads are gone."""
         per_layer: dict[int, set[int]] = {}
         for layer, head in pruned:
             per_layer.setdefault(int(layer), set()).add(int(head))
         out = 0.0
         for heads in per_layer.values():
             if _layer_gone(len(heads), self.n_heads, layer_fraction):
-                out += self.n_heads * self.head_cost(kind, seq_len) + self.layer_bias_cost(kind)
-            else:
-                out += len(heads) * self.head_cost(kind, seq_len)
-        return out
+                out += self.attention_cost(kind, seq_len)
+                continue
+            groups = {h // self.group_size for h in heads}
+            empty = sum(1 for g in groups if all(g * self.group_size + j in heads for j in range(self.group_size)))
+            out += len(heads) * self.query_head_cost(kind, seq_len) + empty * self.kv_group_cost(kind, seq_len)
+        n_neurons = len({(int(l), int(i)) for l, i in neurons})
+        return out + n_neurons * self.neuron_cost(kind, seq_len) if n_neurons else out
 
     def kept_fraction(self, pruned: Iterable[Head], kind: str, seq_len: float | None = None,
-                      layer_fraction: float = 1.0) -> float:
+                      layer_fraction: float = 1.0, neurons: Iterable[tuple[int, int]] = ()) -> float:
         total = self.total(kind, seq_len)
-        return (total - self.saved(pruned, kind, seq_len, layer_fraction)) / total
+        return (total - self.saved(pruned, kind, seq_len, layer_fraction, neurons)) / total
 
 
 def mean_sequence_length(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None = None,
@@ -158,8 +194,10 @@ def heads_to_prune(model_or_config: Any, ranked: Sequence[Head], spec: str | Bud
         if not (0 <= l < cost.n_layers and 0 <= h < cost.n_heads):
             raise SynpruneError(f"ranked head [{l}, {h}] is outside the model's {cost.n_layers} x {cost.n_heads} heads")
     if budget.kind == "heads":
+        from .select import n_to_prune
+
         n_total = cost.n_layers * cost.n_heads
-        n = round(round(1.0 - budget.keep, 12) * n_total)
+        n = n_to_prune(round(1.0 - budget.keep, 12), n_total)  # halves up, as --sparsity rounds
         if n > len(ranked):
             raise SynpruneError(f"budget heads:{budget.keep:g} prunes {n} heads but only {len(ranked)} are ranked")
         return n
@@ -173,6 +211,25 @@ def heads_to_prune(model_or_config: Any, ranked: Sequence[Head], spec: str | Bud
     raise SynpruneError(
         f"budget {budget.kind}:{budget.keep:g} cannot be met: pruning all {len(ranked)} ranked heads keeps "
         f"{reach:.4f} of the attention + feed-forward {budget.kind}; use a fraction of at least {math.ceil(reach * 1e4) / 1e4:g}")
+
+
+def budget_report(model_or_config: Any, pruned: Iterable[Head], spec: str | Budget,
+                  mean_seq_len: float | None = None) -> dict[str, Any]:
+    """What a selection keeps (fraction of heads, parameters and, with a sequence length, FLOPs) and whether
+    that meets the budget. `pruned` lists every removed head (a removed layer's heads all appear)."""
+    budget = spec if isinstance(spec, Budget) else parse_budget(spec)
+    cost = CostModel.from_model(model_or_config)
+    pruned = sorted({(int(l), int(h)) for l, h in pruned})
+    kinds = ("heads", "params") + (("flops",) if mean_seq_len else ())
+    kept = {k: cost.kept_fraction(pruned, k, mean_seq_len) for k in kinds}
+    if budget.kind == "heads":
+        from .select import n_to_prune
+
+        met = len(pruned) >= n_to_prune(round(1.0 - budget.keep, 12), cost.n_layers * cost.n_heads)
+    else:
+        met = kept[budget.kind] <= budget.keep * (1 + 1e-12)
+    return {"spec": f"{budget.kind}:{budget.keep:g}", "met": bool(met), "heads_pruned": len(pruned),
+            **{f"{k}_kept": round(v, 6) for k, v in kept.items()}, "mean_seq_len": mean_seq_len}
 
 
 # The name main's pipeline imports (`heads_for_budget(model, order, budget, mean_length)`): same function.

@@ -15,8 +15,9 @@ from .dependencies import DependencyRanking, label_counts
 from .evaluate import Prepared, prepare
 from .models import TaskModel
 from .parse import Parse, parse_texts
-from .progress import bar
+from .progress import bar, log
 from .tasks import Example
+from .truncation import Cut, cut_to_kept
 
 
 class Calibration:
@@ -54,20 +55,34 @@ class Calibration:
         return self._memo[key]
 
     @cached_property
+    def texts(self) -> Cut:
+        """The calibration texts as the model reads them: cut after the last token --max-length keeps, so that
+        parsing and word-level attention cost what the kept tokens cost (given gold parses stay whole)."""
+        texts_a, texts_b = [e.text_a for e in self.examples], [e.text_b for e in self.examples]
+        if "parses" in self.__dict__:
+            return Cut(texts_a, texts_b, 0, 0)
+        cut = cut_to_kept(self.tm.tokenizer, texts_a, texts_b, self.config.max_length, together=self.tm.kind != "embedding")
+        if cut.rows_cut:
+            log(f"{cut.rows_cut} calibration rows are longer than --max-length {self.config.max_length}: "
+                f"only their first tokens are parsed and scored ({cut.chars_dropped:,} characters left out)")
+        return cut
+
+    @cached_property
     def parses(self) -> tuple[list[Parse], list[Parse | None]]:
-        texts = [e.text_a for e in self.examples] + [e.text_b for e in self.examples if e.text_b is not None]
+        cut = self.texts
+        texts = cut.texts_a + [t for t in cut.texts_b if t is not None]
         with self.timed("parse"), bar("parsing", len(set(texts))) as advance:
             parsed, self.parse_info = parse_texts(texts, self.config.parser, on_progress=advance)
         n = len(self.examples)
         it = iter(parsed[n:])
-        return parsed[:n], [next(it) if e.text_b is not None else None for e in self.examples]
+        return parsed[:n], [next(it) if t is not None else None for t in cut.texts_b]
 
     @cached_property
     def items(self) -> list[CalibItem]:
         pa, pb = self.parses
-        has_b = any(e.text_b is not None for e in self.examples)
-        return calibration_items(self.tm, [e.text_a for e in self.examples], pa,
-                                 [e.text_b for e in self.examples] if has_b else None, pb if has_b else None)
+        cut = self.texts
+        has_b = any(t is not None for t in cut.texts_b)
+        return calibration_items(self.tm, cut.texts_a, pa, cut.texts_b if has_b else None, pb if has_b else None)
 
     def dependency_ranking(self, k: int, keep_punct: bool) -> DependencyRanking:
         counts = self.memo(("label-counts", keep_punct),

@@ -2,7 +2,8 @@
 
 The pool is the top ceil(R * N) heads of the method's order. On the calibration split each candidate is
 first scored alone (the metric with only it removed); candidates are then walked from the smallest drop
-to the largest, and a removal is kept only while the metric stays above the tolerance floor. Ablations
+to the largest, and a removal is kept only while the metric stays within the tolerance (above the floor for a
+higher-is-better metric, below the ceiling for perplexity). Ablations
 are scored by `layercache.AblationScorer`, which re-runs only the layers a removal changes.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .calibration import Calibration
 from .config import PruneConfig
 from .errors import SynpruneError
 from .layercache import AblationScorer
+from .metrics import goodness
 from .progress import bar, log
 from .select import Pruning, Selection
 
@@ -27,11 +29,13 @@ def pool_size(cfg: PruneConfig, n_heads: int) -> int:
 
 
 def metric_floor(m0: float, cfg: PruneConfig) -> float:
-    """The lowest metric a kept removal may leave.
+    """The worst metric a kept removal may leave, on the higher-is-better scale of `metrics.goodness`.
 
     Absolute (`tolerance_abs`): m0 - tolerance_abs. Relative (`tolerance`): m0 - (1 - tolerance) * |m0|, which
     is tolerance * m0 for a positive m0 and, for a negative or zero m0 (e.g. Matthews corr. of a weak model),
-    still allows a drop of (1 - tolerance) of the metric's size instead of demanding an improvement.
+    still allows a drop of (1 - tolerance) of the metric's size instead of demanding an improvement. For a
+    lower-is-better metric m0 is the negated value, so a perplexity may rise to (2 - tolerance) x dense
+    (tolerance 0.95: 5% worse), or by tolerance_abs.
     """
     if cfg.tolerance_abs is not None:
         return m0 - cfg.tolerance_abs
@@ -75,7 +79,7 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
     else:
         trial = _Trials(AblationScorer(ctx.tm, ctx.prepared, metric, fast=False), {})
     m0 = trial.known[frozenset()]
-    floor = metric_floor(m0, cfg)
+    floor = goodness(metric, metric_floor(goodness(metric, m0), cfg))  # in the metric's own units
     entries: list[dict] = []
 
     single: dict[Head, float] = {}
@@ -89,7 +93,7 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
     rank = {h: i for i, h in enumerate(order)}
     state = Pruning(grid, n_prune, cfg.layer_fraction)
     with bar("CF: greedy walk", len(pool)) as advance:
-        for head in sorted(pool, key=lambda h: (-single[h], rank[h])):
+        for head in sorted(pool, key=lambda h: (-goodness(metric, single[h]), rank[h])):
             advance()
             if state.full:
                 break
@@ -102,7 +106,7 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
                 entries.append(_entry("walk", head, None, False, [], reason=reason))
             else:
                 value = trial.metric(frozenset(state.pruned), heads)
-                ok = value >= floor
+                ok = goodness(metric, value) >= goodness(metric, floor)
                 if ok:
                     trial.accept()
                     state.add(heads)

@@ -1,9 +1,13 @@
 """Every option of a pruning run, with SPEC defaults. The whole object is written into each result."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from .errors import SynpruneError
+
+
+UNITS = ("heads", "kv-groups")
 
 
 @dataclass
@@ -16,6 +20,7 @@ class PruneConfig:
     keep_punct: bool = False
     layer_fraction: float = 1.0
     calib_size: int = 512
+    eval_size: int | None = None  # cap on evaluation examples per split (seeded sample), for quick runs
     seed: int = 0
     max_length: int = 128
     batch_size: int = 32
@@ -25,11 +30,20 @@ class PruneConfig:
     tolerance: float = 0.95
     tolerance_abs: float | None = None
     budget: str | None = None
+    units: str = "heads"  # what the budget counts: "heads" (query heads) or "kv-groups" (whole key/value groups)
 
     def validate(self) -> "PruneConfig":
         from .attention import DIRECTIONS
         from .methods.sap import parse_threshold
 
+        for f in fields(self):  # nan passes every range check written as `not lo <= x <= hi`... or none at all
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SynpruneError(f"--{f.name.replace('_', '-')} {value}: give a finite number")
+        if _non_finite_number(str(self.threshold)):
+            raise SynpruneError(f"--threshold {self.threshold}: give a finite number or a named threshold")
+        if self.seed < 0:
+            raise SynpruneError(f"--seed {self.seed}: seeds must be non-negative integers, e.g. 0")
         if not 0 <= self.sparsity < 1:
             raise SynpruneError(f"sparsity {self.sparsity} is outside [0, 1): it is the fraction of heads to remove")
         if self.k < 1:
@@ -44,16 +58,29 @@ class PruneConfig:
             raise SynpruneError(f"--layer-fraction {self.layer_fraction} must be in (0, 1]")
         if self.calib_size < 1 or self.batch_size < 1 or self.max_length < 4:
             raise SynpruneError("--calib-size and --batch-size must be positive and --max-length at least 4")
+        if self.eval_size is not None and self.eval_size < 1:
+            raise SynpruneError(f"--eval-size {self.eval_size} must be at least 1 (or left out for the whole split)")
         if self.pool_ratio is not None and not 0 < self.pool_ratio <= 1:
             raise SynpruneError(f"--pool-ratio {self.pool_ratio} must be in (0, 1]")
         if not 0 < self.tolerance <= 1.5:
             raise SynpruneError(f"--tolerance {self.tolerance} must be a ratio of the dense metric, e.g. 0.95")
         if self.tolerance_abs is not None and self.tolerance_abs < 0:
             raise SynpruneError(f"--tolerance-abs {self.tolerance_abs} must be a non-negative drop of the metric, e.g. 1.0")
+        if self.units not in UNITS:
+            raise SynpruneError(f"--units {self.units!r}: use one of {', '.join(UNITS)}")
+        if self.units == "kv-groups" and self.cf:
+            raise SynpruneError("--units kv-groups prunes whole key/value groups, but CF walks single heads; drop +cf or use --units heads")
         if self.budget is not None:
             from .budget import parse_budget
 
             parse_budget(self.budget)
+        return self
+
+    def check_model(self, max_positions: int | None) -> "PruneConfig":
+        """Refuse a --max-length the model cannot embed (its position table would be indexed past its end)."""
+        if max_positions is not None and self.max_length > max_positions:
+            raise SynpruneError(f"--max-length {self.max_length} exceeds the model's limit of {max_positions} tokens; "
+                                f"pass --max-length {max_positions} or less")
         return self
 
     def replace(self, **changes) -> "PruneConfig":
@@ -64,3 +91,27 @@ class PruneConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def _non_finite_number(text: str) -> bool:
+    """"nan", "inf", "quantile:nan": a number that parses but is not finite."""
+    tail = text.rpartition(":")[2]
+    try:
+        return not math.isfinite(float(tail))
+    except ValueError:
+        return False
+
+
+# Families whose position ids start after the padding index (RoBERTa's scheme): fewer usable positions.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "xmod")
+
+
+def max_positions(model) -> int | None:
+    """The longest input `model` can embed, from its config (None when the config does not say)."""
+    cfg = getattr(model, "config", model)
+    n = getattr(cfg, "max_position_embeddings", None)
+    if not isinstance(n, int):
+        return None
+    if getattr(cfg, "model_type", "") in _OFFSET_POSITIONS and getattr(cfg, "position_embedding_type", "absolute") == "absolute":
+        n -= int(getattr(cfg, "pad_token_id", 0) or 0) + 1
+    return n

@@ -173,7 +173,10 @@ def read_conllu(path: str | Path, subtypes: bool = False) -> Treebank:
     if not path.is_file():
         raise SynpruneError(f"CoNLL-U file {path} not found; pass --parses FILE.conllu")
     texts, parses, unplaced = [], [], 0
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise SynpruneError(f"{path} is not UTF-8 ({e.reason} at byte {e.start}); CoNLL-U files are UTF-8") from None
     for start, block in _blocks(lines):
         where = f"{path}:{start}"
         text, surfaces = _read_block(block, where)

@@ -49,6 +49,9 @@ def _prepared_fingerprint(h, prepared: Prepared) -> None:
             _update_tensors(h, b.inputs)
             if b.inputs_b is not None:
                 _update_tensors(h, {f"b.{k}": v for k, v in b.inputs_b.items()})
+            h.update(f"lm={getattr(b, 'lm', False)}|".encode())
+            for j, choice in enumerate(getattr(b, "choices", None) or []):  # a causal LM's zero-shot label words
+                _update_tensors(h, {f"choice{j}.{k}": v for k, v in choice.items()})
     if prepared.pairs is not None:
         h.update(prepared.pairs.tobytes())
     if prepared.labels is not None:

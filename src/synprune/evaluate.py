@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import lm as LM
 from . import metrics as M
 from .errors import SynpruneError
 from .models import TaskModel
@@ -25,6 +26,8 @@ class Batch:
     inputs: dict[str, torch.Tensor]
     inputs_b: dict[str, torch.Tensor] | None
     labels: torch.Tensor | None
+    lm: bool = False  # a causal LM's text: scored (and trained on) by next-token prediction, no labels
+    choices: list[dict[str, torch.Tensor]] | None = None  # causal LM, zero-shot: prompt + each label word
 
 
 @dataclass
@@ -40,9 +43,23 @@ class Prepared:
     sentences: list[Batch] | None = None
     pairs: np.ndarray | None = None
 
+    @property
+    def lm(self) -> bool:
+        return bool(self.batches) and self.batches[0].lm
+
 
 def task_metrics(tm: TaskModel, task: TaskData) -> tuple[str, ...]:
-    """The metrics this model can be scored with on this task, or a clear refusal."""
+    """The metrics this model can be scored with on this task, or a clear refusal. A causal LM on a
+    classification task is bound here to the task's zero-shot prompt (`tm.prompt`), which `prepare` uses."""
+    if task.lm:
+        if tm.kind != "lm":
+            raise SynpruneError(f"task {task.name} is language modelling (perplexity); it needs a causal LM such as "
+                                f"--model smollm2, not the {tm.kind} model {tm.name}")
+        tm.prompt = None
+        return task.metrics
+    if tm.kind == "lm":
+        tm.prompt = LM.prompt_for(task.name, task.num_labels)
+        return task.metrics
     if tm.kind == "embedding":
         if not (task.is_regression and task.is_pair):
             raise SynpruneError(
@@ -64,6 +81,8 @@ def _token_order(tok, texts: Sequence[str], pairs: Sequence[str] | None, max_len
 
 def prepare(tm: TaskModel, examples: Sequence[Example], batch_size: int = 64, max_length: int = 128) -> Prepared:
     """Tokenize once, in length-sorted batches (less padding, faster on CPU)."""
+    if tm.kind == "lm":
+        return _prepare_lm(tm, examples, min(batch_size, LM.LM_BATCH), max_length)
     tok = tm.tokenizer
     kw = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     has_labels = bool(examples) and all(e.label is not None for e in examples)
@@ -96,6 +115,24 @@ def prepare(tm: TaskModel, examples: Sequence[Example], batch_size: int = 64, ma
     return prepared
 
 
+def _prepare_lm(tm: TaskModel, examples: Sequence[Example], batch_size: int, max_length: int) -> Prepared:
+    """A causal LM's batches: the texts (language modelling) or the prompted texts with each label word."""
+    tok, prompt = tm.tokenizer, tm.prompt
+    texts = [e.text_a if prompt is None else prompt.text(e.text_a, e.text_b) for e in examples]
+    has_labels = prompt is not None and bool(examples) and all(e.label is not None for e in examples)
+    order = _token_order(tok, texts, None, max_length) if examples else []
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        chunk = [texts[i] for i in idx]
+        inputs = dict(tok(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+        labels = torch.tensor([examples[i].label for i in idx], dtype=torch.float32) if has_labels else None
+        choices = LM.choice_inputs(tok, chunk, prompt.words) if prompt is not None else None
+        batches.append(Batch(idx, inputs, None, labels, lm=prompt is None, choices=choices))
+    labels = np.array([e.label for e in examples], dtype=np.float64) if has_labels else None
+    return Prepared(batches, len(examples), labels)
+
+
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     m = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
@@ -106,13 +143,25 @@ def _model_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> di
     return {k: v.to(device) for k, v in inputs.items()}
 
 
+def lm_pooled(tm: TaskModel, batch: Batch) -> torch.Tensor:
+    """A causal LM's final hidden state, mean-pooled over each text's tokens (a small stand-in for its output)."""
+    out = tm.model(**_model_inputs(tm.model, batch.inputs), output_hidden_states=True, use_cache=False)
+    hidden = out.hidden_states[-1]
+    return mean_pool(hidden, batch.inputs["attention_mask"].to(hidden.device))
+
+
 def embed(tm: TaskModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     out = tm.model(**_model_inputs(tm.model, inputs))
     return mean_pool(out.last_hidden_state, inputs["attention_mask"].to(out.last_hidden_state.device))
 
 
 def outputs(tm: TaskModel, batch: Batch) -> torch.Tensor:
-    """Differentiable model output per example: cosine similarity (embedding) or logits (classifier)."""
+    """Differentiable model output per example: cosine similarity (embedding), logits (classifier; a causal
+    LM on text), or label-word log-likelihoods (a causal LM, zero-shot)."""
+    if batch.choices is not None:
+        return LM.choice_scores(tm.model, batch.choices)
+    if batch.lm:
+        return LM.lm_logits(tm.model, batch.inputs)
     if tm.kind == "embedding":
         a = embed(tm, batch.inputs)
         if batch.inputs_b is None:
@@ -122,8 +171,12 @@ def outputs(tm: TaskModel, batch: Batch) -> torch.Tensor:
 
 
 def loss(tm: TaskModel, batch: Batch, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Task loss for gradient methods: squared error to gold/5 (embedding on STS-B) or the classifier's loss."""
+    """Task loss for gradient methods: squared error to gold/5 (embedding on STS-B), the classifier's loss
+    (cross-entropy over label-word scores for a zero-shot LM), or a causal LM's mean next-token loss."""
     out = outputs(tm, batch) if out is None else out
+    if batch.lm:
+        nll, n = LM.token_nll(out, batch.inputs["input_ids"].to(out.device), batch.inputs["attention_mask"].to(out.device))
+        return nll / n.clamp(min=1)
     if batch.labels is None:
         raise SynpruneError("this method needs labels; the calibration data has none")
     y = batch.labels.to(out.device)
@@ -152,7 +205,20 @@ def predict(tm: TaskModel, prepared: Prepared) -> np.ndarray:
     return preds
 
 
+@torch.no_grad()
+def lm_perplexity(tm: TaskModel, prepared: Prepared) -> float:
+    """Token-weighted perplexity over every text of `prepared`."""
+    nll, tokens = 0.0, 0
+    for b in prepared.batches:
+        out = outputs(tm, b)
+        value, n = LM.token_nll(out, b.inputs["input_ids"].to(out.device), b.inputs["attention_mask"].to(out.device))
+        nll, tokens = nll + float(value), tokens + int(n)
+    return LM.perplexity(nll, tokens)
+
+
 def evaluate(tm: TaskModel, prepared: Prepared, metric_names: Sequence[str]) -> dict[str, float]:
+    if prepared.lm:
+        return {name: lm_perplexity(tm, prepared) for name in metric_names}
     if prepared.labels is None:
         raise SynpruneError("evaluation needs labels; pass --label-col for a data file")
     return M.compute(metric_names, predict(tm, prepared), prepared.labels)

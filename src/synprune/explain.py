@@ -393,14 +393,14 @@ def explain(ctx: Calibration, cfg: PruneConfig, out: str | Path | None = None, r
     (`"2:3,4:1"` or pairs) are the heads drawn on `sentences` attention maps (default: the best head of
     each of the three most frequent relations).
     """
-    import json
+    from .io import read_json
 
     loaded = {}
     for path in results:
         p = Path(path)
-        if not p.is_file():
-            raise SynpruneError(f"result file {p} not found; pass the result.json written by `synprune prune`")
-        res = json.loads(p.read_text())
+        res = read_json(p, "the result.json written by `synprune prune`")
+        if not isinstance(res, dict):
+            raise SynpruneError(f"{p} holds no JSON object; pass the result.json written by `synprune prune`")
         label = result_label(res)
         label = label if label not in loaded else f"{label} ({p.parent.name or p.stem})"
         label = label if label not in loaded else f"{label} #{len(loaded)}"
@@ -425,11 +425,13 @@ def explain_model(model: Any = None, task: str = "stsb", out: str | Path | None 
                   sentences: int = 3, min_arcs: int = 10, config: PruneConfig | None = None, **options) -> tuple[Explanation, dict]:
     """`explain` on a model (folder, hub id, TaskModel or None for the bundled MiniLM) and the calibration sample
     of `task` parsed by spaCy, or the sentences of `parses_file` (CoNLL-U) with their gold trees."""
+    from .config import max_positions
     from .pipeline import as_task_model
     from .tasks import load_task, make_split
 
     cfg = (config or PruneConfig()).replace(**options).validate()
     tm = as_task_model(model)
+    cfg.check_model(max_positions(tm.model))
     if parses_file is not None:
         from .conllu import gold_calibration
 

@@ -19,19 +19,20 @@ import torch
 from torch import nn
 
 from . import __version__
-from .arch import head_grid
+from .arch import head_grid, kv_grid
 from .errors import SynpruneError
 from .io import atomic_write_json, sha256_dir
-from .masking import HeadMask
-from .remove import apply_state, remove_heads, validate_heads
+from .masking import UnitMask
+from .remove import apply_state, remove_units, validate_heads, validate_neurons
 
 PRUNING_FILE = "synprune_pruning.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: kept key/value groups and neurons (format 1 folders still load)
 
 # Auto classes tried in this order to name the one a model class belongs to (bare encoder first).
 _AUTO_MAPPINGS = (
     ("MODEL_MAPPING_NAMES", "AutoModel"),
+    ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "AutoModelForCausalLM"),
     ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "AutoModelForSequenceClassification"),
     ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "AutoModelForTokenClassification"),
     ("MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", "AutoModelForQuestionAnswering"),
@@ -97,7 +98,7 @@ def _source(model: nn.Module) -> dict[str, Any]:
 
 def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, int]], out_dir: str | Path,
                   meta: dict | None = None, *, overwrite: bool = False, in_place: bool = False,
-                  verify: bool = True, onnx: bool = False) -> Path:
+                  verify: bool = True, onnx: bool = False, neurons: Iterable[tuple[int, int]] = ()) -> Path:
     """Remove `pruned` heads from (a copy of) `model` and write the smaller model to `out_dir`, atomically.
 
     With `verify`, a padded probe batch must give the same first output (last hidden state or logits) as
@@ -110,13 +111,14 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise SynpruneError(f"{out_dir} already exists and is not empty; choose another folder or overwrite it")
     pruned = validate_heads(model, pruned)
+    neurons = validate_neurons(model, neurons)
     meta = dict(meta or {})
     source = meta.pop("source", None) or _source(model)
     was_training = model.training
     model.eval()
     n_dense = _n_params(model)
     try:
-        small, state, max_diff = _slice_checked(model, pruned, verify, in_place)
+        small, state, max_diff = _slice_checked(model, pruned, neurons, verify, in_place)
     finally:
         if was_training and not in_place:
             model.train()
@@ -128,9 +130,16 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
         "auto_class": auto_class_name(small),
         "n_layers": len(state["kept_heads"]),
         "n_heads": head_grid(small)[1],
+        "n_kv_groups": kv_grid(small)[1],
         "kept_heads": state["kept_heads"],
+        "kept_kv_groups": state["kept_kv_groups"],
+        "kept_neurons": state["kept_neurons"],
         "removed_layers": state["removed_layers"],
+        "heads_per_layer": [len(k) for k in state["kept_heads"]],
+        "kv_groups_per_layer": [len(k) for k in state["kept_kv_groups"]],
+        "units": state["counts"],
         "pruned_heads": [list(h) for h in pruned],
+        "pruned_neurons": len(neurons),
         "parameters": {"dense": n_dense, "pruned": _n_params(small)},
         "verified_max_abs_diff": max_diff,
         "source": source,
@@ -152,16 +161,16 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     return out_dir
 
 
-def _slice_checked(model: nn.Module, pruned: list[tuple[int, int]], verify: bool,
+def _slice_checked(model: nn.Module, pruned: list[tuple[int, int]], neurons: list[tuple[int, int]], verify: bool,
                    in_place: bool) -> tuple[nn.Module, dict, float | None]:
     """Slice (a copy of) the model; with `verify` (float32 only), compare with the masked model on a probe."""
     check = verify and next(model.parameters()).dtype == torch.float32
     if check:
         probe = probe_inputs(model)
-        with HeadMask.pruning(model, pruned):
+        with UnitMask.pruning(model, pruned, neurons or None):
             reference = _first_output(model, probe)
     small = model if in_place else copy.deepcopy(model)
-    state = remove_heads(small, pruned)
+    state = remove_units(small, pruned, neurons)
     if not check:
         return small, state, None
     max_diff = _max_diff(_first_output(small, probe), reference)
@@ -225,7 +234,7 @@ def load_pruned(path: str | Path, *, device: str | torch.device | None = None,
     cls = _model_class(info)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = cls.from_config(config, **kwargs) if hasattr(cls, "from_config") else cls._from_config(config, **kwargs)
-    apply_state(model, info["kept_heads"])
+    apply_state(model, info)
     try:
         load_model(model, str(path / WEIGHTS_FILE), strict=True)
     except RuntimeError as e:

@@ -59,6 +59,30 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def refuse_to_replace(path: str | Path, overwrite: bool, option: str) -> None:
+    """A user's existing non-empty folder (or a file where a folder goes) is replaced only with --overwrite."""
+    from .errors import SynpruneError
+
+    p = Path(path)
+    if p.exists() and not overwrite and (not p.is_dir() or any(p.iterdir())):
+        raise SynpruneError(f"{option} {p} already exists and is not empty; choose another folder or add --overwrite")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file, or a one-line error naming the file, the problem and what the file should be."""
+    from .errors import SynpruneError
+
+    p = Path(path)
+    if not p.is_file():
+        raise SynpruneError(f"{p} does not exist; pass {what}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SynpruneError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start}); pass {what}") from None
+    except json.JSONDecodeError as e:
+        raise SynpruneError(f"{p} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); pass {what}") from None
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2) + "\n")
 

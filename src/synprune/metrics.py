@@ -1,4 +1,8 @@
-"""GLUE metrics by their official names, all reported x 100."""
+"""Metrics by their official names (GLUE's x 100; perplexity as is), and which way each one is better.
+
+`LOWER_IS_BETTER` is the one place that knows a metric's direction: Candidate Filtering's tolerance, the
+"best" marks of tables and reports, and plots all ask `higher_is_better` / `goodness`.
+"""
 from __future__ import annotations
 
 import warnings
@@ -17,6 +21,28 @@ METRICS: dict[str, MetricFn] = {
     "pearson": lambda p, y: float(stats.pearsonr(p, y)[0]),
     "spearman": lambda p, y: float(stats.spearmanr(p, y)[0]),
 }
+
+
+# Metrics where a smaller value is better; every other metric is higher-is-better.
+LOWER_IS_BETTER = frozenset({"perplexity"})
+
+
+def higher_is_better(name: str) -> bool:
+    return name not in LOWER_IS_BETTER
+
+
+def direction_text(name: str) -> str:
+    return "higher is better" if higher_is_better(name) else "lower is better"
+
+
+def goodness(name: str, value: float) -> float:
+    """`value` on a higher-is-better scale (perplexity is negated), for comparisons that ignore the direction."""
+    return value if higher_is_better(name) else -value
+
+
+def best(name: str, values):
+    """The best of `values` for metric `name`."""
+    return max(values) if higher_is_better(name) else min(values)
 
 
 def compute(names: Sequence[str], predictions: Sequence, labels: Sequence) -> dict[str, float]:

@@ -86,6 +86,10 @@ def parse_texts(texts: Sequence[str], parser: str = DEFAULT_PARSER, batch_size: 
     else:
         table = None
     if table is None or len(table) != len(unique):
+        too_long = next((t for t in unique if len(t) > nlp.max_length), None)
+        if too_long is not None:
+            raise SynpruneError(f"a text of {len(too_long):,} characters is longer than spaCy parses "
+                                f"({nlp.max_length:,}); shorten the row or lower --max-length")
         table = []
         for doc in nlp.pipe(unique, batch_size=batch_size):
             table.append(_doc_to_parse(doc))

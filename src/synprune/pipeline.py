@@ -2,23 +2,24 @@
 CF -> evaluate -> result). The command line is a thin layer over this function."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from .arch import group_size, removed_kv_groups
 from .calibration import Calibration
-from .config import PruneConfig
+from .config import PruneConfig, max_positions
 from .errors import SynpruneError
 from .evalcache import cached_dense
 from .evaluate import Prepared, evaluate, prepare, task_metrics
 from .masking import HeadMask
 from .methods import HeadScores, get_method, uses
-from .models import TaskModel, load_model
+from .models import TaskModel, load_model, model_kind, with_bos
 from .result import PruneResult, versions
-from .select import Selection, n_to_prune, select
-from .tasks import Split, TaskData, load_task, make_split
+from .select import Selection, group_order, n_to_prune, select
+from .tasks import Split, TaskData, align_labels, load_task, make_split
 
 
 def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
@@ -28,19 +29,51 @@ def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
     if isinstance(model, nn.Module):
         if tokenizer is None:
             raise ValueError("pass the model's tokenizer with a model object")
-        kind = "classifier" if hasattr(model, "classifier") else "embedding"
+        kind = model_kind(model)
         model.eval()
-        return TaskModel(model, tokenizer, kind, type(model).__name__, getattr(model, "name_or_path", ""), None)
+        return TaskModel(model, with_bos(tokenizer) if kind == "lm" else tokenizer, kind, type(model).__name__,
+                         getattr(model, "name_or_path", ""), None)
     return load_model(model)
 
 
-def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Selection, list[dict]]:
-    """Heads to prune for the budget: the top of the order, or CF's walk over a candidate pool."""
-    n = n_to_prune(cfg.sparsity, ctx.tm.n_heads)
-    if cfg.budget:
-        from .budget import heads_for_budget
+def model_data(tm: TaskModel, data: TaskData) -> TaskData:
+    """The task's labels in the model's own label ids (classifiers with named labels)."""
+    return align_labels(data, tm.model.config) if tm.kind == "classifier" else data
 
-        n = heads_for_budget(ctx.tm.model, scores.order, cfg.budget, ctx.mean_length())
+
+def task_record(data: TaskData, metric_names) -> dict:
+    """What a result says about its data: provenance, metrics, the label map used and rows left out."""
+    return {"name": data.name, "source": data.source, "data_sha256": data.hashes, "metrics": list(metric_names),
+            "label_map": data.label_map, "rows_skipped": dict(data.skipped)}
+
+
+def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Selection, list[dict], PruneConfig, dict | None]:
+    """Heads to prune: the top of the order, or CF's walk over a candidate pool. With a budget, also the
+    config the selection ran with (its sparsity is the budget's head count) and what the selection keeps."""
+    n_heads = ctx.tm.n_heads
+    gs = group_size(ctx.tm.model) if cfg.units == "kv-groups" else 1
+    if gs > 1:
+        scores = replace(scores, order=group_order(scores.order, gs))
+    if not cfg.budget:
+        return (*_pick(ctx, cfg, scores, gs * n_to_prune(cfg.sparsity, n_heads // gs)), cfg, None)
+    from .budget import budget_report, heads_for_budget
+
+    seq_len = ctx.mean_length()
+    n = heads_for_budget(ctx.tm.model, scores.order, cfg.budget, seq_len, layer_fraction=cfg.layer_fraction)
+    n = -(-n // gs) * gs  # whole groups
+    while True:  # the layer rule can make a selection of n heads keep more than the order's first n heads would
+        used = cfg.replace(sparsity=n / n_heads)  # CF sizes its candidate pool from the sparsity
+        selection, cf_log = _pick(ctx, used, scores, n)
+        report = budget_report(ctx.tm.model, selection.pruned, cfg.budget, seq_len)
+        if report["met"] or n >= n_heads:
+            break
+        n += gs
+    if not report["met"]:
+        raise SynpruneError(f"budget {cfg.budget}: the selection keeps {report} and cannot meet it; use a larger fraction")
+    return selection, cf_log, used.replace(sparsity=len(selection.pruned) / n_heads), report
+
+
+def _pick(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, n: int) -> tuple[Selection, list[dict]]:
     if cfg.cf:
         from .cf import candidate_filter
 
@@ -57,24 +90,33 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           out: str | Path | None = None, config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
           export: str | Path | None = None, onnx: bool = False, parses_file: str | Path | None = None,
-          **options) -> PruneResult:
+          overwrite: bool = False, **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
 
     Returns the result; with `out`, also writes DIR/result.json atomically; with `export`, also writes the
-    physically pruned model there (reload it with `synprune.load_pruned`). With `parses_file` (CoNLL-U),
+    physically pruned model there (reload it with `synprune.load_pruned`); an existing non-empty `export`
+    folder is replaced (atomically) only with `overwrite`. With `parses_file` (CoNLL-U),
     SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
     sample; evaluation stays on the task.
     """
     cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate()
     get_method(cfg.method)  # unknown methods fail before any work
-    if parses_file is not None and cfg.cf:
-        raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
+    if onnx and export is None:
+        raise SynpruneError("--onnx writes model.onnx into the exported folder; add --export DIR or drop --onnx")
+    if export is not None:
+        from .io import refuse_to_replace
+
+        refuse_to_replace(export, overwrite, "--export")
     data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
-    if not data.has_labels:
+    if parses_file is not None and cfg.cf and not data.lm:
+        raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
+    if not data.can_evaluate:
         raise SynpruneError(f"task data {data.source} has no labels, and evaluation needs them; pass --label-col")
     tm = as_task_model(model, tokenizer)
+    cfg.check_model(max_positions(tm.model))
+    data = model_data(tm, data)
     metric_names = task_metrics(tm, data)
-    split = make_split(data, cfg.calib_size, cfg.seed)
+    split = make_split(data, cfg.calib_size, cfg.seed, cfg.eval_size)
     if parses_file is None:
         ctx = Calibration(tm, split.calibration, cfg, metric_names)
     else:
@@ -83,14 +125,14 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         ctx = gold_calibration(tm, parses_file, cfg, metric_names)
         split = Split(ctx.examples, split.evaluation, f"calibration: {len(ctx.examples)} seeded sentences of {parses_file} "
                       f"with gold trees; evaluation: {', '.join(split.evaluation)}")
-    result = run(ctx, cfg, data, split, out)
+    result = run(ctx, cfg, data, split)
     if export is not None:
         from .export import export_pruned
 
-        export_pruned(tm.model, tm.tokenizer, result.pruned_heads, export, overwrite=True, onnx=onnx,
-                      meta={"method": result.method, "cf": result.cf, "task": data.name, "sparsity": cfg.sparsity,
+        export_pruned(tm.model, tm.tokenizer, result.pruned_heads, export, overwrite=overwrite, onnx=onnx,
+                      meta={"method": result.method, "cf": result.cf, "task": data.name, "sparsity": result.sparsity,
                             "metric": {k: result.metric[k] for k in ("name", "dense", "pruned")}})
-    return result
+    return result._written(out)  # last: a failed export leaves the previous output set as it was
 
 
 def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
@@ -103,20 +145,22 @@ def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
 
 @dataclass
 class Chosen:
-    """A run's heads before evaluation: its scores, the selection and CF's log."""
+    """A run's heads before evaluation: the config they were chosen with (a budget sets its sparsity), the
+    scores, the selection, CF's log and, with a budget, what the selection keeps."""
 
     cfg: PruneConfig
     scores: HeadScores
     selection: Selection
     cf_log: list[dict]
+    budget: dict | None = None
 
 
 def choose_heads(ctx: Calibration, cfg: PruneConfig) -> Chosen:
     """Score (memoized per context) and select, or run CF, for one method and budget."""
     scores = score(ctx, cfg)
     with ctx.timed("select" if not cfg.cf else "cf"):
-        selection, cf_log = choose(ctx, cfg, scores)
-    return Chosen(cfg, scores, selection, cf_log)
+        selection, cf_log, cfg, budget = choose(ctx, cfg, scores)
+    return Chosen(cfg, scores, selection, cf_log, budget)
 
 
 def evaluation_inputs(ctx: Calibration, split: Split) -> dict[str, Prepared]:
@@ -156,13 +200,16 @@ def assemble(ctx: Calibration, chosen: Chosen, data: TaskData, split: Split, den
     main_split, main_metric = next(iter(split.evaluation)), metric_names[0]
     return PruneResult(
         method=cfg.method, cf=cfg.cf, model=tm.describe(),
-        task={"name": data.name, "source": data.source, "data_sha256": data.hashes, "metrics": list(metric_names)},
+        task=task_record(data, metric_names),
         split={"calibration": len(split.calibration), **{f"evaluation_{s}": len(v) for s, v in split.evaluation.items()},
-               "calibration_items": len(ctx.items) if "items" in ctx.__dict__ else None, "note": split.note},
+               "calibration_items": len(ctx.items) if "items" in ctx.__dict__ else None,
+               "calibration_rows_cut": ctx.texts.rows_cut if "texts" in ctx.__dict__ else None, "note": split.note},
         sparsity=cfg.sparsity, n_heads=tm.n_heads, pruned_heads=selection.pruned, removed_layers=selection.removed_layers,
+        removed_kv_groups=removed_kv_groups(tm.model, selection.pruned),
         metric={"name": main_metric, "split": main_split, "dense": dense[main_split][main_metric],
                 "pruned": pruned[main_split][main_metric], "all": {"dense": dense, "pruned": pruned}},
         head_scores=scores.scores, config=cfg.to_json(), seed=cfg.seed, timings=dict(ctx.timings),
         versions=versions(ctx.parse_info.get("parser")),
-        details={**scores.details, "parse_cache": ctx.parse_info, "dense_cached": dense_cached}, cf_log=chosen.cf_log,
+        details={**scores.details, "parse_cache": ctx.parse_info, "dense_cached": dense_cached,
+                 **({"budget": chosen.budget} if chosen.budget else {})}, cf_log=chosen.cf_log,
     )._written(out)

@@ -1,207 +1,170 @@
-"""Physical head removal: slice q/k/v rows and out-projection columns so pruned heads cost nothing.
+"""Physical removal of units: slice projections so pruned query heads, key/value groups and feed-forward
+neurons cost nothing. Every family fact comes from its adapter (synprune.arch).
 
-Masking (masking.py) only zeroes a head's contribution; this module makes the model smaller and faster.
-Head indices are always the original ones: each sliced attention module remembers the heads it still
-has in `synprune_kept_heads`, so removal can be applied in several steps and masks keep working.
-A layer that loses all its heads loses its whole attention block (q, k, v, out projection and its bias);
-what is left of the sub-block is the residual path, LayerNorm(hidden_states) in the post-LN families.
+Unit indices are always the original ones: each sliced module remembers what it still has
+(`synprune_kept_heads`, `synprune_kept_kv`, `synprune_kept_neurons`), so removal can be applied in several steps
+and masks keep working. A query head goes with its q rows and output-projection columns; a key/value group
+goes with its k/v rows once none of its query heads is left. A layer that loses all its heads loses its whole
+attention block (the adapter says what stands in: the residual path). A layer that loses all its neurons keeps
+zero-width projections (the down projection's bias, if any, stays: masking gives the same).
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
 
-from .arch import AttentionHandles, get_adapter, head_grid
+from .arch import AttentionHandles, FFNHandles, get_adapter
+from .arch.base import out_dim, slice_inputs, slice_outputs
 from .errors import SynpruneError
-from .masking import kept_heads
 
 Head = tuple[int, int]
+Unit = tuple[int, int]
 
 
-class ResidualLayerNormAttention(nn.Module):
-    """Stands in for a BERT/RoBERTa/ELECTRA attention block with no heads: LayerNorm(hidden_states).
-
-    The LayerNorm sits at `output.LayerNorm` as in the original block, so state-dict keys do not change.
-    Returns `(output, None)` like the original block (output, attention weights).
-    """
-
-    def __init__(self, layer_norm: nn.LayerNorm):
-        super().__init__()
-        self.output = nn.Module()
-        self.output.LayerNorm = layer_norm
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        return self.output.LayerNorm(hidden_states), None
+def _span(start: int, positions: list[int], width: int) -> list[int]:
+    return [start + p * width + j for p in positions for j in range(width)]
 
 
-class MPNetResidualLayerNormAttention(nn.Module):
-    """Stands in for an MPNet attention block with no heads; MPNet returns a tuple that grows with attentions."""
-
-    def __init__(self, layer_norm: nn.LayerNorm):
-        super().__init__()
-        self.LayerNorm = layer_norm
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None, position_bias: Any = None,
-                output_attentions: bool = False, **kwargs: Any) -> tuple:
-        out = self.LayerNorm(hidden_states)
-        return (out, None) if output_attentions else (out,)
-
-
-class ZeroAttention(nn.Module):
-    """Stands in for a DistilBERT attention module with no heads: it adds nothing to the residual stream.
-
-    DistilBERT's layer applies `sa_layer_norm(attention_output + hidden_states)` itself, so returning zeros
-    leaves exactly LayerNorm(hidden_states).
-    """
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        return torch.zeros_like(hidden_states), None
-
-
-def _bert_empty(h: AttentionHandles) -> nn.Module:
-    return ResidualLayerNormAttention(h.block_parent.attention.output.LayerNorm)
-
-
-def _mpnet_empty(h: AttentionHandles) -> nn.Module:
-    return MPNetResidualLayerNormAttention(h.block_parent.attention.LayerNorm)
-
-
-def _distilbert_empty(h: AttentionHandles) -> nn.Module:
-    return ZeroAttention()
-
-
-# family -> builder of the module that replaces an attention block whose heads are all gone
-EMPTY_BLOCK: dict[str, Callable[[AttentionHandles], nn.Module]] = {
-    "bert": _bert_empty,
-    "roberta": _bert_empty,
-    "electra": _bert_empty,
-    "mpnet": _mpnet_empty,
-    "distilbert": _distilbert_empty,
-}
-
-# family -> attributes of the heads module that hold the number of heads x head_dim (kept in step when slicing)
-ALL_HEAD_SIZE_ATTRS: dict[str, tuple[str, ...]] = {
-    "bert": ("all_head_size",),
-    "roberta": ("all_head_size",),
-    "electra": ("all_head_size",),
-    "mpnet": ("all_head_size",),  # read by MPNetSelfAttention.forward to reshape the context
-    "distilbert": (),  # DistilBERT's `dim` is the model width (out_lin's output), not heads x head_dim
-}
-
-
-def _rows(positions: list[int], head_dim: int) -> torch.Tensor:
-    return torch.tensor([p * head_dim + j for p in positions for j in range(head_dim)], dtype=torch.long)
-
-
-def _slice_linear(lin: nn.Linear, index: torch.Tensor, dim: int) -> None:
-    """Keep only `index` along `dim` of the weight (0: output rows, 1: input columns), in place."""
-    index = index.to(lin.weight.device)
-    w = lin.weight.detach().index_select(dim, index).clone()
-    lin.weight = nn.Parameter(w, requires_grad=lin.weight.requires_grad)
-    if dim == 0:
-        if lin.bias is not None:
-            lin.bias = nn.Parameter(lin.bias.detach().index_select(0, index).clone(),
-                                    requires_grad=lin.bias.requires_grad)
-        lin.out_features = w.shape[0]
-    else:
-        lin.in_features = w.shape[1]
-
-
-def _mpnet_position_bias_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """MPNet computes one (B, n_heads, T, T) position bias for all layers: give this layer its kept heads."""
-    index = torch.tensor(module.synprune_kept_heads, dtype=torch.long)
-    if len(args) > 2 and args[2] is not None:
-        args = (*args[:2], args[2].index_select(1, index.to(args[2].device)), *args[3:])
-    elif kwargs.get("position_bias") is not None:
-        pb = kwargs["position_bias"]
-        kwargs = {**kwargs, "position_bias": pb.index_select(1, index.to(pb.device))}
-    return args, kwargs
-
-
-def _slice_layer(family: str, h: AttentionHandles, keep: list[int]) -> None:
-    current = kept_heads(h)
-    positions = [current.index(k) for k in keep]
-    rows = _rows(positions, h.head_dim)
-    for lin in (h.query, h.key, h.value):
-        _slice_linear(lin, rows, 0)
-    _slice_linear(h.out_proj, rows, 1)
-    setattr(h.heads_module, h.heads_attr, len(keep))
-    for attr in ALL_HEAD_SIZE_ATTRS[family]:
-        setattr(h.heads_module, attr, len(keep) * h.head_dim)
-    h.heads_module.synprune_kept_heads = list(keep)
-    if family == "mpnet" and not getattr(h.heads_module, "_synprune_bias_hook", False):
-        h.heads_module.register_forward_pre_hook(_mpnet_position_bias_hook, with_kwargs=True)
-        h.heads_module._synprune_bias_hook = True
-
-
-def _remove_block(family: str, h: AttentionHandles) -> None:
-    setattr(h.block_parent, h.block_attr, EMPTY_BLOCK[family](h))
-    h.block_parent._synprune_attention_removed = True
-
-
-def validate_heads(model: nn.Module, pruned: Iterable[Head]) -> list[Head]:
-    """Pruned heads as sorted (layer, head) pairs, checked against the model's original head grid."""
-    n_layers, n_heads = head_grid(model)
+def _validate(pruned: Iterable, n_layers: int, n_units: int, what: str) -> list[Unit]:
     out = set()
     for item in pruned:
         try:
-            layer, head = (int(x) for x in item)
+            layer, unit = (int(x) for x in item)
         except (TypeError, ValueError):
-            raise SynpruneError(f"a pruned head must be a [layer, head] pair, got {item!r}") from None
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise SynpruneError(
-                f"head [{layer}, {head}] is outside the model's {n_layers} layers x {n_heads} heads (0-indexed)")
-        out.add((layer, head))
+            raise SynpruneError(f"a pruned {what} must be a [layer, index] pair, got {item!r}") from None
+        if not (0 <= layer < n_layers and 0 <= unit < n_units):
+            raise SynpruneError(f"{what} [{layer}, {unit}] is outside the model's {n_layers} layers x {n_units} {what}s (0-indexed)")
+        out.add((layer, unit))
     return sorted(out)
 
 
+def validate_heads(model: nn.Module, pruned: Iterable[Head]) -> list[Head]:
+    """Pruned query heads as sorted (layer, head) pairs, checked against the model's original head grid."""
+    s = get_adapter(model).shape(model)
+    return _validate(pruned, s.n_layers, s.n_heads, "head")
+
+
+def validate_neurons(model: nn.Module, pruned: Iterable[Unit]) -> list[Unit]:
+    s = get_adapter(model).shape(model)
+    return _validate(pruned, s.n_layers, s.intermediate, "neuron")
+
+
+def _slice_attention(adapter, h: AttentionHandles, keep_q: list[int]) -> None:
+    cur_q, cur_kv = h.kept_heads, h.kept_kv
+    keep_kv = [g for g in cur_kv if any(h.group_of(q) == g for q in keep_q)]
+    dh = h.head_dim
+    q_pos = [cur_q.index(q) for q in keep_q]
+    kv_pos = [cur_kv.index(g) for g in keep_kv]
+    if h.fused:  # one module, outputs [q heads | k groups | v groups]
+        nq, nkv = len(cur_q), len(cur_kv)
+        rows = _span(0, q_pos, dh) + _span(nq * dh, kv_pos, dh) + _span((nq + nkv) * dh, kv_pos, dh)
+        slice_outputs(h.q, torch.tensor(rows, dtype=torch.long))
+    else:
+        slice_outputs(h.q, torch.tensor(_span(0, q_pos, dh), dtype=torch.long))
+        kv_rows = torch.tensor(_span(0, kv_pos, dh), dtype=torch.long)
+        slice_outputs(h.k, kv_rows)
+        slice_outputs(h.v, kv_rows)
+    slice_inputs(h.out_proj, torch.tensor(_span(0, q_pos, dh), dtype=torch.long))
+    m = h.module
+    m.synprune_n_heads, m.synprune_n_kv = h.n_heads, h.n_kv
+    m.synprune_kept_heads, m.synprune_kept_kv = list(keep_q), list(keep_kv)
+    adapter.set_head_counts(h, len(keep_q), len(keep_kv))
+
+
+def _remove_block(adapter, h: AttentionHandles) -> None:
+    setattr(h.block_parent, h.block_attr, adapter.empty_attention(h))
+    h.block_parent._synprune_attention_removed = True
+
+
+def _slice_ffn(f: FFNHandles, keep: list[int]) -> None:
+    cur = f.kept
+    pos = [cur.index(i) for i in keep]
+    for up in f.up:
+        part = out_dim(up) // f.up_parts
+        rows = [k * part + p for k in range(f.up_parts) for p in pos]
+        slice_outputs(up, torch.tensor(rows, dtype=torch.long))
+    slice_inputs(f.down, torch.tensor(pos, dtype=torch.long))
+    f.module.synprune_n_neurons = f.intermediate
+    f.module.synprune_kept_neurons = list(keep)
+
+
 def pruning_state(model: nn.Module) -> dict[str, list]:
-    """Kept heads per layer (original indices; [] for a removed block) and the layers removed whole."""
+    """What the model still has, in original indices: query heads and key/value groups per layer ([] for a
+    removed block), the blocks removed whole, and neurons per layer (None for a layer with all of them)."""
     adapter = get_adapter(model)
-    kept: list[list[int]] = []
+    s = adapter.shape(model)
+    heads: list[list[int]] = []
+    kv: list[list[int]] = []
     removed: list[int] = []
+    neurons: list[list[int] | None] = []
     for i, layer in enumerate(adapter.layers(model)):
         if getattr(layer, "_synprune_attention_removed", False):
-            kept.append([])
+            heads.append([])
+            kv.append([])
             removed.append(i)
         else:
-            kept.append(kept_heads(adapter.handles(i, layer)))
-    return {"kept_heads": kept, "removed_layers": removed}
+            h = adapter.attention(i, layer)
+            heads.append(h.kept_heads)
+            kv.append(h.kept_kv)
+        f = adapter.ffn(i, layer)
+        neurons.append(None if not hasattr(f.module, "synprune_kept_neurons") else f.kept)
+    state = {"kept_heads": heads, "removed_layers": removed, "kept_kv_groups": kv, "kept_neurons": neurons}
+    state["counts"] = {"heads": sum(map(len, heads)), "kv_groups": sum(map(len, kv)),
+                       "neurons": sum(s.intermediate if n is None else len(n) for n in neurons)}
+    return state
 
 
-def remove_heads(model: nn.Module, pruned: Iterable[Head]) -> dict[str, list]:
-    """Remove `pruned` heads (original [layer, head] indices) from `model` in place.
+def remove_units(model: nn.Module, heads: Iterable[Head] = (), neurons: Iterable[Unit] = ()) -> dict[str, list]:
+    """Remove query `heads` and feed-forward `neurons` (original [layer, index] pairs) from `model` in place.
 
-    Heads already removed are ignored, so this can be called again with a larger set. Returns
-    `pruning_state(model)`: `kept_heads` per layer and `removed_layers`. Attach any HeadMask afresh
-    afterwards: a mask attached before removal indexes the old shapes.
+    Units already removed are ignored, so this can be called again with a larger set. Returns
+    `pruning_state(model)`. Attach any mask afresh afterwards: a mask attached before removal indexes the old
+    shapes.
     """
-    family = get_adapter(model).family
     adapter = get_adapter(model)
-    by_layer: dict[int, set[int]] = defaultdict(set)
-    for layer, head in validate_heads(model, pruned):
-        by_layer[layer].add(head)
     layers = adapter.layers(model)
-    for i, heads in sorted(by_layer.items()):
+    by_layer: dict[int, set[int]] = defaultdict(set)
+    for layer, head in validate_heads(model, heads):
+        by_layer[layer].add(head)
+    for i, gone in sorted(by_layer.items()):
         if getattr(layers[i], "_synprune_attention_removed", False):
             continue
-        h = adapter.handles(i, layers[i])
-        current = kept_heads(h)
-        keep = [k for k in current if k not in heads]
+        h = adapter.attention(i, layers[i])
+        current = h.kept_heads
+        keep = [k for k in current if k not in gone]
         if not keep:
-            _remove_block(family, h)
+            _remove_block(adapter, h)
         elif len(keep) < len(current):
-            _slice_layer(family, h, keep)
+            _slice_attention(adapter, h, keep)
+    by_layer = defaultdict(set)
+    for layer, n in validate_neurons(model, neurons):
+        by_layer[layer].add(n)
+    for i, gone in sorted(by_layer.items()):
+        f = adapter.ffn(i, layers[i])
+        keep = [k for k in f.kept if k not in gone]
+        if len(keep) < len(f.kept):
+            _slice_ffn(f, keep)
     return pruning_state(model)
 
 
-def apply_state(model: nn.Module, kept: list[list[int]]) -> dict[str, list]:
-    """Shape a full-size model like a pruned one from its per-layer kept heads (as saved on export)."""
-    n_layers, n_heads = head_grid(model)
-    if len(kept) != n_layers:
-        raise SynpruneError(f"kept heads list has {len(kept)} layers, the model has {n_layers}")
-    pruned = [(i, h) for i, ks in enumerate(kept) for h in range(n_heads) if h not in set(ks)]
-    return remove_heads(model, pruned)
+def remove_heads(model: nn.Module, pruned: Iterable[Head]) -> dict[str, list]:
+    """`remove_units` for query heads only."""
+    return remove_units(model, heads=pruned)
+
+
+def apply_state(model: nn.Module, state: dict | list[list[int]]) -> dict[str, list]:
+    """Shape a full-size model like a pruned one from its saved state (or, as format 1 saved, its per-layer
+    kept heads)."""
+    if not isinstance(state, dict):
+        state = {"kept_heads": state}
+    s = get_adapter(model).shape(model)
+    kept = state["kept_heads"]
+    if len(kept) != s.n_layers:
+        raise SynpruneError(f"kept heads list has {len(kept)} layers, the model has {s.n_layers}")
+    heads = [(i, h) for i, ks in enumerate(kept) for h in range(s.n_heads) if h not in set(ks)]
+    neurons = [(i, n) for i, ks in enumerate(state.get("kept_neurons") or [None] * s.n_layers) if ks is not None
+               for n in range(s.intermediate) if n not in set(ks)]
+    return remove_units(model, heads, neurons)

@@ -44,6 +44,7 @@ class PruneResult:
     versions: dict
     details: dict = field(default_factory=dict)
     cf_log: list[dict] = field(default_factory=list)
+    removed_kv_groups: list[list[int]] = field(default_factory=list)  # [layer, group]: all its query heads pruned
 
     @property
     def pruned_per_layer(self) -> list[int]:
@@ -57,6 +58,7 @@ class PruneResult:
             "method": self.method, "cf": self.cf, "model": self.model, "task": self.task, "split": self.split,
             "sparsity": self.sparsity, "n_heads": self.n_heads, "n_pruned": len(self.pruned_heads),
             "pruned_heads": [list(h) for h in self.pruned_heads], "removed_layers": self.removed_layers,
+            "removed_kv_groups": [list(g) for g in self.removed_kv_groups],
             "pruned_per_layer": self.pruned_per_layer, "metric": self.metric,
             "head_scores": np.asarray(self.head_scores, dtype=float).tolist(),
         }
@@ -73,10 +75,15 @@ class PruneResult:
         return self
 
     def write(self, out_dir: str | Path) -> Path:
-        """result.json (and cf_log.jsonl with CF), each written atomically: a failed run leaves neither."""
+        """The output set: result.json, and cf_log.jsonl with CF. result.json is the set's commit record: it is
+        removed first and written last (each file atomically), so a failure part way leaves no result.json
+        beside a newer or older cf_log, and a run without CF removes an earlier run's cf_log.jsonl."""
         import json
 
         out = Path(out_dir)
+        (out / "result.json").unlink(missing_ok=True)
         if self.cf:
             atomic_write_text(out / "cf_log.jsonl", "".join(json.dumps(r) + "\n" for r in self.cf_log))
+        else:
+            (out / "cf_log.jsonl").unlink(missing_ok=True)
         return atomic_write_json(out / "result.json", self.to_json())

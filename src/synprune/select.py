@@ -12,6 +12,18 @@ from typing import Iterable, Sequence
 Head = tuple[int, int]
 
 
+def group_order(order: Sequence[Head], group_size: int) -> list[Head]:
+    """Query heads grouped by key/value group: groups by the mean position of their heads in `order` (most
+    prunable first; ties by layer and group), each group's heads together in their own order. Selecting a
+    multiple of `group_size` heads from this order removes whole groups."""
+    pos = {h: i for i, h in enumerate(order)}
+    groups: dict[tuple[int, int], list[Head]] = {}
+    for h in order:
+        groups.setdefault((h[0], h[1] // group_size), []).append(h)
+    ranked = sorted(groups, key=lambda g: (sum(pos[h] for h in groups[g]) / len(groups[g]), g))
+    return [h for g in ranked for h in groups[g]]
+
+
 def n_to_prune(sparsity: float, n_heads: int) -> int:
     """round(s * N), halves rounded up (Python's round() would round 0.5 to even)."""
     return int(math.floor(sparsity * n_heads + 0.5))

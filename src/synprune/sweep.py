@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, get_type_hints
 
-from .config import PruneConfig
+from .config import PruneConfig, max_positions
 from .errors import SynpruneError
 from .io import atomic_write_json, atomic_write_text
 from .methods import available, uses
@@ -37,7 +37,7 @@ SELECTION_OPTIONS = frozenset({"layer_fraction"})
 CF_OPTIONS = frozenset({"pool_ratio", "tolerance", "tolerance_abs"})
 # Fixed for a whole sweep: the axes of the sweep itself, and what defines its calibration context.
 NOT_GRIDDABLE = {"method": "--methods", "cf": "--methods NAME+cf", "sparsity": "--sparsities", "seed": "--seeds",
-                 "budget": "--sparsities", "calib_size": "a separate sweep", "max_length": "a separate sweep",
+                 "budget": "--sparsities", "calib_size": "a separate sweep", "eval_size": "a separate sweep", "max_length": "a separate sweep",
                  "batch_size": "a separate sweep", "parser": "a separate sweep"}
 PER_RUN = ("method", "cf", "sparsity")  # set by each run, so not part of the sweep-wide options
 RESULT_COLUMNS = ("method", "cf", "sparsity", "seed", "metric_name", "dense", "pruned", "n_pruned", "seconds")
@@ -263,7 +263,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     """
     from .calibration import Calibration
     from .evaluate import task_metrics
-    from .pipeline import as_task_model
+    from .pipeline import as_task_model, model_data
 
     base = (config or PruneConfig()).replace(**options).validate()
     plan = plan_sweep(methods, sparsities, seeds, grid, base)
@@ -271,8 +271,10 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         model = task_model_for(task.name if isinstance(task, TaskData) else task, glue_dir)
     data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
     tm = as_task_model(model, tokenizer)
+    base.check_model(max_positions(tm.model))
+    data = model_data(tm, data)
     metric_names = task_metrics(tm, data)
-    split = make_split(data, base.calib_size, base.seed)
+    split = make_split(data, base.calib_size, base.seed, base.eval_size)
     ctx = Calibration(tm, split.calibration, base, metric_names)
     out_dir = Path(out) if out is not None else None
     rows: list[dict] = []

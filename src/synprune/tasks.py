@@ -1,4 +1,5 @@
-"""Tasks: GLUE from a local `glue_data` folder (or the hub), or any CSV/TSV/JSONL file.
+"""Tasks: GLUE from a local `glue_data` folder (or the hub), any CSV/TSV/JSONL file, or language modelling
+(`ewt`: Universal Dependencies English EWT text; any .txt file, one text per line).
 
 A task is its examples per split plus what it is scored with; everything downstream (parsing, attention
 statistics, evaluation) sees only `Example`s, so new data sources plug in here.
@@ -6,7 +7,10 @@ statistics, evaluation) sees only `Example`s, so new data sources plug in here.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -15,6 +19,7 @@ from typing import Sequence
 
 from .errors import SynpruneError
 from .io import sha256_file
+from .progress import log
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,11 @@ class TaskData:
     source: str
     hashes: dict[str, str] = field(default_factory=dict)
     eval_splits: tuple[str, ...] = ("dev",)
+    label_names: tuple[str, ...] | None = None  # names of label ids 0..n-1 when the data named its labels
+    skipped: dict[str, int] = field(default_factory=dict)  # file -> rows left out (too few columns)
+    label_map: dict[str, int] | None = None  # the name -> id map the labels were scored with (set by align_labels)
+    calib_split: str = "train"  # where the calibration sample is drawn from (when present)
+    lm: bool = False  # language modelling: plain texts scored by perplexity, no labels needed
 
     @property
     def is_regression(self) -> bool:
@@ -84,6 +94,11 @@ class TaskData:
     @property
     def has_labels(self) -> bool:
         return all(e.label is not None for s in self.splits.values() for e in s)
+
+    @property
+    def can_evaluate(self) -> bool:
+        """Language modelling scores plain text; every other task needs a label on each example."""
+        return self.lm or self.has_labels
 
 
 def default_glue_dir() -> Path | None:
@@ -98,9 +113,18 @@ def default_glue_dir() -> Path | None:
     return None
 
 
-def _read_tsv(path: Path, spec: TaskSpec) -> list[Example]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+def _read_text(path: Path) -> str:
+    """A data file's text; a file that is not UTF-8 is a one-line error naming the file and the bad byte."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SynpruneError(f"{path} is not UTF-8 ({e.reason}: byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                            "convert it, e.g. `iconv -f latin1 -t utf-8`") from None
+
+
+def _read_tsv(path: Path, spec: TaskSpec) -> tuple[list[Example], int]:
+    """The examples of a GLUE file and how many rows were left out for having too few columns."""
+    rows = list(csv.reader(io.StringIO(_read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows:
         raise SynpruneError(f"{path} is empty; point --glue-dir at a complete GLUE folder")
     header: dict[str, int] = {}
@@ -117,11 +141,16 @@ def _read_tsv(path: Path, spec: TaskSpec) -> list[Example]:
 
     ia, ib, il = col(spec.text_a), col(spec.text_b), col(spec.label)
     out = []
+    short = 0
+    need = max(i for i in (ia, ib, il) if i is not None)
     for row in rows:
-        if not row or len(row) <= max(i for i in (ia, ib, il) if i is not None):
+        if not row:
+            continue
+        if len(row) <= need:
+            short += 1
             continue
         out.append(Example(row[ia], row[ib] if ib is not None else None, _label(row[il], spec, path)))
-    return out
+    return out, short
 
 
 def _label(raw: str, spec: TaskSpec, path: Path) -> float | int | None:
@@ -152,18 +181,23 @@ def load_glue(name: str, glue_dir: str | Path | None = None) -> TaskData:
         raise SynpruneError(f"{folder} not found: the GLUE folder {root} has no {spec.folder}/; pass --glue-dir to one that does")
     splits: dict[str, list[Example]] = {}
     hashes: dict[str, str] = {}
+    skipped: dict[str, int] = {}
     files = ([("train", spec.train)] if spec.train else []) + [
         ("dev" if i == 0 else Path(f).stem, f) for i, f in enumerate(spec.dev)
     ]
     for split, fname in files:
         path = folder / fname
         if path.is_file():
-            splits[split] = _read_tsv(path, spec)
+            splits[split], short = _read_tsv(path, spec)
             hashes[f"{spec.folder}/{fname}"] = sha256_file(path)
+            if short:
+                skipped[f"{spec.folder}/{fname}"] = short
+                log(f"{path}: left out {short} rows with fewer columns than GLUE {spec.name} needs")
     if "dev" not in splits:
         raise SynpruneError(f"{folder / spec.dev[0]} not found; GLUE task {name} needs its dev split there")
     evals = tuple(s for s in ["dev", *(Path(f).stem for f in spec.dev[1:])] if s in splits)
-    return TaskData(name, splits, spec.num_labels, spec.metrics, str(folder), hashes, evals)
+    names = tuple(spec.label_map) if spec.label_map else None
+    return TaskData(name, splits, spec.num_labels, spec.metrics, str(folder), hashes, evals, names, skipped)
 
 
 def _load_glue_hub(spec: TaskSpec) -> TaskData:
@@ -196,33 +230,59 @@ def load_file(path: str | Path, text_col: str, text_pair_col: str | None = None,
     if not path.is_file():
         raise SynpruneError(f"data file {path} not found")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    elif suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-    else:
+    if suffix not in (".jsonl", ".csv", ".tsv"):
         raise SynpruneError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
+    text = _read_text(path)
+    if suffix == ".jsonl":
+        rows, lines = _jsonl_rows(text, path)
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        rows = list(reader)
+        lines = list(range(2, len(rows) + 2))  # the header is line 1 (approximate with quoted line breaks)
     if not rows:
         raise SynpruneError(f"{path} has no rows")
     columns = list(rows[0])
     for name in (text_col, text_pair_col, label_col):
         if name is not None and name not in columns:
             raise SynpruneError(f"{path} has no column {name!r} (columns: {', '.join(columns)}); fix --text-col/--text-pair-col/--label-col")
+    for row, line in zip(rows, lines):
+        for name in (text_col, text_pair_col):
+            if name is not None and (name not in row or row[name] is None):
+                raise SynpruneError(f"{path} line {line}: no {name!r} value; every row needs the text column(s)")
     raw = [r.get(label_col) for r in rows] if label_col else [None] * len(rows)
-    labels, num_labels = _infer_labels(raw, path)
+    labels, num_labels, names = _infer_labels(raw, path)
     examples = [
         Example(str(r[text_col] or ""), str(r[text_pair_col] or "") if text_pair_col else None, y)
         for r, y in zip(rows, labels)
     ]
     metrics = ("spearman", "pearson") if num_labels == 1 else ("accuracy", "f1") if num_labels == 2 else ("accuracy",)
-    return TaskData(path.stem, {"all": examples}, num_labels, metrics, str(path), {path.name: sha256_file(path)}, ("all",))
+    return TaskData(path.stem, {"all": examples}, num_labels, metrics, str(path), {path.name: sha256_file(path)}, ("all",),
+                    names)
 
 
-def _infer_labels(raw: Sequence, path: Path) -> tuple[list, int]:
+def _jsonl_rows(text: str, path: Path) -> tuple[list[dict], list[int]]:
+    """The objects of a JSON Lines file and their line numbers; a bad line is an error naming it."""
+    rows, lines = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SynpruneError(f"{path} line {n} is not valid JSON ({e.msg}, column {e.colno}); fix or remove that line") from None
+        if not isinstance(row, dict):
+            raise SynpruneError(f"{path} line {n} is a JSON {type(row).__name__}, not an object; write one "
+                                "{\"column\": value, ...} object per line")
+        rows.append(row)
+        lines.append(n)
+    return rows, lines
+
+
+def _infer_labels(raw: Sequence, path: Path) -> tuple[list, int, tuple[str, ...] | None]:
+    """Label ids, the number of labels (1: regression, 0: none) and, for named labels, the name of each id
+    (sorted here; `align_labels` re-maps them to the model's own label ids when it has named labels)."""
     if all(v is None for v in raw):
-        return list(raw), 0
+        return list(raw), 0, None
     if any(v is None or str(v).strip() == "" for v in raw):
         raise SynpruneError(f"{path}: some rows have an empty label; fill them or drop --label-col")
     try:
@@ -230,10 +290,92 @@ def _infer_labels(raw: Sequence, path: Path) -> tuple[list, int]:
     except (TypeError, ValueError):
         names = sorted({str(v) for v in raw})
         index = {n: i for i, n in enumerate(names)}
-        return [index[str(v)] for v in raw], len(names)
+        return [index[str(v)] for v in raw], max(2, len(names)), tuple(names)
+    if not all(math.isfinite(v) for v in values):
+        raise SynpruneError(f"{path}: a label is not a finite number (nan or inf); fix the label column")
     if all(v.is_integer() for v in values) and len(set(values)) <= 20:
-        return [int(v) for v in values], max(2, int(max(values)) + 1)
-    return values, 1
+        if min(values) < 0:
+            raise SynpruneError(f"{path}: class labels must be 0, 1, ...; found {int(min(values))}")
+        return [int(v) for v in values], max(2, int(max(values)) + 1), None
+    return values, 1, None
+
+
+def model_label_names(config) -> dict[str, int] | None:
+    """A model's own label2id when it names its labels (not transformers' default LABEL_0, LABEL_1, ...)."""
+    label2id = getattr(config, "label2id", None) or {}
+    if not label2id or all(str(k).upper() == f"LABEL_{v}" for k, v in label2id.items()):
+        return None
+    return {str(k): int(v) for k, v in label2id.items()}
+
+
+def align_labels(data: TaskData, config) -> TaskData:
+    """Score named labels with the model's own ids: a model fine-tuned with contradiction=0 must not be scored
+    with the data's alphabetical (or GLUE) order. A data label the model does not know is an error."""
+    if data.label_names is None:
+        return data
+    own = model_label_names(config)
+    if own is None:
+        return dataclasses.replace(data, label_map={n: i for i, n in enumerate(data.label_names)})
+    by_name = {k.lower(): v for k, v in own.items()}
+    unknown = [n for n in data.label_names if n.lower() not in by_name]
+    if unknown:
+        raise SynpruneError(f"the data's label(s) {', '.join(map(repr, unknown))} are not among the model's labels "
+                            f"({', '.join(own)}); use a model fine-tuned on these labels")
+    new_id = [by_name[n.lower()] for n in data.label_names]
+    splits = {s: [dataclasses.replace(e, label=None if e.label is None else new_id[int(e.label)]) for e in ex]
+              for s, ex in data.splits.items()}
+    return dataclasses.replace(data, splits=splits, num_labels=max(len(own), max(new_id) + 1),
+                               label_map={n: by_name[n.lower()] for n in data.label_names})
+
+
+LM_METRICS = ("perplexity",)
+EWT = "ewt"
+EWT_FILES = {"dev": "en_ewt-ud-dev.conllu", "test": "en_ewt-ud-test.conllu"}
+
+
+def default_ud_dir() -> Path | None:
+    """$SYNPRUNE_UD_DIR, else ../shared/data/ud/en_ewt beside the checkout or the working dir."""
+    if env := os.environ.get("SYNPRUNE_UD_DIR"):
+        return Path(env)
+    repo_root = Path(__file__).resolve().parents[2]
+    for base in (repo_root, Path.cwd()):
+        cand = base.parent / "shared" / "data" / "ud" / "en_ewt"
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def load_ewt(ud_dir: str | Path | None = None) -> TaskData:
+    """Language modelling on UD English EWT: calibration from dev (whose gold trees `--parses` can give),
+    perplexity on test."""
+    from .conllu import read_conllu
+
+    root = Path(ud_dir) if ud_dir is not None else default_ud_dir()
+    if root is None or not all((root / f).is_file() for f in EWT_FILES.values()):
+        raise SynpruneError(f"task ewt needs {' and '.join(EWT_FILES.values())} in {root or 'a UD English EWT folder'}; "
+                            "set SYNPRUNE_UD_DIR to the folder that holds them")
+    splits, hashes = {}, {}
+    for split, name in EWT_FILES.items():
+        bank = read_conllu(root / name)
+        splits[split] = [Example(t) for t in bank.texts]
+        hashes[name] = bank.sha256
+    return TaskData(EWT, splits, 0, LM_METRICS, str(root), hashes, ("test",), calib_split="dev", lm=True)
+
+
+def load_text_file(path: str | Path) -> TaskData:
+    """Language modelling on a text file, one text per line (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SynpruneError(f"text file {path} not found")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise SynpruneError(f"{path} is not UTF-8 text; pass a UTF-8 .txt file with one text per line") from None
+    texts = [t for t in lines if t]
+    if len(texts) < 2:
+        raise SynpruneError(f"{path} has {len(texts)} non-empty lines; language modelling needs at least 2 (one text per line)")
+    return TaskData(path.stem, {"all": [Example(t) for t in texts]}, 0, LM_METRICS, str(path),
+                    {path.name: sha256_file(path)}, ("all",), lm=True)
 
 
 def load_task(task: str, glue_dir: str | Path | None = None, text_col: str | None = None,
@@ -242,11 +384,15 @@ def load_task(task: str, glue_dir: str | Path | None = None, text_col: str | Non
     key = ALIASES.get(task.lower(), task.lower())
     if key in GLUE:
         return load_glue(key, glue_dir)
+    if key == EWT:
+        return load_ewt()
+    if Path(task).suffix.lower() == ".txt":
+        return load_text_file(task)
     if Path(task).suffix.lower() in (".csv", ".tsv", ".jsonl"):
         if text_col is None:
             raise SynpruneError(f"{task} is a data file: name its text column with --text-col")
         return load_file(task, text_col, text_pair_col, label_col)
-    raise SynpruneError(f"unknown task {task!r}: use one of {', '.join(GLUE)} or a .csv/.tsv/.jsonl file")
+    raise SynpruneError(f"unknown task {task!r}: use one of {', '.join(GLUE)}, ewt, a .csv/.tsv/.jsonl file or a .txt file")
 
 
 @dataclass(frozen=True)
@@ -258,23 +404,41 @@ class Split:
     note: str
 
 
-def make_split(data: TaskData, calib_size: int = 512, seed: int = 0) -> Split:
-    """Calibration: a seeded sample of train; evaluation: the dev split(s). Without train, halve dev."""
+def make_split(data: TaskData, calib_size: int = 512, seed: int = 0, eval_size: int | None = None) -> Split:
+    """Calibration: a seeded sample of the calibration split (train; dev for `ewt`); evaluation: the eval
+    split(s). Without a calibration split, a seeded half of the first eval split calibrates and the other
+    half evaluates. `eval_size` caps each evaluation split at a seeded sample of that many examples."""
     rng = random.Random(seed)
-    if "train" in data.splits and data.splits["train"]:
-        train = data.splits["train"]
-        idx = sorted(rng.sample(range(len(train)), min(calib_size, len(train))))
-        return Split([train[i] for i in idx], {s: data.splits[s] for s in data.eval_splits},
-                     f"calibration: {len(idx)} seeded examples of train; evaluation: {', '.join(data.eval_splits)}")
-    name = data.eval_splits[0]
-    pool = data.splits[name]
-    if len(pool) < 2:
-        raise SynpruneError(f"task {data.name} has {len(pool)} examples; need at least 2 to calibrate and evaluate")
-    order = list(range(len(pool)))
-    rng.shuffle(order)
-    half = len(pool) // 2
-    calib_idx = sorted(order[:half][:calib_size])
-    eval_idx = sorted(order[half:])
-    return Split([pool[i] for i in calib_idx], {name: [pool[i] for i in eval_idx]},
-                 f"no train split: a seeded half of {name} ({len(calib_idx)} examples) calibrates, "
-                 f"the other half ({len(eval_idx)}) evaluates")
+    source = data.calib_split
+    if source in data.splits and data.splits[source] and source not in data.eval_splits:
+        pool = data.splits[source]
+        idx = sorted(rng.sample(range(len(pool)), min(calib_size, len(pool))))
+        calibration = [pool[i] for i in idx]
+        evaluation = {s: data.splits[s] for s in data.eval_splits}
+        note = f"calibration: {len(idx)} seeded examples of {source}; evaluation: {', '.join(data.eval_splits)}"
+    else:
+        name = data.eval_splits[0]
+        pool = data.splits[name]
+        if len(pool) < 2:
+            raise SynpruneError(f"task {data.name} has {len(pool)} examples; need at least 2 to calibrate and evaluate")
+        order = list(range(len(pool)))
+        rng.shuffle(order)
+        half = len(pool) // 2
+        calib_idx = sorted(order[:half][:calib_size])
+        eval_idx = sorted(order[half:])
+        calibration = [pool[i] for i in calib_idx]
+        evaluation = {name: [pool[i] for i in eval_idx]}
+        note = (f"no {source} split: a seeded half of {name} ({len(calib_idx)} examples) calibrates, "
+                f"the other half ({len(eval_idx)}) evaluates")
+    if eval_size is not None:
+        evaluation = {s: cap(ex, eval_size, seed) for s, ex in evaluation.items()}
+        note += f"; evaluation capped at {eval_size} seeded examples per split (--eval-size)"
+    return Split(calibration, evaluation, note)
+
+
+def cap(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """A seeded sample of n examples in their original order (all of them when there are n or fewer)."""
+    if n >= len(examples):
+        return examples
+    idx = sorted(random.Random(f"eval-{seed}").sample(range(len(examples)), n))
+    return [examples[i] for i in idx]

@@ -29,9 +29,13 @@ class OptionSet:
 class DataOptions(OptionSet):
     """Which model and data, and how the calibration sample is drawn and read."""
 
-    model: Annotated[Optional[str], typer.Option(help="Model folder or hub id (default: the bundled all-MiniLM-L6-v2).")] = None
-    task: Annotated[str, typer.Option(help="GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli) or a .csv/.tsv/.jsonl file.")] = "stsb"
+    model: Annotated[Optional[str], typer.Option(
+        help="Model folder, hub id, .gguf file, or smollm2 (the bundled SmolLM2-135M-Instruct GGUF); default: the bundled all-MiniLM-L6-v2.")] = None
+    task: Annotated[str, typer.Option(
+        help="GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli), a .csv/.tsv/.jsonl file, or language modelling: ewt (UD English EWT) or a .txt file (one text per line).")] = "stsb"
     calib_size: Annotated[int, typer.Option(help="Calibration examples sampled (seeded) from train.")] = _D.calib_size
+    eval_size: Annotated[Optional[int], typer.Option(
+        help="Evaluate on at most this many (seeded) examples per evaluation split, for quick runs.")] = _D.eval_size
     seed: Annotated[int, typer.Option(help="Seed for the calibration sample and random methods.")] = _D.seed
     max_length: Annotated[int, typer.Option(help="Max tokens per input.")] = _D.max_length
     batch_size: Annotated[int, typer.Option(help="Batch size for attention statistics.")] = _D.batch_size
@@ -59,6 +63,9 @@ class SapOptions(OptionSet):
     keep_punct: Annotated[bool, typer.Option("--keep-punct", help="SAP: count punct arcs too.")] = _D.keep_punct
     layer_fraction: Annotated[float, typer.Option(
         help="Remove a layer's whole attention block once this fraction of its heads is pruned.")] = _D.layer_fraction
+    units: Annotated[str, typer.Option(
+        help="What sparsity and budgets count: heads (query heads) or kv-groups (whole key/value groups with all "
+             "their query heads: also shrinks the KV cache).")] = _D.units
 
 
 @dataclass

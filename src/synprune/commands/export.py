@@ -13,12 +13,9 @@ from ..errors import SynpruneError
 
 def read_result(path: Path) -> dict[str, Any]:
     """The parts of a run's result.json that export needs, checked: model path, pruned heads, removed layers."""
-    if not path.is_file():
-        raise SynpruneError(f"{path} does not exist; pass the result.json of a `synprune prune` run")
-    try:
-        result = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SynpruneError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    from ..io import read_json
+
+    result = read_json(path, "the result.json of a `synprune prune` run")
     if not isinstance(result, dict) or "pruned_heads" not in result:
         raise SynpruneError(f"{path} has no `pruned_heads`; is it a synprune result.json?")
     return result

@@ -50,6 +50,7 @@ def prune(
     budget: Optional[str] = typer.Option(None, help="Budget instead of --sparsity: heads:F, params:F or flops:F (fraction to keep)."),
     export: Optional[Path] = typer.Option(None, help="Also write the physically pruned model to this folder (load with synprune.load_pruned)."),
     onnx: bool = typer.Option(False, "--onnx", help="With --export: also write model.onnx, checked with onnxruntime."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --export folder if it already holds files."),
 ) -> None:
     """Prune attention heads of MODEL on TASK and write OUT/result.json."""
     from ..pipeline import prune as run_prune
@@ -57,7 +58,7 @@ def prune(
     set_quiet(data.quiet)
     result = run_prune(data.model, task=str(data.task), sparsity=sparsity, out=out, **data.columns(), method=method,
                        **data.config(), **sap.config(), cf=cf, **cf_options.config(), budget=budget,
-                       export=export, onnx=onnx, parses_file=parses)
+                       export=export, onnx=onnx, parses_file=parses, overwrite=overwrite)
     print_summary(result)
     console.print(f"wrote {out / 'result.json'}" + (f" and {out / 'cf_log.jsonl'}" if cf else "")
                   + (f"; pruned model in {export}" if export else ""))

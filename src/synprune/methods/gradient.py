@@ -5,9 +5,10 @@ change of the loss when head h is turned down. Per-batch gradients g_b are compu
 context and shared: `michel` sums |g_b| and normalises each layer (Michel et al. 2019), `fisher` sums g_b^2
 (the head part of Kwon et al. 2022). `michel-iterative` masks the least important 10% and scores the rest again.
 
-The loss is the task loss (`evaluate.loss`) when every calibration example has a label. Without labels it is
+The loss is the task loss (`evaluate.loss`) when every calibration example has a label, and a causal LM's
+next-token loss on text. Without labels it is
 the output Fisher (SPEC 5): r . f(x) for seeded random unit vectors r, f the pooled output (the mean-pooled
-embedding of the first text, or the logits); unlike a loss measured against the unpruned model, its gradient
+embedding of the first text, the logits, or a causal LM's mean-pooled last hidden state); unlike a loss measured against the unpruned model, its gradient
 is not zero there.
 """
 from __future__ import annotations
@@ -30,7 +31,8 @@ ITERATIVE_FRACTION = 0.1
 
 
 def loss_kind(batches: Sequence[E.Batch]) -> str:
-    return TASK_LOSS if batches and all(b.labels is not None for b in batches) else OUTPUT_FISHER
+    """The task loss where every batch has labels or is a causal LM's text (next-token loss), else the output Fisher."""
+    return TASK_LOSS if batches and all(b.labels is not None or b.lm for b in batches) else OUTPUT_FISHER
 
 
 def unit_directions(seed: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -43,7 +45,12 @@ def objective(tm: TaskModel, batch: E.Batch, kind: str, seed: int = 0, index: in
     """The scalar whose mask gradient scores the heads: the task loss, or the random output projection r . f(x)."""
     if kind == TASK_LOSS:
         return E.loss(tm, batch)
-    f = E.embed(tm, batch.inputs) if tm.kind == "embedding" else E.outputs(tm, batch)
+    if tm.kind == "embedding":
+        f = E.embed(tm, batch.inputs)
+    elif batch.lm:  # the logits (tokens x vocabulary) are too big to project: use the pooled last hidden state
+        f = E.lm_pooled(tm, batch)
+    else:
+        f = E.outputs(tm, batch)
     r = unit_directions(seed, index, tuple(f.shape)).to(dtype=f.dtype, device=f.device)
     return (f * r).sum(-1).mean()
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any, Sequence
 
+from ..metrics import direction_text
 from .table import DENSE, SummaryTable
 
 CSS = """
@@ -51,7 +52,7 @@ def _summary_table(t: SummaryTable) -> str:
 def _verdict(t: SummaryTable) -> str:
     items = [f"<li>sparsity {s:g}: <b>{escape(', '.join(labels))}</b> ({mean:.2f}; dense {t.dense:.2f})</li>"
              for s, labels, mean in t.best()]
-    return f"<p>Best pruned model at each sparsity ({escape(t.metric)}, higher is better):</p><ul>{''.join(items)}</ul>"
+    return f"<p>Best pruned model at each sparsity ({escape(t.metric)}, {escape(direction_text(t.metric))}):</p><ul>{''.join(items)}</ul>"
 
 
 def _value(v: Any) -> str:

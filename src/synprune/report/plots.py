@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..metrics import direction_text
 from .table import group_label, spec_label
 
 SPREAD = "min-max over seeds"  # what the bands show (stated in captions)
@@ -42,6 +43,11 @@ def _by_group(rows: Sequence[dict], sparsity: float | None = None) -> dict[str, 
     return groups
 
 
+def _metric_label(name: str) -> str:
+    """The axis label says which way is better (perplexity: lower)."""
+    return f"{name} ({direction_text(name)})"
+
+
 def metric_vs_sparsity(rows: Sequence[dict]) -> bytes:
     """(1) The metric against sparsity, a line per method, dense as a horizontal line, seed spread as a band."""
     groups = _by_group(rows)
@@ -57,7 +63,7 @@ def metric_vs_sparsity(rows: Sequence[dict]) -> bytes:
             ax.fill_between(xs, [min(by_s[s]) for s in xs], [max(by_s[s]) for s in xs], color=color, alpha=0.2)
     ax.axhline(float(rows[0]["dense"]), color="black", linestyle=":", label="dense (unpruned)")
     ax.set_xlabel("sparsity (fraction of heads pruned)")
-    ax.set_ylabel(rows[0]["metric_name"])
+    ax.set_ylabel(_metric_label(rows[0]["metric_name"]))
     ax.set_xticks(sorted({float(r["sparsity"]) for r in rows}))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -158,7 +164,7 @@ def grid_effect(rows: Sequence[dict], grid: dict[str, list], key: str) -> bytes:
         ax.axhline(float(rows[0]["dense"]), color="black", linestyle="--", linewidth=0.8, label="dense")
         ax.set_xticks(sorted(pos.values()), [str(v) for v in values], rotation=0 if numeric else 30, fontsize=8)
         ax.set_xlabel(key)
-        ax.set_ylabel(rows[0]["metric_name"])
+        ax.set_ylabel(_metric_label(rows[0]["metric_name"]))
         ax.set_title(f"sparsity {s:g}", fontsize=10)
         ax.grid(alpha=0.3)
         if j == len(sparsities) - 1:

@@ -8,6 +8,8 @@ from typing import Sequence
 
 from rich.table import Table
 
+from ..metrics import best, direction_text
+
 DENSE = "dense (unpruned)"
 
 
@@ -65,7 +67,7 @@ class SummaryTable:
         return out
 
     def rich(self, title: str = "") -> Table:
-        table = Table(title=title or f"{self.metric} (higher is better; best pruned per column in bold)")
+        table = Table(title=title or f"{self.metric} ({direction_text(self.metric)}; best pruned per column in bold)")
         for i, h in enumerate(self.headers()):
             table.add_column(h, justify="left" if i == 0 else "right")
         table.add_row(DENSE, *[f"{self.dense:.2f}"] * len(self.sparsities), style="dim")
@@ -75,7 +77,8 @@ class SummaryTable:
 
 
 def summarize(rows: Sequence[dict]) -> SummaryTable:
-    """Group rows by method spec (and grid variant) and sparsity; mark the best mean of each column."""
+    """Group rows by method spec (and grid variant) and sparsity; mark the best mean of each column (the
+    highest, or the lowest for a lower-is-better metric such as perplexity)."""
     sparsities = sorted({float(r["sparsity"]) for r in rows})
     groups: dict[str, dict[float, list[float]]] = {}
     heads: dict[float, set[int]] = {s: set() for s in sparsities}
@@ -85,7 +88,7 @@ def summarize(rows: Sequence[dict]) -> SummaryTable:
     table_rows = [(label, [Cell(by_s[s]) if s in by_s else None for s in sparsities]) for label, by_s in groups.items()]
     for j in range(len(sparsities)):
         cells = [cells[j] for _, cells in table_rows if cells[j] is not None]
-        top = max(c.mean for c in cells)
+        top = best(rows[0]["metric_name"], [c.mean for c in cells])
         for c in cells:
             c.best = c.mean == top
     head_text = [str(min(h)) if len(h) == 1 else f"{min(h)}-{max(h)}" for h in (heads[s] for s in sparsities)]

@@ -1,0 +1,11 @@
+"""Gemma, Gemma 2 (logit soft-capping, sandwich norms) and Gemma 3 text models (q/k norms, local/global
+layers). Their extra norms act on the head dimension or on the whole attention output, so removal needs
+nothing beyond the Llama layout; an emptied block returns zeros, which their post-attention RMSNorm keeps zero."""
+from __future__ import annotations
+
+from . import register
+from .decoders import DecoderAdapter
+
+register(DecoderAdapter("gemma", ("gemma",), "GemmaConfig"))
+register(DecoderAdapter("gemma2", ("gemma2",), "Gemma2Config", query_pre_attn_scalar=8, sliding_window=16))
+register(DecoderAdapter("gemma3", ("gemma3_text",), "Gemma3TextConfig", query_pre_attn_scalar=8, sliding_window=16))
