@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from synprune import cf
+from synprune import evaluate as E
 from synprune.calibration import Calibration
 from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
@@ -18,6 +19,7 @@ from synprune.methods import order_by
 from synprune.pipeline import prune
 from synprune.tasks import Example
 
+from _tiny_models import DECODERS, tiny_model as tiny_decoder
 from conftest import STSB_ROWS, tiny_model
 
 @pytest.fixture(autouse=True)
@@ -261,3 +263,40 @@ def test_a_second_cf_run_on_the_same_context_reuses_every_pass():
     passes = scorer.passes
     assert cf.candidate_filter(ctx, order, 6, cfg) == first
     assert scorer.passes == passes
+
+
+def _lm_prepared(seed: int = 0) -> E.Prepared:
+    """Random token ids (the tiny decoders' vocabulary is 100) in two right-padded batches, scored by perplexity."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for b, lengths in enumerate(([9, 7, 4], [6, 6, 3])):
+        ids = torch.randint(3, 100, (3, max(lengths)), generator=gen)
+        mask = (torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]).long()
+        batches.append(E.Batch(np.arange(3 * b, 3 * b + 3), {"input_ids": ids * mask, "attention_mask": mask}, None, None, lm=True))
+    return E.Prepared(batches, 6, None)
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_fast_scorer_matches_full_forward_on_decoders(family):
+    """Decoder families (rotary positions, grouped-query attention, fused q/k/v in GPT-2 and Phi-3): the
+    layer-reusing scorer gives the full forward pass's perplexity, or falls back to full passes."""
+    from synprune.models import TaskModel
+
+    tm = TaskModel(tiny_decoder(family, "lm"), None, "lm", family, "", None)
+    prepared = _lm_prepared()
+    fast = AblationScorer(tm, prepared, "perplexity", range(3))
+    plain = AblationScorer(tm, prepared, "perplexity", range(3), fast=False)
+
+    def reference(removed):
+        with HeadMask.pruning(tm.model, removed):
+            return evaluate(tm, prepared, ["perplexity"])["perplexity"]
+
+    assert fast.dense == pytest.approx(reference([]), rel=1e-5)
+    for extra, accept in (([(1, 2)], True), ([(2, 0)], False), ([(0, 1), (0, 3)], True), ([(2, 3)], False)):
+        want = reference(sorted(fast.base | set(extra)))
+        assert fast.metric(extra) == pytest.approx(want, rel=1e-5), extra
+        assert plain.metric(extra) == pytest.approx(want, rel=1e-5), extra
+        if accept:
+            fast.accept(), plain.accept()
+    if fast.fast:  # the layer reuse held: fewer layers ran than full passes would
+        assert fast.layer_runs < plain.layer_runs

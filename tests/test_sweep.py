@@ -322,3 +322,12 @@ def test_stages_do_not_overlap_and_the_breakdown_adds_up(monkeypatch):
     assert lines[0] == "sweep stages (10.0 s in all):"
     assert [line.split()[0] for line in lines[1:]] == ["score", "attention", "parse", "other"]
     assert lines[-1].split()[1:] == ["4.0", "s", "40.0%"]
+
+
+def test_sweep_reports_where_its_time_went(swept):
+    result = swept[0]
+    lines = result.breakdown.splitlines()
+    total = float(lines[0].split("(")[1].split(" s")[0])
+    stages = {line.split()[0]: float(line.split()[-3]) for line in lines[1:]}
+    assert {"parse", "attention", "evaluate_dense", "evaluate_pruned", "write", "other"} <= set(stages)
+    assert sum(stages.values()) == pytest.approx(total, abs=0.1 * len(stages))  # the stages do not overlap

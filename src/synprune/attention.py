@@ -226,7 +226,7 @@ def attention_modules(model: torch.nn.Module) -> list[tuple[torch.nn.Module, int
         handles = attention_handles(model)
         if len(handles) != len(layers):
             return None
-        return [(h.heads_module, 1) for h in handles]
+        return [(h.module, 1) for h in handles]
     found = []
     for layer in layers:
         mods = [m for n, m in layer.named_modules() if isinstance(m, target)

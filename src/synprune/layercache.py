@@ -23,7 +23,7 @@ from typing import Collection, Iterable, Iterator
 
 from torch import nn
 
-from .arch import AttentionHandles, attention_handles, get_adapter
+from .arch import AttentionHandles, attention_handles, get_adapter, out_dim
 from .evaluate import Prepared, evaluate
 from .masking import HeadMask
 from .models import TaskModel
@@ -134,8 +134,9 @@ class AblationScorer:
         def skipped(*args, **kwargs):
             return self._states[run.calls - 1][("out", run.start - 1)]
 
-        def zeros(linear: nn.Linear):
-            return lambda x: x.new_zeros(*x.shape[:-1], linear.out_features)
+        def zeros(module: nn.Module):
+            n = out_dim(module)
+            return lambda x: x.new_zeros(*x.shape[:-1], n)
 
         if capture:
             for j in range(run.start, len(self.blocks)):
@@ -148,9 +149,9 @@ class AblationScorer:
                 stubbed.append(self.blocks[j])
             if run.start in self.attn:
                 a = self.attn[run.start]
-                for linear in (a.query, a.key, a.value):
-                    linear.forward = zeros(linear)  # their output only feeds the attention we replace
-                    stubbed.append(linear)
+                for proj in dict.fromkeys((a.query, a.key, a.value)):  # one module where q, k and v are fused
+                    proj.forward = zeros(proj)  # their output only feeds the attention we replace
+                    stubbed.append(proj)
         try:
             yield
         finally:

@@ -116,6 +116,7 @@ class SweepResult:
     summary: dict
     out: Path | None
     files: dict[str, Path] = field(default_factory=dict)
+    breakdown: str = ""  # where the time went, stage by stage (the command prints it at the end)
 
 
 def _field_types() -> dict[str, Any]:
@@ -304,10 +305,10 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
 
             result.files.update(write_report(out_dir))
         stages["write results and report"] = time.perf_counter() - t
-    text = stage_breakdown(stages, total + stages.get("write results and report", 0.0))
+    result.breakdown = stage_breakdown(stages, total + stages.get("write results and report", 0.0))
     if worker_seconds:
-        text += f"\n  (besides: the evaluation worker process evaluated pruned models for {worker_seconds:.1f} s alongside)"
-    log(text)
+        result.breakdown += (f"\n  (besides: the evaluation worker process evaluated pruned models for {worker_seconds:.1f} s "
+                             "alongside)")
     return result
 
 
