@@ -29,6 +29,8 @@ class Calibration:
         self.metric_names = tuple(metric_names)  # how CF scores the calibration split
         self.timings: dict[str, float] = {}
         self._nested: list[float] = []  # per open `timed` block: time taken by the blocks nested in it
+        # called between Candidate Filtering's passes; a sweep sets it to share the cores with its evaluation worker
+        self.pace: Callable[[], None] = lambda: None
         self.parse_info: dict = {}
         self._memo: dict[Any, Any] = {}
         if parses is not None:

@@ -75,7 +75,7 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
     metric = ctx.metric_names[0]
     if fast:  # one scorer and one table of known metrics for every CF run on this calibration context
         scorer = ctx.memo(("cf-scorer", metric), lambda: AblationScorer(ctx.tm, ctx.prepared, metric, range(grid[0])))
-        trial = _Trials(scorer, ctx.memo(("cf-metric", metric), dict))
+        trial = _Trials(scorer, ctx.memo(("cf-metric", metric), dict), getattr(ctx, "pace", lambda: None))
     else:
         trial = _Trials(AblationScorer(ctx.tm, ctx.prepared, metric, fast=False), {})
     m0 = trial.known[frozenset()]
@@ -134,8 +134,8 @@ class _Trials:
     method whose walk reached the same state). `known` maps each removed set to its metric; only sets not in
     it cost a pass. Passes are exact and deterministic, so a known value is the value a pass would give."""
 
-    def __init__(self, scorer: AblationScorer, known: dict[frozenset[Head], float]):
-        self.scorer, self.known = scorer, known
+    def __init__(self, scorer: AblationScorer, known: dict[frozenset[Head], float], pace=lambda: None):
+        self.scorer, self.known, self.pace = scorer, known, pace
         self.known.setdefault(frozenset(), scorer.dense)
         scorer.assume(frozenset())  # a shared scorer may still hold the last run's removals
         self._last: frozenset[Head] | None = None
@@ -145,6 +145,7 @@ class _Trials:
         key = base | frozenset(heads)
         self._last, self._ran = key, key not in self.known
         if self._ran:
+            self.pace()
             self.known[key] = self.scorer.metric(heads)
         return self.known[key]
 

@@ -89,6 +89,16 @@ class Evaluations:
     def parallel(self) -> bool:
         return self._pool is not None
 
+    def pace(self, threads: int) -> None:
+        """Torch threads for this process: one core fewer while the worker has evaluations to do, all
+        `threads` once it is idle (call it between passes; it only ever changes the calling thread's count)."""
+        import torch
+
+        busy = self._pool is not None and any(not job.done() for job in self._jobs.values())
+        want = max(1, threads - 1) if busy else threads
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+
     def submit(self, pruned: Sequence[Head]) -> None:
         key = frozenset(map(tuple, pruned))
         if key in self._jobs or key in self._done:

@@ -327,12 +327,12 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
     threads = torch.get_num_threads()
     with Evaluations(ctx.tm, prepared, split.evaluation, ctx.metric_names, max(base.batch_size, 64),
                      base.max_length) as evals:
-        if evals.parallel:  # one core for the worker, the rest for choosing heads
-            torch.set_num_threads(max(1, threads - 1))
+        ctx.pace = lambda: evals.pace(threads)  # CF calls it between passes
         try:
             dense = dense_scores(ctx, split, lambda: evals.result([]))
             with bar("sweep runs: choosing heads", len(plan.runs)) as advance:
                 for r in sorted(plan.runs, key=lambda r: r.spec.cf):
+                    ctx.pace()
                     t = time.perf_counter()
                     c = choose_heads(ctx, r.config(base))
                     evals.submit(c.selection.pruned)
@@ -350,6 +350,7 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
                     advance()
         finally:
             torch.set_num_threads(threads)
+            ctx.pace = lambda: None
         return evals.worker_seconds
 
 
