@@ -67,12 +67,19 @@ def test_empty_file(capsys, tmp_path, tiny_folder):
     _assert_one_line_error(code, err, "no rows")
 
 
-def test_file_without_labels(capsys, tmp_path, tiny_folder):
+def test_file_without_labels_is_scored_against_the_dense_model(capsys, tmp_path, tiny_folder):
     f = tmp_path / "texts.jsonl"
-    f.write_text("\n".join(json.dumps({"text": t}) for t in ["A cat sat.", "Dogs run fast."]) + "\n")
-    code, err = run_cli(["prune", "--model", str(tiny_folder), "--task", str(f), "--text-col", "text", "--out", str(tmp_path / "o")], capsys)
-    _assert_one_line_error(code, err, "no labels", "--label-col")
-    assert not (tmp_path / "o" / "result.json").exists()
+    texts = ["A cat sat on the mat.", "Dogs run fast.", "The sun is warm today.", "Birds sing at dawn."]
+    f.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    code, err = run_cli(["prune", "--model", str(tiny_folder), "--task", str(f), "--text-col", "text", "--calib-size", "2",
+                         "--method", "magnitude", "--out", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 0, err
+    metric = json.loads((tmp_path / "o" / "result.json").read_text())["metric"]
+    assert metric["name"] == "cosine_to_dense" and metric["dense"] == pytest.approx(100.0)
+    assert metric["pruned"] < 100.0
+    code, err = run_cli(["prune", "--model", str(tiny_folder), "--task", str(f), "--text-col", "text", "--cf",
+                         "--out", str(tmp_path / "o2")], capsys)
+    _assert_one_line_error(code, err, "no labels", "--cf")
 
 
 def test_missing_text_column(capsys, tmp_path, tiny_folder):

@@ -167,3 +167,25 @@ def test_explain_cli_rejects_a_result_of_another_model(tiny_folder, glue_dir, tm
     bad.write_text(json.dumps({"method": "sap", "n_heads": 144, "pruned_heads": [[7, 11]]}))
     res = _cli(["explain", "--model", str(tiny_folder), "--glue-dir", str(glue_dir), "--result", str(bad), "-q"])
     assert res.exit_code != 0 and "same model" in str(res.exception) + res.output
+
+
+def test_relations_served_counts_relations_a_head_beats_the_baseline_on():
+    """Three relations (baseline 0.5 each) and punct; head 0:0 beats the baseline evenly on all three (3 served),
+    0:1 on one only (1 served), 1:0 on none (0), 1:1 on two unevenly (between 1 and 2). Punct never counts."""
+    labels = ("nsubj", "obj", "amod", "punct")
+    acc = np.full((2, 4, 2, 2), 0.4)
+    acc[0, :3, 0, 0] = 0.8  # dep2head, all three relations, equally far above 0.5
+    acc[1, 0, 0, 1] = 0.9  # head2dep: the better direction counts
+    acc[0, 1, 1, 1], acc[0, 2, 1, 1] = 0.9, 0.6  # excess 0.4 and 0.1
+    acc[:, 3] = 1.0  # punct: far above its baseline everywhere, but left out
+    ex = _explanation(np.zeros((2, 2)), acc * 10, labels)
+    entropy, served, total = ex.relations_served(min_arcs=1)
+    assert served[0, 0] == pytest.approx(3.0) and entropy[0, 0] == pytest.approx(math.log(3))
+    assert served[0, 1] == pytest.approx(1.0) and served[1, 0] == 0.0 and total[1, 0] == 0.0
+    p = np.array([0.8, 0.2])
+    assert served[1, 1] == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    with_punct = ex.relations_served(min_arcs=1, keep_punct=True)[1]
+    assert with_punct[1, 0] == pytest.approx(1.0)  # punct alone
+    assert ex.relations_served(min_arcs=11)[1].max() == 0.0  # no relation has 11 arcs
+    rows = {(r["layer"], r["head"]): r for r in ex.heads_json()}
+    assert rows[(1, 0)]["relations_served"] == 0.0

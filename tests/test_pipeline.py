@@ -130,3 +130,48 @@ def test_failure_while_writing_leaves_no_result_beside_a_new_cf_log(glue_dir, tm
     with pytest.raises(OSError):
         _quick(glue_dir, out, cf=True, pool_ratio=0.5)
     assert not (out / "result.json").exists()  # the old result.json no longer describes the folder
+
+
+def test_options_a_method_ignores_are_refused_not_recorded(glue_dir):
+    with pytest.raises(SynpruneError, match="--k, --threshold has no effect on method sapx"):
+        prune(tiny_model("bert"), task="stsb", glue_dir=glue_dir, method="sapx", k=7, threshold="layer-mean")
+    res = _quick(glue_dir, None)
+    assert {"k", "threshold", "direction", "keep_punct"} <= set(res.details["options_not_used"])
+
+
+def test_parses_switching_fisher_to_the_output_fisher_is_said(glue_dir, tmp_path):
+    from test_conllu import SAMPLE
+
+    f = tmp_path / "gold.conllu"
+    f.write_text(SAMPLE)
+    res = prune(tiny_model("bert"), task="stsb", sparsity=0.25, glue_dir=glue_dir, method="fisher", parses_file=f)
+    assert res.details["loss"] == "output-fisher"
+    assert any("output Fisher replaced the task loss" in n for n in res.details["notes"])
+    plain = _quick(glue_dir, None)
+    assert "notes" not in plain.details
+
+
+def test_label_free_scores_for_a_classifier_on_unlabeled_text():
+    from synprune.tasks import Example, TaskData
+
+    texts = ["A cat sat on the mat.", "Dogs run fast.", "The sun is warm today.", "Birds sing at dawn.",
+             "Rain fell all night.", "She reads a book."]
+    data = TaskData("texts", {"all": [Example(t) for t in texts]}, 0, ("accuracy",), "memory", {}, ("all",))
+    res = prune(tiny_model("bert", num_labels=3), task=data, sparsity=0.5, method="magnitude", calib_size=3)
+    m = res.metric["all"]
+    assert res.metric["name"] == "agreement_with_dense"
+    assert m["dense"]["all"] == {"agreement_with_dense": 100.0, "kl_to_dense": pytest.approx(0.0, abs=1e-9)}
+    assert m["pruned"]["all"]["kl_to_dense"] > 0
+
+
+def test_fidelity_metrics_by_hand():
+    from synprune.fidelity import compute
+
+    ref = np.array([[1.0, 0.0], [0.0, 2.0]])
+    out = np.array([[1.0, 1.0], [0.0, -1.0]])
+    r = compute(["cosine_to_dense", "agreement_with_dense", "kl_to_dense"], out, ref)
+    assert r["cosine_to_dense"] == pytest.approx(100 * (np.sqrt(0.5) - 1) / 2)
+    assert r["agreement_with_dense"] == 50.0  # row 0: both pick class 0 (a tie picks the first); row 1 differs
+    p = np.exp(ref) / np.exp(ref).sum(1, keepdims=True)
+    q = np.exp(out) / np.exp(out).sum(1, keepdims=True)
+    assert r["kl_to_dense"] == pytest.approx(np.mean((p * np.log(p / q)).sum(1)))

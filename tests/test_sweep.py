@@ -331,3 +331,72 @@ def test_sweep_reports_where_its_time_went(swept):
     stages = {line.split()[0]: float(line.split()[-3]) for line in lines[1:]}
     assert {"parse", "attention", "evaluate_dense", "evaluate_pruned", "write", "other"} <= set(stages)
     assert sum(stages.values()) == pytest.approx(total, abs=0.1 * len(stages))  # the stages do not overlap
+
+
+def _small_sweep(tmp, **kwargs):
+    return sweep(tiny_model("bert"), task="stsb", glue_dir=write_stsb(tmp / "glue"), out=tmp / "sweep", calib_size=6,
+                 methods=["magnitude", FAKE], sparsities=[0.25, 0.5], seeds=[0, 1], report=False, **kwargs)
+
+
+def test_interrupted_sweep_resumes_with_the_finished_runs(monkeypatch, tmp_path):
+    _register_fake(monkeypatch)
+    real_run = synprune.pipeline.choose_heads
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1].method)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the third run
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(synprune.pipeline, "choose_heads", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _small_sweep(tmp_path)
+    finished = sorted(p.parent.name for p in (tmp_path / "sweep" / "runs").glob("*/result.json"))
+    assert len(finished) == 2
+    calls.clear()
+    monkeypatch.setattr(synprune.pipeline, "choose_heads", Counter(real_run))
+    resumed = _small_sweep(tmp_path)
+    assert synprune.pipeline.choose_heads.calls == len(resumed.rows) - 2 == 4  # 2 magnitude + 4 fake runs, 2 reused
+    assert resumed.summary["reused_runs"] == finished
+    fresh = _small_sweep(tmp_path / "fresh")
+    assert [(r["method"], r["sparsity"], r["seed"], r["pruned"], r["n_pruned"]) for r in resumed.rows] == \
+        [(r["method"], r["sparsity"], r["seed"], r["pruned"], r["n_pruned"]) for r in fresh.rows]
+    assert len(_csv(tmp_path / "sweep" / "results.csv")) == 6
+
+
+def test_sweep_with_other_options_refuses_to_overwrite_run_folders(monkeypatch, tmp_path):
+    _register_fake(monkeypatch)
+    _small_sweep(tmp_path)
+    before = (tmp_path / "sweep" / "runs" / "magnitude_s0.25_seed0" / "result.json").read_text()
+    with pytest.raises(SynpruneError, match="other calib_size"):
+        sweep(tiny_model("bert"), task="stsb", glue_dir=tmp_path / "glue", out=tmp_path / "sweep", calib_size=4,
+              methods=["magnitude"], sparsities=[0.25], report=False)
+    assert (tmp_path / "sweep" / "runs" / "magnitude_s0.25_seed0" / "result.json").read_text() == before
+    other = sweep(tiny_model("bert"), task="stsb", glue_dir=tmp_path / "glue", out=tmp_path / "sweep", calib_size=4,
+                  methods=["magnitude"], sparsities=[0.25], report=False, overwrite=True)
+    assert other.results["magnitude_s0.25_seed0"].split["calibration"] == 4
+
+
+def test_sweep_refuses_a_users_non_empty_folder(tmp_path):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SynpruneError, match="--overwrite"):
+        sweep(tiny_model("bert"), task="stsb", glue_dir=write_stsb(tmp_path / "glue"), out=out, methods=["magnitude"],
+              sparsities=[0.25], calib_size=4, report=False)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_sweep_on_unlabeled_text_reports_the_label_free_score(tmp_path):
+    f = tmp_path / "texts.jsonl"
+    texts = ["A cat sat on the mat.", "Dogs run fast in the park.", "The sun is warm today.", "Birds sing at dawn.",
+             "Rain fell all night long.", "She reads a book by the window."]
+    f.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    result = sweep(tiny_model("bert"), task=str(f), text_col="text", out=tmp_path / "s", calib_size=3,
+                   methods=["sap", "magnitude", "output-fisher"], sparsities=[0.5], seeds=[0])
+    assert {r["metric_name"] for r in result.rows} == {"cosine_to_dense"}
+    assert all(r["dense"] == pytest.approx(100.0) and r["pruned"] < 100.0 for r in result.rows)
+    assert (tmp_path / "s" / "report.html").is_file()
+    with pytest.raises(SynpruneError, match="no labels"):
+        sweep(tiny_model("bert"), task=str(f), text_col="text", out=tmp_path / "s2", methods=["sap+cf"], sparsities=[0.5])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -22,8 +23,10 @@ from .truncation import Cut, cut_to_kept
 
 class Calibration:
     def __init__(self, tm: TaskModel, examples: Sequence[Example], config: PruneConfig,
-                 metric_names: Sequence[str] = (), parses: tuple[list[Parse], list[Parse | None]] | None = None):
+                 metric_names: Sequence[str] = (), parses: tuple[list[Parse], list[Parse | None]] | None = None,
+                 glue_dir: str | Path | None = None):
         self.tm = tm
+        self.glue_dir = glue_dir  # where a GLUE `--dependencies-from` source is read
         self.examples = list(examples)
         self.config = config  # data options (parser, batch size, max length); method options come per call
         self.metric_names = tuple(metric_names)  # how CF scores the calibration split
@@ -86,13 +89,28 @@ class Calibration:
         has_b = any(t is not None for t in cut.texts_b)
         return calibration_items(self.tm, cut.texts_a, pa, cut.texts_b if has_b else None, pb if has_b else None)
 
-    def dependency_ranking(self, k: int, keep_punct: bool) -> DependencyRanking:
-        counts = self.memo(("label-counts", keep_punct),
-                           lambda: label_counts([p for p in self.parses[0] + self.parses[1] if p is not None], keep_punct))
+    def dependency_ranking(self, k: int, keep_punct: bool, source: str | None = None) -> DependencyRanking:
+        """Labels by frequency in the calibration parses, or in another dataset's (`--dependencies-from`)."""
+        counts = self.memo(("label-counts", keep_punct, source),
+                           lambda: label_counts([p for p in self.ranking_parses(source) if p is not None], keep_punct))
         return DependencyRanking.from_counts(counts, k)
 
-    def run_scan(self, collectors: Sequence[Collector], keep_punct: bool = False, description: str = "attention") -> Sequence[Collector]:
-        index = self.dependency_ranking(1, keep_punct).index
+    def ranking_parses(self, source: str | None = None) -> list[Parse | None]:
+        if source is None:
+            return self.parses[0] + self.parses[1]
+        return self.dependency_source(source)[0]
+
+    def dependency_source(self, source: str) -> tuple[list[Parse], dict]:
+        """Parses of a `--dependencies-from` source (same sample size, seed and parser as the run) and their provenance."""
+        from .depsource import source_parses
+
+        c = self.config
+        return self.memo(("dependency-source", source), lambda: source_parses(source, c.calib_size, c.seed, c.parser, self.glue_dir))
+
+    def run_scan(self, collectors: Sequence[Collector], keep_punct: bool = False, description: str = "attention",
+                 ranking: DependencyRanking | None = None) -> Sequence[Collector]:
+        """Run `collectors` over the calibration items; arcs carry label ids of `ranking` (default: the calibration's)."""
+        index = (ranking or self.dependency_ranking(1, keep_punct)).index
         batches = self.scan_inputs
         with self.timed("attention"):
             scan(self.tm, self.items, collectors, index, keep_punct, self.config.batch_size, self.config.max_length,

@@ -69,6 +69,7 @@ class Evaluations:
         self.tm, self.prepared, self.metric_names = tm, prepared, tuple(metric_names)
         self._jobs: dict[frozenset, Any] = {}
         self._done: dict[frozenset, dict] = {}
+        self._seconds: dict[frozenset, float] = {}
         self.worker_seconds = 0.0  # time the worker spent evaluating
         self.local_seconds = 0.0  # time this process spent evaluating
         self._pool: cf.ProcessPoolExecutor | None = None
@@ -108,6 +109,15 @@ class Evaluations:
         else:
             self._done[key] = self._local(key)
 
+    def ready(self, pruned: Sequence[Head]) -> bool:
+        """Whether `result(pruned)` would return without waiting."""
+        key = frozenset(map(tuple, pruned))
+        return key in self._done or (key in self._jobs and self._jobs[key].done())
+
+    def seconds(self, pruned: Sequence[Head]) -> float:
+        """How long the evaluation of `pruned` took (in whichever process ran it; 0 before it is in)."""
+        return self._seconds.get(frozenset(map(tuple, pruned)), 0.0)
+
     def result(self, pruned: Sequence[Head]) -> dict:
         key = frozenset(map(tuple, pruned))
         self.submit(key)
@@ -117,6 +127,7 @@ class Evaluations:
                 self._check()
                 scores, seconds = job.result()
                 self.worker_seconds += seconds
+                self._seconds[key] = seconds
                 self._done[key] = scores
             except Exception as e:  # a worker that died or differs: this process does the rest
                 self._fallback(e)
@@ -128,7 +139,8 @@ class Evaluations:
 
         t0 = time.perf_counter()
         scores = evaluate_heads(self.tm, self.prepared, self.metric_names, sorted(key))
-        self.local_seconds += time.perf_counter() - t0
+        self._seconds[key] = time.perf_counter() - t0
+        self.local_seconds += self._seconds[key]
         return scores
 
     def _check(self) -> None:

@@ -42,6 +42,7 @@ class Prepared:
     labels: np.ndarray | None
     sentences: list[Batch] | None = None
     pairs: np.ndarray | None = None
+    reference: np.ndarray | None = None  # the dense model's outputs, for label-free scores (`fidelity`)
 
     @property
     def lm(self) -> bool:
@@ -57,6 +58,10 @@ def task_metrics(tm: TaskModel, task: TaskData) -> tuple[str, ...]:
                                 f"--model smollm2, not the {tm.kind} model {tm.name}")
         tm.prompt = None
         return task.metrics
+    if not task.has_labels:
+        from .fidelity import metrics_for
+
+        return metrics_for(tm.kind, task.name)
     if tm.kind == "lm":
         tm.prompt = LM.prompt_for(task.name, task.num_labels)
         return task.metrics
@@ -219,6 +224,10 @@ def lm_perplexity(tm: TaskModel, prepared: Prepared) -> float:
 def evaluate(tm: TaskModel, prepared: Prepared, metric_names: Sequence[str]) -> dict[str, float]:
     if prepared.lm:
         return {name: lm_perplexity(tm, prepared) for name in metric_names}
+    if prepared.reference is not None:
+        from . import fidelity
+
+        return fidelity.compute(metric_names, fidelity.outputs(tm, prepared), prepared.reference)
     if prepared.labels is None:
         raise SynpruneError("evaluation needs labels; pass --label-col for a data file")
     return M.compute(metric_names, predict(tm, prepared), prepared.labels)

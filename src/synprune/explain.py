@@ -146,10 +146,26 @@ class Explanation:
         keep = np.array([keep_punct or label != PUNCT for label in self.labels], dtype=bool)
         return self.correct[:, keep].sum(axis=(0, 1))
 
+    def relations_served(self, min_arcs: int = 10, keep_punct: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """How many relations each head serves (the SAP paper's open question 1: heads attending to diverse relations).
+
+        A head's profile over the relations with at least `min_arcs` arcs (punct only with keep_punct) is its
+        accuracy above the relation's best fixed-offset baseline, in its better direction, floored at 0. Returns
+        per head: the entropy (nats) of the normalised profile, the effective number of relations exp(entropy)
+        (0 for a head that beats no baseline: it serves none), and the profile's total (how much it serves at all).
+        """
+        keep = [r for r in self.relations(min_arcs) if keep_punct or self.labels[r] != PUNCT]
+        excess = np.clip(self.accuracy[:, keep].max(axis=0) - self.baseline_accuracy[keep][:, None, None], 0, None)
+        total = excess.sum(axis=0)  # (L, H)
+        p = excess / np.where(total > 0, total, 1)[None]
+        entropy = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum(axis=0)
+        return entropy, np.where(total > 0, np.exp(entropy), 0.0), total
+
     def heads_json(self, pruned_by: dict[str, set[Head]] | None = None) -> list[dict]:
         out = []
         L, H = self.grid
         aligned = self.alignment()
+        entropy, served, _ = self.relations_served()
         for l in range(L):
             for h in range(H):
                 out.append({
@@ -162,6 +178,7 @@ class Explanation:
                     "strong_attention_count": float(self.strong_count[l, h]),
                     "strong_attention_mass": float(self.strong_mass[l, h]),
                     "syntactic_alignment": float(aligned[l, h]),
+                    "relation_entropy": float(entropy[l, h]), "relations_served": float(served[l, h]),
                     "pruned_by": sorted(k for k, heads in (pruned_by or {}).items() if (l, h) in heads),
                 })
         return out

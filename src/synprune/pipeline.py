@@ -14,9 +14,9 @@ from .config import PruneConfig, max_positions
 from .errors import SynpruneError
 from .evalcache import cached_dense
 from .evaluate import Prepared, evaluate, prepare, task_metrics
-from .masking import HeadMask
-from .methods import HeadScores, get_method, uses
+from .methods import HeadScores, get_method, unused_options, uses
 from .models import TaskModel, load_model, model_kind, with_bos
+from .progress import log
 from .result import PruneResult, versions
 from .select import Selection, group_order, n_to_prune, select
 from .tasks import Split, TaskData, align_labels, load_task, make_split
@@ -36,6 +36,32 @@ def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
     return load_model(model)
 
 
+def refuse_unused_options(cfg: PruneConfig) -> None:
+    """An option set away from its default that the method never reads would be recorded as if it mattered."""
+    default = PruneConfig()
+    ignored = [o for o in unused_options(cfg.method) if getattr(cfg, o) != getattr(default, o)]
+    if ignored:
+        flags = ", ".join(f"--{o.replace('_', '-')}" for o in ignored)
+        raise SynpruneError(f"{flags} has no effect on method {cfg.method} (see `synprune methods`); drop it")
+
+
+def refuse_cf_without_labels(data: TaskData, cf: bool) -> None:
+    """Without labels a run is scored against the dense model (`fidelity`), but CF needs the task metric."""
+    if cf and not data.can_evaluate:
+        raise SynpruneError(f"task data {data.source} has no labels: Candidate Filtering checks candidates against "
+                            "the task metric; drop --cf (or the +cf methods), or pass --label-col")
+
+
+def with_reference(tm: TaskModel, prepared: dict, metric_names) -> dict:
+    """Label-free runs score against the dense model's outputs, computed here once, before any mask."""
+    from .fidelity import NAMES, outputs
+
+    if set(metric_names) <= NAMES:
+        for p in prepared.values():
+            p.reference = outputs(tm, p)
+    return prepared
+
+
 def model_data(tm: TaskModel, data: TaskData) -> TaskData:
     """The task's labels in the model's own label ids (classifiers with named labels)."""
     return align_labels(data, tm.model.config) if tm.kind == "classifier" else data
@@ -51,6 +77,18 @@ def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Sele
     """Heads to prune: the top of the order, or CF's walk over a candidate pool. With a budget, also the
     config the selection ran with (its sparsity is the budget's head count) and what the selection keeps."""
     n_heads = ctx.tm.n_heads
+    if cfg.neurons:
+        from .budget import budget_report
+        from .units import select_units
+
+        selection, info = select_units(ctx, cfg, scores)
+        report = None
+        if cfg.budget:
+            seq_len = ctx.mean_length()
+            report = budget_report(ctx.tm.model, selection.pruned, cfg.budget, seq_len, neurons=selection.neurons)
+            if not report["met"]:
+                raise SynpruneError(f"budget {cfg.budget}: the selection keeps {report} and cannot meet it; use a larger fraction")
+        return selection, [], cfg.replace(sparsity=len(selection.pruned) / n_heads), {**(report or {}), "units": info}
     gs = group_size(ctx.tm.model) if cfg.units == "kv-groups" else 1
     if gs > 1:
         scores = replace(scores, order=group_order(scores.order, gs))
@@ -81,8 +119,18 @@ def _pick(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, n: int) -> tup
     return select(scores.order, ctx.tm.grid, n, cfg.layer_fraction), []
 
 
-def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned) -> dict[str, dict[str, float]]:
-    with HeadMask.pruning(tm.model, pruned):
+def _n_neurons(tm: TaskModel) -> int:
+    from .masking import neuron_grid
+
+    layers, per_layer = neuron_grid(tm.model)
+    return layers * per_layer
+
+
+def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned, neurons=None, repair=None) -> dict[str, dict[str, float]]:
+    """Metrics per split with `pruned` heads (and `neurons`) masked, `repair` applied."""
+    from .repair import repaired
+
+    with repaired(tm.model, pruned, neurons, repair):
         return {split: evaluate(tm, p, metric_names) for split, p in prepared.items()}
 
 
@@ -99,8 +147,9 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
     sample; evaluation stays on the task.
     """
-    cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate()
+    cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate().resolved()
     get_method(cfg.method)  # unknown methods fail before any work
+    refuse_unused_options(cfg)
     if onnx and export is None:
         raise SynpruneError("--onnx writes model.onnx into the exported folder; add --export DIR or drop --onnx")
     if export is not None:
@@ -110,15 +159,14 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
     if parses_file is not None and cfg.cf and not data.lm:
         raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
-    if not data.can_evaluate:
-        raise SynpruneError(f"task data {data.source} has no labels, and evaluation needs them; pass --label-col")
+    refuse_cf_without_labels(data, cfg.cf)
     tm = as_task_model(model, tokenizer)
     cfg.check_model(max_positions(tm.model))
     data = model_data(tm, data)
     metric_names = task_metrics(tm, data)
     split = make_split(data, cfg.calib_size, cfg.seed, cfg.eval_size)
     if parses_file is None:
-        ctx = Calibration(tm, split.calibration, cfg, metric_names)
+        ctx = Calibration(tm, split.calibration, cfg, metric_names, glue_dir=glue_dir)
     else:
         from .conllu import gold_calibration
 
@@ -130,6 +178,7 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         from .export import export_pruned
 
         export_pruned(tm.model, tm.tokenizer, result.pruned_heads, export, overwrite=overwrite, onnx=onnx,
+                      neurons=result.pruned_neurons, repair=result.repair,
                       meta={"method": result.method, "cf": result.cf, "task": data.name, "sparsity": result.sparsity,
                             "metric": {k: result.metric[k] for k in ("name", "dense", "pruned")}})
     return result._written(out)  # last: a failed export leaves the previous output set as it was
@@ -143,33 +192,71 @@ def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
         return ctx.memo(key, lambda: get_method(cfg.method)(ctx, cfg))
 
 
+def run_notes(cfg: PruneConfig, scores: HeadScores) -> list[str]:
+    """What the run did differently from what was asked, said in the terminal and kept in result.json."""
+    notes = []
+    if scores.details.get("loss") == "output-fisher" and cfg.method != "output-fisher":
+        notes.append(f"{cfg.method}: the calibration data has no labels, so the label-free output Fisher "
+                     "replaced the task loss")
+    for n in notes:
+        log(f"note: {n}")
+    return notes
+
+
 @dataclass
 class Chosen:
-    """A run's heads before evaluation: the config they were chosen with (a budget sets its sparsity), the
-    scores, the selection, CF's log and, with a budget, what the selection keeps."""
+    """A run's heads (and neurons, and repair) before evaluation: the config they were chosen with (a budget
+    sets its sparsity), the scores, the selection, CF's log, what a budget keeps and the run's notes."""
 
     cfg: PruneConfig
     scores: HeadScores
     selection: Selection
     cf_log: list[dict]
-    budget: dict | None = None
+    budget: dict | None
+    notes: list[str]
+    repair: Any
+    prune_seconds: float
+
+    @property
+    def neurons(self):
+        return self.selection.neurons if self.cfg.neurons else None
+
+    @property
+    def heads_only(self) -> bool:
+        """Only heads are masked: any copy of the model evaluates it the same (no neurons, no repair)."""
+        return self.neurons is None and self.repair is None
 
 
 def choose_heads(ctx: Calibration, cfg: PruneConfig) -> Chosen:
-    """Score (memoized per context) and select, or run CF, for one method and budget."""
+    """Score (memoized per context) and select, or run CF, and build the repair, for one method and budget."""
+    import time
+
+    tm = ctx.tm
+    cfg = cfg.resolved()
+    t0 = time.perf_counter()
     scores = score(ctx, cfg)
+    notes = run_notes(cfg, scores)
     with ctx.timed("select" if not cfg.cf else "cf"):
         selection, cf_log, cfg, budget = choose(ctx, cfg, scores)
-    return Chosen(cfg, scores, selection, cf_log, budget)
+    repair = None
+    if cfg.repair != "none":
+        from .activations import model_inputs
+        from .repair import make_repair
+
+        with ctx.timed("repair"):
+            repair = make_repair(cfg.repair, tm.model, list(model_inputs(tm, ctx.prepared.batches)), selection.pruned,
+                                 selection.neurons if cfg.neurons else None)
+    return Chosen(cfg, scores, selection, cf_log, budget, notes, repair, time.perf_counter() - t0)
 
 
 def evaluation_inputs(ctx: Calibration, split: Split) -> dict[str, Prepared]:
-    """The evaluation split(s) tokenized once per context (batches of at least 64)."""
+    """The evaluation split(s) tokenized once per context (batches of at least 64), with the dense model's
+    outputs where the metrics score against them."""
     cfg = ctx.config
     with ctx.timed("tokenize"):
-        return ctx.memo("eval-prepared", lambda: {
+        return ctx.memo("eval-prepared", lambda: with_reference(ctx.tm, {
             s: prepare(ctx.tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length)
-            for s, ex in split.evaluation.items()})
+            for s, ex in split.evaluation.items()}, ctx.metric_names))
 
 
 def dense_scores(ctx: Calibration, split: Split, compute=None) -> tuple[dict, bool]:
@@ -181,14 +268,21 @@ def dense_scores(ctx: Calibration, split: Split, compute=None) -> tuple[dict, bo
         return ctx.memo("dense", lambda: cached_dense(ctx.tm, prepared, ctx.metric_names, compute))
 
 
+def evaluate_chosen(ctx: Calibration, prepared: dict, chosen: Chosen) -> dict:
+    """The pruned model's scores; runs that mask the same heads (e.g. two methods' CF) share one evaluation."""
+    if not chosen.heads_only:
+        return evaluate_heads(ctx.tm, prepared, ctx.metric_names, chosen.selection.pruned, chosen.neurons, chosen.repair)
+    return ctx.memo(("pruned", frozenset(chosen.selection.pruned)),
+                    lambda: evaluate_heads(ctx.tm, prepared, ctx.metric_names, chosen.selection.pruned))
+
+
 def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: str | Path | None = None) -> PruneResult:
     """Score, select (or CF), evaluate dense and pruned, and assemble the result for one method and budget."""
     chosen = choose_heads(ctx, cfg)
     prepared = evaluation_inputs(ctx, split)
     dense = dense_scores(ctx, split)
-    with ctx.timed("evaluate_pruned"):  # runs that prune the same heads (e.g. two methods' CF) share one evaluation
-        pruned = ctx.memo(("pruned", frozenset(chosen.selection.pruned)),
-                          lambda: evaluate_heads(ctx.tm, prepared, ctx.metric_names, chosen.selection.pruned))
+    with ctx.timed("evaluate_pruned"):
+        pruned = evaluate_chosen(ctx, prepared, chosen)
     return assemble(ctx, chosen, data, split, dense, pruned, out)
 
 
@@ -197,6 +291,7 @@ def assemble(ctx: Calibration, chosen: Chosen, data: TaskData, split: Split, den
     """The result of one run from its chosen heads and its scores (dense, cached?; pruned), written to `out`."""
     tm, metric_names, cfg, selection, scores = ctx.tm, ctx.metric_names, chosen.cfg, chosen.selection, chosen.scores
     dense, dense_cached = dense
+    repair, budget, notes = chosen.repair, chosen.budget, chosen.notes
     main_split, main_metric = next(iter(split.evaluation)), metric_names[0]
     return PruneResult(
         method=cfg.method, cf=cfg.cf, model=tm.describe(),
@@ -211,5 +306,8 @@ def assemble(ctx: Calibration, chosen: Chosen, data: TaskData, split: Split, den
         head_scores=scores.scores, config=cfg.to_json(), seed=cfg.seed, timings=dict(ctx.timings),
         versions=versions(ctx.parse_info.get("parser")),
         details={**scores.details, "parse_cache": ctx.parse_info, "dense_cached": dense_cached,
-                 **({"budget": chosen.budget} if chosen.budget else {})}, cf_log=chosen.cf_log,
+                 **({"budget": budget} if budget else {}),
+                 "options_not_used": unused_options(cfg.method), **({"notes": notes} if notes else {}),
+                 "prune_seconds": chosen.prune_seconds, **({"repair": repair.summary()} if repair is not None else {})},
+        cf_log=chosen.cf_log, pruned_neurons=selection.neurons, n_neurons=_n_neurons(tm) if cfg.neurons else 0, repair=repair,
     )._written(out)

@@ -45,6 +45,9 @@ class PruneResult:
     details: dict = field(default_factory=dict)
     cf_log: list[dict] = field(default_factory=list)
     removed_kv_groups: list[list[int]] = field(default_factory=list)  # [layer, group]: all its query heads pruned
+    pruned_neurons: list[tuple[int, int]] = field(default_factory=list)  # --units heads,neurons
+    n_neurons: int = 0  # neurons of the model when they were prunable units, else 0
+    repair: Any = None  # synprune.repair.Repair (its summary goes into details)
 
     @property
     def pruned_per_layer(self) -> list[int]:
@@ -59,15 +62,38 @@ class PruneResult:
             "sparsity": self.sparsity, "n_heads": self.n_heads, "n_pruned": len(self.pruned_heads),
             "pruned_heads": [list(h) for h in self.pruned_heads], "removed_layers": self.removed_layers,
             "removed_kv_groups": [list(g) for g in self.removed_kv_groups],
-            "pruned_per_layer": self.pruned_per_layer, "metric": self.metric,
+            "pruned_per_layer": self.pruned_per_layer,
+            **({"n_neurons": self.n_neurons, "n_neurons_pruned": len(self.pruned_neurons),
+                "pruned_neurons": [list(u) for u in self.pruned_neurons]} if self.n_neurons else {}),
+            "metric": self.metric,
             "head_scores": np.asarray(self.head_scores, dtype=float).tolist(),
         }
         for key in ("dependency_ranking", "threshold"):
             if key in self.details:
                 out[key] = self.details[key]
         out["details"] = {k: v for k, v in self.details.items() if k not in ("dependency_ranking", "threshold")}
+        if self.repair is not None:
+            out["repair"] = self.repair.to_json()
         out.update({"config": self.config, "versions": self.versions, "seed": self.seed, "timings": self.timings})
         return out
+
+    @classmethod
+    def read(cls, out_dir: str | Path) -> "PruneResult":
+        """A result written by `write` (with its cf_log when it used CF), e.g. a finished run a sweep reuses."""
+        import json
+
+        out = Path(out_dir)
+        d = json.loads((out / "result.json").read_text(encoding="utf-8"))
+        details = dict(d.get("details") or {})
+        details.update({k: d[k] for k in ("dependency_ranking", "threshold") if k in d})
+        cf_log = []
+        if d["cf"] and (out / "cf_log.jsonl").is_file():
+            cf_log = [json.loads(line) for line in (out / "cf_log.jsonl").read_text(encoding="utf-8").splitlines() if line]
+        return cls(method=d["method"], cf=d["cf"], model=d["model"], task=d["task"], split=d["split"],
+                   sparsity=d["sparsity"], n_heads=d["n_heads"], pruned_heads=[tuple(h) for h in d["pruned_heads"]],
+                   removed_layers=d["removed_layers"], metric=d["metric"], head_scores=np.asarray(d["head_scores"]),
+                   config=d["config"], seed=d["seed"], timings=d["timings"], versions=d["versions"], details=details,
+                   cf_log=cf_log)
 
     def _written(self, out_dir: str | Path | None) -> "PruneResult":
         if out_dir is not None:

@@ -11,6 +11,7 @@ import csv
 import importlib.util
 import io
 import itertools
+import json
 import re
 import time
 from dataclasses import dataclass, field, fields
@@ -242,6 +243,47 @@ def _row(run: Run, result: PruneResult, seconds: float, grid_keys: Sequence[str]
     return row
 
 
+def _same_inputs(recorded: Mapping, model: Mapping, task: Mapping) -> list[str]:
+    """What differs between a finished run's record and this sweep's model and data (empty: the same)."""
+    diffs = []
+    rm = recorded.get("model") or {}
+    keys = ("weights_sha256", "model_type", "layers", "heads_per_layer") + (() if model.get("weights_sha256") else ("name",))
+    if any(rm.get(k) != model.get(k) for k in keys):
+        diffs.append("model")
+    rt = recorded.get("task") or {}
+    if any(rt.get(k) != task.get(k) for k in ("name", "data_sha256", "label_map")):
+        diffs.append("data")
+    return diffs
+
+
+def finished_runs(out_dir: Path, plan: Plan, model: Mapping, task: Mapping, overwrite: bool) -> dict[str, Path]:
+    """The planned runs already finished in `out_dir` with this sweep's configuration, model and data (to reuse).
+
+    A run folder holding a result of other options, model or data is an error unless `overwrite` (then it is
+    recomputed); so is a non-empty `out_dir` that is not a sweep's folder. All checked before any work."""
+    from .io import refuse_to_replace
+
+    if not (out_dir / "runs").is_dir() and not (out_dir / "results.json").is_file():
+        refuse_to_replace(out_dir, overwrite, "--out")
+    done: dict[str, Path] = {}
+    for run in plan.runs:
+        folder = out_dir / "runs" / run.name
+        try:
+            recorded = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not finished (interrupted before its result.json was written): recomputed
+        wanted = run.config(plan.base).to_json()
+        config = recorded.get("config") or {}
+        diffs = sorted(k for k in set(wanted) | set(config) if wanted.get(k) != config.get(k))
+        diffs += _same_inputs(recorded, model, task)
+        if not diffs:
+            done[run.name] = folder
+        elif not overwrite:
+            raise SynpruneError(f"{folder} holds a run with other {', '.join(diffs)}; use another --out for this "
+                                "sweep, or add --overwrite to recompute it")
+    return done
+
+
 def rows_csv(rows: Sequence[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(RESULT_COLUMNS), lineterminator="\n")
@@ -255,16 +297,20 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           seeds: Sequence[int] = DEFAULT_SEEDS, grid: Mapping[str, Sequence] | None = None,
           out: str | Path | None = "runs/sweep", config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
-          report: bool = True, **options) -> SweepResult:
+          report: bool = True, overwrite: bool = False, **options) -> SweepResult:
     """Run every method x sparsity (x seed for seeded methods, x grid values for the methods they affect)
     on one calibration context; with `out`, write results.csv/json, runs/*/result.json, plots and report.html.
 
     `options` are PruneConfig fields shared by all runs (calib_size, seed, k, ...); `seed` is the base seed
     (calibration sample and deterministic methods); `seeds` are used by methods that depend on the seed.
+
+    Rerun into the same `out` (e.g. after an interruption), runs already finished there with the same options,
+    model and data are read back, not recomputed; a run folder of other options is refused unless `overwrite`.
     """
     from .calibration import Calibration
     from .evaluate import task_metrics
-    from .pipeline import as_task_model, model_data
+    from .pipeline import as_task_model, model_data, refuse_cf_without_labels, task_record
+    from .result import PruneResult
 
     base = (config or PruneConfig()).replace(**options).validate()
     plan = plan_sweep(methods, sparsities, seeds, grid, base)
@@ -274,21 +320,28 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     tm = as_task_model(model, tokenizer)
     base.check_model(max_positions(tm.model))
     data = model_data(tm, data)
+    refuse_cf_without_labels(data, any(s.cf for s in plan.specs))
     metric_names = task_metrics(tm, data)
     split = make_split(data, base.calib_size, base.seed, base.eval_size)
-    ctx = Calibration(tm, split.calibration, base, metric_names)
+    ctx = Calibration(tm, split.calibration, base, metric_names, glue_dir=glue_dir)
     out_dir = Path(out) if out is not None else None
+    done = finished_runs(out_dir, plan, tm.describe(), task_record(data, metric_names), overwrite) if out_dir else {}
     rows: list[dict] = []
     results: dict[str, PruneResult] = {}
     t0 = time.perf_counter()
-    log(f"sweep: {len(plan.runs)} runs ({', '.join(s.label for s in plan.specs)}) on {tm.name} / {data.name}")
-    worker_seconds = _run_all(ctx, plan, base, data, split, out_dir, rows, results)
+    log(f"sweep: {len(plan.runs)} runs ({', '.join(s.label for s in plan.specs)}) on {tm.name} / {data.name}"
+        + (f"; {len(done)} already finished in {out_dir} are reused" if done else ""))
+    worker_seconds = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+    for r in plan.runs:
+        res = results[r.name]
+        rows.append(_row(r, res, float(res.details.get("run_seconds", 0.0)), list(plan.grid)))
     last = results[plan.runs[-1].name]  # its split and parse provenance cover all the shared work
+    parse_info = ctx.parse_info or last.details.get("parse_cache", {})
     total = time.perf_counter() - t0
     summary = {
         "sweep": plan.to_json(), "model": tm.describe(), "task": last.task, "split": last.split,
         "metric": {k: last.metric[k] for k in ("name", "split", "dense")},
-        "versions": last.versions, "parse_cache": ctx.parse_info,
+        "versions": last.versions, "parse_cache": parse_info, "reused_runs": sorted(done),
         "timings": {"shared_stages": dict(ctx.timings), "total": round(total, 3)},
         "rows": rows,
     }
@@ -312,42 +365,60 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     return result
 
 
-def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir: Path | None, rows: list[dict],
-             results: dict[str, "PruneResult"]) -> float:
-    """Choose every run's heads, evaluating each chosen model meanwhile in a worker process where one can
-    start (`evalpool`); then assemble the results in plan order. Runs without CF choose first, so that the
-    worker evaluates them while this process runs Candidate Filtering. Returns the worker's busy seconds."""
+def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir: Path | None,
+             done: Mapping[str, Path], results: dict[str, "PruneResult"]) -> float:
+    """Every run's result into `results` (those in `done` read back from their folders). Heads are chosen for
+    every run first, runs without CF first, and each chosen model is evaluated meanwhile in a worker process
+    where one can start (`evalpool`), so that the worker evaluates while this process runs Candidate
+    Filtering; a run's result is written as soon as its evaluation is in. Returns the worker's busy seconds."""
     import torch
 
     from .evalpool import Evaluations
-    from .pipeline import assemble, choose_heads, dense_scores, evaluation_inputs
+    from .pipeline import assemble, choose_heads, dense_scores, evaluate_chosen, evaluation_inputs
+    from .result import PruneResult
 
+    for name, folder in done.items():
+        results[name] = PruneResult.read(folder)
+    todo = [r for r in plan.runs if r.name not in done]
+    if not todo:
+        return 0.0
     prepared = evaluation_inputs(ctx, split)
     chosen: dict[str, tuple[Any, float]] = {}
     threads = torch.get_num_threads()
     with Evaluations(ctx.tm, prepared, split.evaluation, ctx.metric_names, max(base.batch_size, 64),
                      base.max_length) as evals:
         ctx.pace = lambda: evals.pace(threads)  # CF calls it between passes
+        dense = dense_scores(ctx, split, lambda: evals.result([]))
+
+        def finish(r: Run, wait: bool) -> None:
+            c, seconds = chosen[r.name]
+            if c.heads_only and not (wait or evals.ready(c.selection.pruned)):
+                return
+            with ctx.timed("evaluate_pruned"):
+                pruned = evals.result(c.selection.pruned) if c.heads_only else evaluate_chosen(ctx, prepared, c)
+            res = assemble(ctx, c, data, split, dense, pruned)
+            res.details["run_seconds"] = round(seconds + evals.seconds(c.selection.pruned), 3)
+            if out_dir is not None:
+                res.write(out_dir / "runs" / r.name)
+            results[r.name] = res
+            del chosen[r.name]
+
         try:
-            dense = dense_scores(ctx, split, lambda: evals.result([]))
-            with bar("sweep runs: choosing heads", len(plan.runs)) as advance:
-                for r in sorted(plan.runs, key=lambda r: r.spec.cf):
+            with bar("sweep runs", len(todo)) as advance:
+                for r in sorted(todo, key=lambda r: r.spec.cf):
                     ctx.pace()
                     t = time.perf_counter()
                     c = choose_heads(ctx, r.config(base))
-                    evals.submit(c.selection.pruned)
+                    if c.heads_only:
+                        evals.submit(c.selection.pruned)
                     chosen[r.name] = (c, time.perf_counter() - t)
-                    advance()
-            with bar("sweep runs: evaluating", len(plan.runs)) as advance:
-                for r in plan.runs:
-                    c, seconds = chosen[r.name]
-                    t = time.perf_counter()
-                    with ctx.timed("evaluate_pruned"):
-                        pruned = evals.result(c.selection.pruned)
-                    res = assemble(ctx, c, data, split, dense, pruned, out_dir / "runs" / r.name if out_dir else None)
-                    rows.append(_row(r, res, seconds + time.perf_counter() - t, list(plan.grid)))
-                    results[r.name] = res
-                    advance()
+                    for other in [o for o in todo if o.name in chosen]:  # write what the worker has finished
+                        finish(other, wait=False)
+                        advance(other.name not in chosen)
+                for r in todo:
+                    if r.name in chosen:
+                        finish(r, wait=True)
+                        advance()
         finally:
             torch.set_num_threads(threads)
             ctx.pace = lambda: None

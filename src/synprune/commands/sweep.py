@@ -43,6 +43,8 @@ def sweep(
                                                  "result depends on KEY (e.g. --grid k=1,2,3 reruns SAP only).")] = [],  # noqa: B006
     out: Annotated[Path, typer.Option(help="Output folder: results.csv, results.json, runs/, plots/, report.html.")] = Path("runs/sweep"),
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the plots and report.html.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute run folders in OUT that hold other "
+                                            "options, model or data (finished matching runs are always reused).")] = False,
     sap: SapOptions = SapOptions(),
     cf: CfOptions = CfOptions(),
 ) -> None:
@@ -53,7 +55,7 @@ def sweep(
     set_quiet(data.quiet)
     result = S.sweep(data.model, task=str(data.task), methods=split_list(methods, str, "--methods"),
                      sparsities=split_list(sparsities, float, "--sparsities"), seeds=split_list(seeds, int, "--seeds"),
-                     grid=S.parse_grid(grid), out=out, report=not no_report, **data.columns(), **data.config(),
+                     grid=S.parse_grid(grid), out=out, report=not no_report, overwrite=overwrite, **data.columns(), **data.config(),
                      **sap.config(), **cf.config())
     summary = result.summary
     console.print(summarize(result.rows).rich(

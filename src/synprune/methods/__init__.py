@@ -83,6 +83,12 @@ def uses(name: str) -> frozenset[str]:
     return USES.get(name, frozenset())
 
 
+def unused_options(name: str) -> list[str]:
+    """Scoring options some method reads but `name` does not (the seed is never one: it draws the sample)."""
+    get_method(name)
+    return sorted(set().union(*USES.values()) - USES.get(name, frozenset()) - {"seed"})
+
+
 def available() -> list[str]:
     _load_all()
     return sorted(METHODS)

@@ -103,15 +103,17 @@ class Penalty:
             self.n_arcs += len(batch.arcs)
 
 
-@register("sap", uses=("k", "threshold", "direction", "keep_punct"))
+@register("sap", uses=("k", "threshold", "direction", "keep_punct", "dependencies_from"))
 def sap(ctx, cfg) -> HeadScores:
-    ranking = ctx.dependency_ranking(cfg.k, cfg.keep_punct)
+    source = cfg.dependencies_from
+    ranking = ctx.dependency_ranking(cfg.k, cfg.keep_punct, source)
     if not ranking.labels:
-        raise SynpruneError("the calibration texts produced no dependency arcs; SAP needs sentences (check --text-col)")
+        where = f"--dependencies-from {source}" if source else "the calibration texts"
+        raise SynpruneError(f"{where} produced no dependency arcs; SAP needs sentences (check --text-col)")
     tau = ctx.threshold(cfg.threshold, cfg.keep_punct)
-    pen = ctx.memo(("sap-penalty", cfg.k, cfg.threshold, cfg.direction, cfg.keep_punct),
+    pen = ctx.memo(("sap-penalty", cfg.k, cfg.threshold, cfg.direction, cfg.keep_punct, source),
                    lambda: ctx.run_scan([Penalty(tau, ranking, cfg.direction)], keep_punct=cfg.keep_punct,
-                                        description="SAP penalties")[0])
+                                        description="SAP penalties", ranking=ranking)[0])
     penalty = pen.penalty.numpy()
     mean_top = (pen.top_sum / max(pen.top_count, 1)).numpy()
     order = order_by(penalty, highest_first=True, tiebreak=mean_top)
@@ -123,4 +125,5 @@ def sap(ctx, cfg) -> HeadScores:
         "penalty_per_pair": (penalty / max(pen.n_arcs, 1)).tolist(),
         "n_arcs": pen.n_arcs,
         "direction": cfg.direction,
+        **({"dependencies_from": ctx.dependency_source(source)[1]} if source else {}),
     })
