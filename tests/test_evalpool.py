@@ -51,3 +51,17 @@ def test_sweep_results_do_not_depend_on_the_worker(tiny_folder, glue_dir, monkey
     assert [(r["method"], r["cf"], r["sparsity"], r["seed"]) for r in rows[2]] == [  # plan order, CF chosen last
         ("magnitude", False, 0.25, 0), ("magnitude", False, 0.5, 0), ("random", False, 0.25, 0), ("random", False, 0.5, 0),
         ("random", False, 0.25, 1), ("random", False, 0.5, 1), ("magnitude", True, 0.25, 0), ("magnitude", True, 0.5, 0)]
+
+
+def test_this_process_takes_evaluations_the_worker_has_not_started(tiny_folder):
+    tm, splits, prepared = _setup(tiny_folder)
+    sets = [[(l, h)] for l in range(3) for h in range(4)]
+    with EP.Evaluations(tm, prepared, splits, ["pearson"], 4, 128, worker=True) as evals:
+        for s in sets:
+            evals.submit(s)
+        stolen = 0
+        while evals.steal():
+            stolen += 1
+        got = [evals.result(s) for s in sets]
+        assert stolen > 0 and evals.local_seconds > 0 and evals.parallel
+    assert got == [evaluate_heads(tm, prepared, ["pearson"], s) for s in sets]

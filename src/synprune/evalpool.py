@@ -109,6 +109,16 @@ class Evaluations:
         else:
             self._done[key] = self._local(key)
 
+    def steal(self) -> bool:
+        """Evaluate here the most recently submitted evaluation the worker has not started (this process has
+        nothing else to do); False if there is none."""
+        for key in reversed(list(self._jobs)):
+            if self._jobs[key].cancel():
+                del self._jobs[key]
+                self._done[key] = self._local(key)
+                return True
+        return False
+
     def ready(self, pruned: Sequence[Head]) -> bool:
         """Whether `result(pruned)` would return without waiting."""
         key = frozenset(map(tuple, pruned))

@@ -415,8 +415,10 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
                     for other in [o for o in todo if o.name in chosen]:  # write what the worker has finished
                         finish(other, wait=False)
                         advance(other.name not in chosen)
-                for r in todo:
+                for r in todo:  # every head chosen: help the worker, taking evaluations from the end of its queue
                     if r.name in chosen:
+                        while not evals.ready(chosen[r.name][0].selection.pruned) and (ctx.pace() or evals.steal()):
+                            pass
                         finish(r, wait=True)
                         advance()
         finally:
