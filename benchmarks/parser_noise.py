@@ -158,8 +158,6 @@ class Recorded:
     token_mask: torch.Tensor
     word_attn: torch.Tensor
     word_mask: torch.Tensor
-    layers: slice  # the model layers word_attn holds (scans hand over one layer at a time)
-    n_layers: int | None
 
 
 class Recorder:
@@ -171,7 +169,7 @@ class Recorder:
 
     def update(self, batch: AttentionBatch) -> None:
         self.batches.append(Recorded([self.where[id(it)] for it in batch.items], batch.token_mask, batch.word_attn,
-                                     batch.word_mask, batch.layers, batch.n_layers))
+                                     batch.word_mask))
 
 
 class Replay(Calibration):
@@ -190,8 +188,7 @@ class Replay(Calibration):
                        for it, m in zip(items, rec.word_mask)]
             B, L, H = rec.word_attn.shape[:3]
             batch = AttentionBatch(torch.zeros(B, L, H, 0, 0), rec.token_mask, rec.word_attn, rec.word_mask,
-                                   batch_arcs(items, dropped, index, keep_punct), items, layers=rec.layers,
-                                   n_layers=rec.n_layers)
+                                   batch_arcs(items, dropped, index, keep_punct), items)
             for c in collectors:
                 c.update(batch)
         return collectors

@@ -17,13 +17,15 @@ from conftest import STSB_ROWS, tiny_model
 
 
 class Shapes:
-    """Records what each update holds."""
+    """Records what each update holds; takes streamed layers only if `per_layer`."""
 
-    def __init__(self):
+    def __init__(self, per_layer: bool):
+        self.per_layer = per_layer
         self.seen = []
 
     def update(self, batch):
-        self.seen.append((batch.layers.start, batch.token_attn.shape[1], batch.word_attn.shape[1], batch.first, batch.last))
+        start = None if batch.layers is None else batch.layers.start
+        self.seen.append((start, batch.token_attn.shape[1], batch.word_attn.shape[1], batch.count_items, batch.last))
 
 
 def _ctx(family: str, num_labels=None) -> Calibration:
@@ -60,20 +62,21 @@ def _scan(ctx: Calibration, collectors) -> None:
 
 
 @pytest.mark.parametrize("family,num_labels", [("bert", None), ("distilbert", None), ("mpnet", None), ("roberta", 2)])
-def test_streamed_scan_matches_a_whole_batch_scan(family, num_labels, monkeypatch):
+def test_streamed_scan_matches_a_whole_batch_scan(family, num_labels):
+    """Every collector synprune has takes streamed layers: the per-arc tables (sapx, explain) and the sentence
+    maps end up as after a scan that hands them all layers at once (forced by a collector that cannot stream)."""
     ctx = _ctx(family, num_labels)
-    shapes = Shapes()
+    shapes = Shapes(per_layer=True)
     streamed = _collectors(ctx)
+    assert all(getattr(c, "per_layer", False) for c in streamed.values())
     _scan(ctx, [*streamed.values(), shapes])
     L = ctx.tm.grid[0]
-    assert A.attention_modules(ctx.tm.model) is not None
     per_batch = [shapes.seen[i:i + L] for i in range(0, len(shapes.seen), L)]
     assert len(per_batch) == len(ctx.scan_inputs) > 1
-    for batch in per_batch:  # one layer per update, in order, flagged first and last
+    for batch in per_batch:  # one layer per update, in order, per-batch counts at the first, joins at the last
         assert batch == [(l, 1, 1, l == 0, l == L - 1) for l in range(L)]
 
-    monkeypatch.setattr(A, "attention_modules", lambda model: None)
-    whole_shapes = Shapes()
+    whole_shapes = Shapes(per_layer=False)
     whole = _collectors(ctx)
     _scan(ctx, [*whole.values(), whole_shapes])
     assert whole_shapes.seen == [(None, L, L, True, True)] * len(ctx.scan_inputs)
@@ -84,12 +87,12 @@ def test_streamed_scan_matches_a_whole_batch_scan(family, num_labels, monkeypatc
     assert a["mean.count"] > 0 and a["penalty.n_arcs"] > 0 and a["arcs.items"] == len(ctx.items)
 
 
-def test_streaming_keeps_one_layer_of_maps_alive():
-    """The model's output carries only empty placeholders, so no layer's maps outlive its turn."""
+def test_scans_share_one_tokenization(monkeypatch):
+    """Items are tokenized and aligned once per context: later scans, streamed or not, reuse that."""
     ctx = _ctx("bert")
-    b = ctx.scan_inputs[0]
-    kept = []
-    with A._Streamer(A.attention_modules(ctx.tm.model), lambda layer, maps: kept.append(maps.shape)):
-        out = ctx.tm.model(**b.model_inputs("cpu"), output_attentions=True)
-    assert len(kept) == ctx.tm.grid[0] and all(len(s) == 4 for s in kept)
-    assert all(a.numel() == 0 for a in out.attentions)
+    first = ctx.scan_inputs
+    monkeypatch.setattr(A, "scan_batches", lambda *a, **k: pytest.fail("tokenized again"))
+    streamed, whole = Shapes(per_layer=True), Shapes(per_layer=False)
+    _scan(ctx, [streamed])
+    _scan(ctx, [whole])
+    assert ctx.scan_inputs is first and len(whole.seen) == len(first) and len(streamed.seen) == 3 * len(first)

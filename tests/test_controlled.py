@@ -25,16 +25,12 @@ class Recorder:
     """Word attention of every arc (dep -> head), and the token attention of each batch."""
 
     def __init__(self):
-        self.arc_attn, self.token, self.mask, self._layers = [], [], [], []
+        self.arc_attn, self.token, self.mask = [], [], []
 
     def update(self, batch):
-        self._layers.append((batch.arc_attention("dep2head"), batch.token_attn))
-        if batch.last:  # the scan hands over one layer at a time: join the batch's layers
-            arcs, tokens = zip(*self._layers)
-            self._layers = []
-            self.arc_attn.append(torch.cat(arcs, 1))
-            self.token.append(torch.cat(tokens, 1))
-            self.mask.append(batch.token_mask)
+        self.arc_attn.append(batch.arc_attention("dep2head"))
+        self.token.append(batch.token_attn)
+        self.mask.append(batch.token_mask)
 
 
 def _scan(ctx, keep_punct=True):
@@ -190,5 +186,4 @@ class LabelRecorder:
         self.labels = []
 
     def update(self, batch):
-        if batch.first:  # once per batch (the scan hands over one layer at a time)
-            self.labels.append(batch.arcs.label)
+        self.labels.append(batch.arcs.label)

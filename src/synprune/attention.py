@@ -1,14 +1,17 @@
-"""Word-level attention statistics, accumulated batch by batch and layer by layer (SPEC section 2).
+"""Word-level attention statistics, accumulated batch by batch (SPEC section 2).
 
-`scan` runs the model with eager attention over the calibration items and hands each layer of each batch
-(token attention, word attention, dependency arcs) to a list of collectors as soon as that layer has run:
-a hook on each layer's attention module takes its map and passes on an empty placeholder, so at most one
-layer's T x T maps exist at a time. Nothing the size of the dataset is kept: each collector holds running
-sums, so memory does not grow with the number of sentences. Models whose attention modules cannot be found
-(one per layer, returning the maps) are scanned whole: all layers of a batch at once.
+`scan` runs the model with eager attention over the calibration items and hands each batch (token
+attention, word attention, dependency arcs) to a list of collectors. Nothing the size of the dataset is
+kept: each collector holds running sums, so memory does not grow with the number of sentences.
 
-Collectors index their per-layer sums with `batch.layers` (one layer, or all of them) and count per-batch
-quantities (rows, arcs, items) once, at `batch.first`.
+Memory per batch: when every collector takes one layer at a time (`per_layer = True`: SAP's threshold and
+penalties, entropy, confidence), the scan streams. A hook on each layer's attention module takes the
+attention probabilities as the layer produces them, hands that layer to the collectors and drops them, so only
+one layer's T x T maps exist at a time (`AttentionBatch.layers` says which; `count_items` is true for the first
+layer only, so per-batch counts are not repeated; `last` for the last, where per-arc tables that need every
+layer can join them). Other collectors get all layers at once. The items are tokenized, aligned to their
+words and pooled once per calibration context (`scan_batches`), not once per scan; values every layer of a
+batch shares (its word-pair mask, its punctuation words) are computed once per batch.
 
 Causal language models (decoders) see only earlier tokens, so attention from word i to a later word j is 0
 by construction. For them (`AttentionBatch.causal`):
@@ -29,6 +32,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import torch
 
 from . import align as A
+from .arch import attention_handles
 from .dependencies import PUNCT, arcs
 from .models import TaskModel
 from .parse import Parse
@@ -83,20 +87,21 @@ class AttentionBatch:
     arcs: Arcs
     items: Sequence[CalibItem]
     special_mask: torch.Tensor | None = None  # (B, T) bool, special tokens ([CLS], [SEP], <s>, ...)
-    layers: slice = field(default_factory=lambda: slice(None))  # the model layers the L axis holds: one layer when streamed, else all
-    n_layers: int | None = None  # layers in the model (None: this batch holds all of them)
+    causal: bool = False  # a decoder: a word attends only to itself and earlier words
+    layers: range | None = None  # the layers token_attn and word_attn hold (None: all of the model's, in order)
+    count_items: bool = True  # False for a streamed batch's later layers: per-batch counts are already taken
+    n_layers: int | None = None  # where a streamed batch's last layer range ends, so that `last` can be told
     shared: dict = field(default_factory=dict, repr=False)  # per-batch values, computed once for all its layers
 
     @property
-    def first(self) -> bool:
-        """The first slice of its batch: count per-batch quantities (rows, arcs, items) here, once."""
-        return self.layers.start in (None, 0)
+    def last(self) -> bool:
+        """This batch's last (or only) layer slice."""
+        return self.layers is None or self.layers.stop == self.n_layers
 
     @property
-    def last(self) -> bool:
-        """The last slice of its batch (per-arc tables that need every layer can be assembled here)."""
-        return self.layers.stop is None or self.layers.stop == self.n_layers
-    causal: bool = False  # a decoder: a word attends only to itself and earlier words
+    def rows(self) -> slice:
+        """Where this batch's layers go in a (layers x heads) array."""
+        return slice(None) if self.layers is None else slice(self.layers.start, self.layers.stop)
 
     def arc_attention(self, direction: str = "dep2head") -> torch.Tensor:
         """(P, L, H) attention value of each arc in the chosen direction (causal: the visible direction)."""
@@ -141,6 +146,8 @@ def punct_words(batch: AttentionBatch) -> torch.Tensor:
 
 
 class Collector(Protocol):
+    """Gets every batch; a collector with `per_layer = True` accepts one layer at a time (see the module doc)."""
+
     def update(self, batch: AttentionBatch) -> None: ...
 
 
@@ -174,6 +181,27 @@ def eager_attention(model: torch.nn.Module) -> Iterator[None]:
     finally:
         if current != "eager":
             model.set_attn_implementation(current)
+
+
+@contextlib.contextmanager
+def layer_stream(model: torch.nn.Module, on_layer) -> Iterator[None]:
+    """Call `on_layer(layer, probabilities)` as each attention module returns its (B, H, T, T) probabilities,
+    and pass None on in their place, so transformers keeps none of them (the hooks run before its own)."""
+
+    def hook(layer: int):
+        def take(module, args, output):
+            if isinstance(output, tuple) and len(output) > 1 and torch.is_tensor(output[1]):
+                on_layer(layer, output[1])
+                return (output[0], None, *output[2:])
+            return output
+        return take
+
+    handles = [h.module.register_forward_hook(hook(h.layer), prepend=True) for h in attention_handles(model)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 SCAN_ONLY_KEYS = ("offset_mapping", "special_tokens_mask")  # tokenizer outputs the model does not take
@@ -213,100 +241,42 @@ def scan_batches(tm: TaskModel, items: Sequence[CalibItem], batch_size: int = 32
     return out
 
 
-def attention_modules(model: torch.nn.Module) -> list[tuple[torch.nn.Module, int]] | None:
-    """Per layer, the module whose output holds that layer's attention maps, and their index in the output;
-    None where there is not exactly one per layer (the scan then takes the maps from the model's output)."""
-    from .arch import attention_handles, get_adapter
-
-    spec = getattr(model, "_can_record_outputs", None) or {}
-    spec = spec.get("attentions") if isinstance(spec, dict) else None
-    target, index, name = getattr(spec, "target_class", spec), getattr(spec, "index", 1), getattr(spec, "layer_name", None)
-    layers = get_adapter(model).layers(model)
-    if not isinstance(target, type):  # older model code: the heads' module of each layer returns (output, maps)
-        handles = attention_handles(model)
-        if len(handles) != len(layers):
-            return None
-        return [(h.module, 1) for h in handles]
-    found = []
-    for layer in layers:
-        mods = [m for n, m in layer.named_modules() if isinstance(m, target)
-                and (name is None or f".{name.strip('.')}." in f".{n}.")]
-        if len(mods) != 1:
-            return None
-        found.append((mods[0], index))
-    return found
-
-
-class _Streamer:
-    """Forward hooks that hand each layer's attention maps to a callback and pass an empty tensor on."""
-
-    def __init__(self, modules: Sequence[tuple[torch.nn.Module, int]], on_layer):
-        self.modules, self.on_layer = modules, on_layer
-        self.seen: list[int] = []
-
-    def __enter__(self) -> "_Streamer":
-        self.handles = [m.register_forward_hook(self._hook(layer, index), prepend=True)
-                        for layer, (m, index) in enumerate(self.modules)]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self.handles:
-            h.remove()
-
-    def _hook(self, layer: int, index: int):
-        def hook(module, args, output):
-            maps = output[index] if isinstance(output, tuple) and len(output) > index else None
-            if not (torch.is_tensor(maps) and maps.dim() == 4):
-                return None
-            self.seen.append(layer)
-            self.on_layer(layer, maps)
-            return (*output[:index], maps.new_zeros(0), *output[index + 1:])  # the map is not kept past this layer
-        return hook
-
-
-def _streams(tm: TaskModel, first: ScanInput, device) -> list[tuple[torch.nn.Module, int]] | None:
-    """The attention modules, if a forward pass on one item hands over one map per layer, in order."""
-    modules = attention_modules(tm.model)
-    if modules is None:
-        return None
-    probe = {k: v[:1] for k, v in first.model_inputs(device).items()}
-    with _Streamer(modules, lambda layer, maps: None) as s:
-        tm.model(**probe, output_attentions=True)
-    return modules if s.seen == list(range(len(modules))) else None
-
-
 @torch.no_grad()
 def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collector], label_index: dict[str, int],
          keep_punct: bool = False, batch_size: int = 32, max_length: int = 128, description: str = "attention",
          batches: Sequence[ScanInput] | None = None) -> int:
-    """Feed every batch of `items` to each collector, layer by layer; returns the number of arcs seen.
-    `batches`: `scan_batches(tm, items, batch_size, max_length)` made once for many scans."""
+    """Feed every batch of `items` to each collector; returns the number of arcs seen. `batches`:
+    `scan_batches(tm, items, batch_size, max_length)`, made once for many scans."""
     model = tm.model
     device = next(model.parameters()).device
     batches = scan_batches(tm, items, batch_size, max_length) if batches is None else batches
+    stream = all(getattr(c, "per_layer", False) for c in collectors)
+    handles = attention_handles(model)
+    n_layers = handles[-1].layer + 1 if handles else 0  # a streamed batch's layer range ends here on its last layer
     n_arcs = 0
     with bar(description, len(items)) as advance, eager_attention(model):
-        modules = _streams(tm, batches[0], device) if batches else None
         for b in batches:
             arcs_ = batch_arcs(b.items, b.alignments, label_index, keep_punct)
-            word_mask, shared = b.R.sum(-1) > 0, {}
+            word_mask, shared, seen = b.R.sum(-1) > 0, {}, []
 
-            def feed(token_attn: torch.Tensor, layers: slice, n_layers: int | None) -> None:
+            def feed(token_attn: torch.Tensor, layers: range | None) -> None:
                 batch = AttentionBatch(token_attn, b.enc["attention_mask"].bool(), A.word_attention(token_attn, b.R, b.C),
-                                       word_mask, arcs_, b.items, b.enc["special_tokens_mask"].bool(), layers, n_layers,
-                                       shared, causal=tm.kind == "lm")
+                                       word_mask, arcs_, b.items, b.enc["special_tokens_mask"].bool(),
+                                       causal=tm.kind == "lm", layers=layers, count_items=not seen,
+                                       n_layers=n_layers, shared=shared)
+                seen.append(1)
                 for c in collectors:
                     c.update(batch)
 
-            if modules is not None:
-                L = len(modules)
-                with _Streamer(modules, lambda l, maps: feed(maps.float().cpu()[:, None], slice(l, l + 1), L)) as s:
+            if stream:
+                with layer_stream(model, lambda layer, p: feed(p[:, None].float().cpu(), range(layer, layer + 1))):
                     model(**b.model_inputs(device), output_attentions=True)
-                if s.seen != list(range(L)):
-                    raise RuntimeError(f"attention maps came from layers {s.seen}, expected 0..{L - 1} in order")
+                if len(seen) != len(handles):
+                    raise RuntimeError(f"{type(model).__name__}: {len(seen)} of {len(handles)} attention "
+                                       "modules returned their probabilities; its adapter's attention module is not the one that does")
             else:
                 out = model(**b.model_inputs(device), output_attentions=True)
-                feed(torch.stack(out.attentions, dim=1).float().cpu(), slice(None), None)  # (B, L, H, T, T)
+                feed(torch.stack(out.attentions, dim=1).float().cpu(), None)  # (B, L, H, T, T)
             n_arcs += len(arcs_)
             advance(len(b.items))
     return n_arcs

@@ -192,6 +192,20 @@ def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
         return ctx.memo(key, lambda: get_method(cfg.method)(ctx, cfg))
 
 
+def rows_cut(tm: TaskModel, split: Split, cfg: PruneConfig) -> dict[str, int]:
+    """Evaluation rows longer than --max-length (the model reads their first tokens only), per split."""
+    from .truncation import cut_to_kept
+
+    out = {}
+    for name, ex in split.evaluation.items():
+        cut = cut_to_kept(tm.tokenizer, [e.text_a for e in ex], [e.text_b for e in ex], cfg.max_length,
+                          together=tm.kind != "embedding")
+        out[name] = cut.rows_cut
+        if cut.rows_cut:
+            log(f"{cut.rows_cut} {name} rows are longer than --max-length {cfg.max_length}: scored on their first tokens")
+    return out
+
+
 def run_notes(cfg: PruneConfig, scores: HeadScores) -> list[str]:
     """What the run did differently from what was asked, said in the terminal and kept in result.json."""
     notes = []
@@ -298,7 +312,9 @@ def assemble(ctx: Calibration, chosen: Chosen, data: TaskData, split: Split, den
         task=task_record(data, metric_names),
         split={"calibration": len(split.calibration), **{f"evaluation_{s}": len(v) for s, v in split.evaluation.items()},
                "calibration_items": len(ctx.items) if "items" in ctx.__dict__ else None,
-               "calibration_rows_cut": ctx.texts.rows_cut if "texts" in ctx.__dict__ else None, "note": split.note},
+               "calibration_rows_cut": ctx.texts.rows_cut if "texts" in ctx.__dict__ else None,
+               **{f"evaluation_{s}_rows_cut": n for s, n in ctx.memo("eval-rows-cut", lambda: rows_cut(tm, split, cfg)).items()},
+               "note": split.note},
         sparsity=cfg.sparsity, n_heads=tm.n_heads, pruned_heads=selection.pruned, removed_layers=selection.removed_layers,
         removed_kv_groups=removed_kv_groups(tm.model, selection.pruned),
         metric={"name": main_metric, "split": main_split, "dense": dense[main_split][main_metric],

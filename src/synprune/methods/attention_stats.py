@@ -18,6 +18,8 @@ MEMO_KEY = "attention-stats"
 class AttentionStats:
     """Running sums of row entropy (nats) and row maximum per head, over real query rows of sub-token attention."""
 
+    per_layer = True
+
     def __init__(self, grid: tuple[int, int]):
         self.entropy_sum = torch.zeros(grid, dtype=torch.float64)
         self.max_sum = torch.zeros(grid, dtype=torch.float64)
@@ -28,8 +30,9 @@ class AttentionStats:
         real = batch.token_mask  # (B, T)
         keys = real[:, None, None, :].float()  # (B, 1, 1, T): masks key columns of (B, H, T, T)
         queries = real[:, None, :].float()  # (B, 1, T): masks query rows of (B, H, T)
-        layers = range(self.entropy_sum.shape[0])[batch.layers]  # the model layers this batch holds
-        for i, layer in enumerate(layers):  # one layer at a time keeps the temporaries small
+        first = batch.rows.start or 0
+        for i in range(batch.token_attn.shape[1]):  # one layer at a time keeps the temporaries small
+            layer = first + i
             a = batch.token_attn[:, i].float()  # (B, H, T, T)
             on_real = (a * keys).sum(-1)  # (B, H, T)
             on_padding = (a * (1 - keys)).sum(-1)
@@ -38,7 +41,7 @@ class AttentionStats:
             entropy = -torch.special.xlogy(p, p).sum(-1)
             self.entropy_sum[layer] += (entropy * queries).sum(dim=(0, 2)).double()
             self.max_sum[layer] += (p.amax(-1) * queries).sum(dim=(0, 2)).double()
-        if batch.first:
+        if batch.count_items:
             self.rows += int(real.sum())
 
     @property
@@ -58,14 +61,14 @@ def attention_stats(ctx) -> AttentionStats:
     return ctx.memo(MEMO_KEY, lambda: ctx.run_scan([AttentionStats(ctx.tm.grid)], description="attention entropy/confidence")[0])
 
 
-@register("entropy")
+@register("entropy", needs=("attention",))
 def entropy(ctx, cfg) -> HeadScores:
     stats = attention_stats(ctx)
     scores = stats.mean_entropy.numpy()
     return HeadScores(scores, order_by(scores, highest_first=True), {"scores": "mean row entropy (nats)", **stats.details()})
 
 
-@register("confidence")
+@register("confidence", needs=("attention",))
 def confidence(ctx, cfg) -> HeadScores:
     stats = attention_stats(ctx)
     scores = stats.mean_max.numpy()

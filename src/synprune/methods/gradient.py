@@ -116,7 +116,7 @@ def _details(kind: str, grads: np.ndarray, scores: str) -> dict:
     return {"loss": kind, "n_batches": int(grads.shape[0]), "scores": scores}
 
 
-@register("michel")
+@register("michel", needs=("gradients", "labels"))
 def michel(ctx, cfg) -> HeadScores:
     grads, kind = gradients(ctx, cfg)
     raw = np.abs(grads).sum(0)
@@ -125,7 +125,7 @@ def michel(ctx, cfg) -> HeadScores:
                       {**_details(kind, grads, "sum over batches of |dL/dm|, L2-normalised per layer"), "raw": raw.tolist()})
 
 
-@register("michel-iterative")
+@register("michel-iterative", needs=("gradients", "labels"))
 def michel_iterative(ctx, cfg) -> HeadScores:
     L, H = ctx.tm.grid
     step = math.ceil(ITERATIVE_FRACTION * L * H)
@@ -147,14 +147,14 @@ def michel_iterative(ctx, cfg) -> HeadScores:
         "step_size": step, "steps": [[list(h) for h in s] for s in steps]})
 
 
-@register("fisher")
+@register("fisher", needs=("gradients", "labels"))
 def fisher(ctx, cfg) -> HeadScores:
     grads, kind = gradients(ctx, cfg)
     scores = (grads ** 2).sum(0)
     return HeadScores(scores, order_by(scores, highest_first=False), _details(kind, grads, "sum over batches of (dL/dm)^2"))
 
 
-@register("output-fisher")
+@register("output-fisher", needs=("gradients",))
 def output_fisher(ctx, cfg) -> HeadScores:
     """`fisher` with the label-free objective (the output Fisher of SPEC 5) even where labels exist: how much a
     head moves the model's output, whatever the task. A label-free baseline, and sapx's gradient half."""

@@ -83,6 +83,8 @@ SAPX = Variant(direction="head2dep", threshold="quantile:0.5", k=10, fuse="outpu
 class ArcTable:
     """Per arc and head: attention both ways (raw, and over words only), argmax hits; per head: threshold sums."""
 
+    per_layer = True  # takes a streamed scan's layers one at a time (joins each arc's layers at `batch.last`)
+
     def __init__(self, grid: tuple[int, int], labels: Sequence[str]):
         self.grid, self.labels = tuple(grid), tuple(labels)
         self._parts: list[dict[str, torch.Tensor]] = []
@@ -93,17 +95,17 @@ class ArcTable:
         self.items = 0
 
     def update(self, batch: AttentionBatch) -> None:
-        W = batch.word_attn  # (B, L, H, W, W), L: the layers in batch.layers
+        W = batch.word_attn  # (B, L, H, W, W), L: the layers in batch.rows
         on_words = (W * batch.word_mask[:, None, None, None, :]).sum(-1, keepdim=True)
         views = {True: W, False: W / on_words.clamp_min(1e-12)}
         pairs = batch.pair_mask()
         punct = punct_words(batch)
         no_punct = pairs & ~punct[:, :, None] & ~punct[:, None, :]
         for p, mask in ((True, pairs), (False, no_punct)):
-            if batch.first:
+            if batch.count_items:
                 self.pairs[p] += int(mask.sum())
             for s, view in views.items():
-                self.sums[(s, p)][batch.layers] += (view * mask[:, None, None]).sum(dim=(0, 3, 4)).double()
+                self.sums[(s, p)][batch.rows] += (view * mask[:, None, None]).sum(dim=(0, 3, 4)).double()
         for s, view in views.items():
             values = view.permute(0, 3, 4, 1, 2)[pairs].flatten().clamp(0, 1)
             self.hist[s] += torch.histc(values.double(), bins=HIST_BINS, min=0.0, max=1.0)
@@ -236,7 +238,7 @@ def score_variant(ctx, v: Variant) -> HeadScores:
     return ctx.memo(("sapx-variant", v), compute)
 
 
-@register("sapx", uses=())
+@register("sapx", uses=(), needs=("parser", "attention", "gradients"))
 def sapx(ctx, cfg) -> HeadScores:
     """SAP as the study chose it (`SAPX`); its settings are fixed so that results are comparable across runs."""
     return score_variant(ctx, SAPX)
