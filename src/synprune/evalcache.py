@@ -77,15 +77,26 @@ def cache_key(tm: TaskModel, prepared: Mapping[str, Prepared], metric_names: Seq
     return h.hexdigest()
 
 
+def _path(tm: TaskModel, prepared: Mapping[str, Prepared], metric_names: Sequence[str]) -> Path:
+    return cache_dir() / "dense" / f"{cache_key(tm, prepared, metric_names)}.json"
+
+
+def lookup(tm: TaskModel, prepared: Mapping[str, Prepared], metric_names: Sequence[str]) -> Scores | None:
+    """The cached dense scores per split, or None (not cached, or a damaged entry that will be replaced)."""
+    path = _path(tm, prepared, metric_names)
+    try:
+        return json.loads(path.read_text())["scores"] if path.is_file() else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def cached_dense(tm: TaskModel, prepared: Mapping[str, Prepared], metric_names: Sequence[str],
                  compute: Callable[[], Scores]) -> tuple[Scores, bool]:
     """The dense scores per split from the cache, or `compute()`d and stored; and whether they were cached."""
-    path = cache_dir() / "dense" / f"{cache_key(tm, prepared, metric_names)}.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())["scores"], True
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged entry is recomputed and replaced
+    scores = lookup(tm, prepared, metric_names)
+    if scores is not None:
+        return scores, True
+    path = _path(tm, prepared, metric_names)
     scores = compute()
     atomic_write_json(path, {"model": tm.name, "splits": {s: p.n for s, p in prepared.items()}, "scores": scores})
     return scores, False

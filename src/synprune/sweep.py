@@ -373,6 +373,7 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
     Filtering; a run's result is written as soon as its evaluation is in. Returns the worker's busy seconds."""
     import torch
 
+    from .evalcache import lookup
     from .evalpool import Evaluations
     from .pipeline import assemble, choose_heads, dense_scores, evaluate_chosen, evaluation_inputs
     from .result import PruneResult
@@ -388,12 +389,15 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
     with Evaluations(ctx.tm, prepared, split.evaluation, ctx.metric_names, max(base.batch_size, 64),
                      base.max_length) as evals:
         ctx.pace = lambda: evals.pace(threads)  # CF calls it between passes
-        dense = dense_scores(ctx, split, lambda: evals.result([]))
+        dense_known = lookup(ctx.tm, prepared, ctx.metric_names) is not None  # cached on disk by an earlier command
+        if not dense_known:
+            evals.submit([])  # the dense model goes first in the worker's queue; nothing here waits for it yet
 
         def finish(r: Run, wait: bool) -> None:
             c, seconds = chosen[r.name]
-            if c.heads_only and not (wait or evals.ready(c.selection.pruned)):
+            if c.heads_only and not (wait or (evals.ready(c.selection.pruned) and (dense_known or evals.ready([])))):
                 return
+            dense = dense_scores(ctx, split, lambda: evals.result([]))
             with ctx.timed("evaluate_pruned"):
                 pruned = evals.result(c.selection.pruned) if c.heads_only else evaluate_chosen(ctx, prepared, c)
             res = assemble(ctx, c, data, split, dense, pruned)
