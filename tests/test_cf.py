@@ -259,7 +259,7 @@ def test_a_second_cf_run_on_the_same_context_reuses_every_pass():
     order = order_by(np.random.default_rng(0).random((3, 4)), highest_first=True)
     cfg = PruneConfig(sparsity=0.5, tolerance=1.0)
     first = cf.candidate_filter(ctx, order, 6, cfg)
-    scorer = ctx.memo(("cf-scorer", ctx.metric_names[0]), lambda: None)
+    scorer = ctx.memo(("cf-scorer", ctx.metric_names[0], ()), lambda: None)
     passes = scorer.passes
     assert cf.candidate_filter(ctx, order, 6, cfg) == first
     assert scorer.passes == passes

@@ -187,3 +187,12 @@ def test_long_rows_are_counted_in_the_run_record(tmp_path):
     res = prune(tiny_model("bert"), task=data, sparsity=0.25, method="entropy", calib_size=4, max_length=32, seed=3)
     split = res.split
     assert split["calibration_rows_cut"] + split["evaluation_all_rows_cut"] == 2  # each long row is in one half
+
+
+def test_a_written_result_reads_back_whole(glue_dir, tmp_path):
+    from synprune.result import PruneResult
+
+    res = _quick(glue_dir, tmp_path / "run", cf=True, pool_ratio=0.5)
+    back = PruneResult.read(tmp_path / "run")
+    assert back.to_json() == json.loads((tmp_path / "run" / "result.json").read_text())
+    assert back.cf_log == res.cf_log and back.pruned_heads == res.pruned_heads

@@ -48,7 +48,7 @@ def _entry(stage: str, head: Head, metric: float | None, removed: bool, heads: S
 
 
 def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg: PruneConfig,
-                     fast: bool = True) -> tuple[Selection, list[dict]]:
+                     fast: bool = True, background: tuple = ()) -> tuple[Selection, list[dict]]:
     """Choose `n_prune` heads from the top of `order` (most prunable first), checked on the calibration split.
 
     Returns the selection and one log entry per decision, in the order they were made:
@@ -74,8 +74,10 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
     pool = order[:pool_size(cfg, n_heads)]
     metric = ctx.metric_names[0]
     if fast:  # one scorer and one table of known metrics for every CF run on this calibration context
-        scorer = ctx.memo(("cf-scorer", metric), lambda: AblationScorer(ctx.tm, ctx.prepared, metric, range(grid[0])))
-        trial = _Trials(scorer, ctx.memo(("cf-metric", metric), dict), getattr(ctx, "pace", lambda: None))
+        # `background`: units pruned underneath the whole walk (neurons masked by the caller), part of the key
+        key = (metric, tuple(background))
+        scorer = ctx.memo(("cf-scorer", *key), lambda: AblationScorer(ctx.tm, ctx.prepared, metric, range(grid[0])))
+        trial = _Trials(scorer, ctx.memo(("cf-metric", *key), dict), getattr(ctx, "pace", lambda: None))
     else:
         trial = _Trials(AblationScorer(ctx.tm, ctx.prepared, metric, fast=False), {})
     m0 = trial.known[frozenset()]

@@ -88,7 +88,8 @@ def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Sele
             report = budget_report(ctx.tm.model, selection.pruned, cfg.budget, seq_len, neurons=selection.neurons)
             if not report["met"]:
                 raise SynpruneError(f"budget {cfg.budget}: the selection keeps {report} and cannot meet it; use a larger fraction")
-        return selection, [], cfg.replace(sparsity=len(selection.pruned) / n_heads), {**(report or {}), "units": info}
+        cf_log = info.pop("cf_log", [])
+        return selection, cf_log, cfg.replace(sparsity=len(selection.pruned) / n_heads), {**(report or {}), "units": info}
     gs = group_size(ctx.tm.model) if cfg.units == "kv-groups" else 1
     if gs > 1:
         scores = replace(scores, order=group_order(scores.order, gs))
