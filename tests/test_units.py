@@ -97,7 +97,6 @@ def test_repair_changes_the_pruned_metric_and_not_the_selection(glue_dir):
     (dict(units="neurons"), "--units"),
     (dict(repair="retrain"), "--repair"),
     (dict(units="heads,neurons", neuron_score="taylor"), "--neuron-score"),
-    (dict(units="heads,neurons", cf=True), "not supported yet"),
 ])
 def test_bad_unit_options_are_refused(glue_dir, options, match):
     with pytest.raises(SynpruneError, match=match):
@@ -126,3 +125,40 @@ def test_export_command_folds_the_recorded_repair(glue_dir, tmp_path):
     b, _ = load_pruned(tmp_path / "api")
     for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), name
+
+
+def test_cf_with_neurons_walks_heads_with_the_neurons_pruned(glue_dir, monkeypatch):
+    """CF re-chooses as many heads as the search pruned, with the searched neurons as its background."""
+    from synprune import cf as cf_mod
+
+    seen = {}
+    real = cf_mod.candidate_filter
+
+    def spy(ctx, order, n, cfg, fast=True, background=()):
+        seen["n"], seen["background"] = n, background
+        return real(ctx, order, n, cfg, fast, background)
+
+    monkeypatch.setattr(cf_mod, "candidate_filter", spy)
+    kw = dict(task="stsb", glue_dir=glue_dir, calib_size=6, method="fisher", budget="flops:0.5", units="heads,neurons")
+    plain = prune(tiny_model("bert"), **kw)
+    walked = prune(tiny_model("bert"), cf=True, **kw)
+    assert seen["n"] == len(plain.pruned_heads) == len(walked.pruned_heads)
+    assert list(seen["background"]) == plain.pruned_neurons == walked.pruned_neurons
+    assert walked.cf_log and walked.details["budget"]["met"]
+
+
+def test_a_written_result_reads_back_with_its_neurons_and_repair(glue_dir, tmp_path):
+    from synprune.repair import repaired
+    from synprune.result import PruneResult
+
+    tm = tiny_model("bert")
+    res = prune(tm, task="stsb", glue_dir=glue_dir, calib_size=6, method="kwon", budget="flops:0.6", out=tmp_path / "run")
+    back = PruneResult.read(tmp_path / "run")
+    assert back.pruned_neurons == res.pruned_neurons and back.n_neurons == res.n_neurons
+    inputs = tm.tokenizer(["a short one"], return_tensors="pt")
+    with torch.no_grad():
+        with repaired(tm.model, res.pruned_heads, res.pruned_neurons, res.repair):
+            a = tm.model(**inputs)[0]
+        with repaired(tm.model, back.pruned_heads, back.pruned_neurons, back.repair):
+            b = tm.model(**inputs)[0]
+    assert torch.equal(a, b)

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Collection, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -31,19 +31,21 @@ def model_inputs(tm: TaskModel, batches: Sequence[Batch]) -> Iterator[dict[str, 
 
 
 class Tap:
-    """Forward hooks on `modules` calling `fn(key, x)` with the module's input (or, with `output=True`, its
-    output) at the non-padding tokens, as a float64 (N, width) matrix. `stop_after` ends the forward pass
-    (StopForward, caught by `run`) once that key has been read."""
+    """Forward hooks on `modules` calling `fn(key, x)` with the module's input (or its output: `output=True` for
+    every module, or a collection of the keys whose output is read) at the non-padding tokens, as a float64
+    (N, width) matrix. `stop_after` ends the forward pass (StopForward, caught by `run`) once that key has
+    been read."""
 
     def __init__(self, modules: Mapping[object, nn.Module], fn: Callable[[object, torch.Tensor], None],
-                 output: bool = False, stop_after: object | None = None):
-        self.modules, self.fn, self.output, self.stop_after = dict(modules), fn, output, stop_after
+                 output: bool | Collection = False, stop_after: object | None = None):
+        self.modules, self.fn, self.stop_after = dict(modules), fn, stop_after
+        self.outputs = set(self.modules) if output is True else set(output or ())
         self.keep: torch.Tensor | None = None
         self._hooks: list = []
 
     def __enter__(self) -> "Tap":
         for key, module in self.modules.items():
-            if self.output:
+            if key in self.outputs:
                 self._hooks.append(module.register_forward_hook(self._hook(key, out=True)))
             else:
                 self._hooks.append(module.register_forward_pre_hook(self._hook(key, out=False)))

@@ -94,7 +94,8 @@ class PruneResult:
                    removed_layers=d["removed_layers"], metric=d["metric"], head_scores=np.asarray(d["head_scores"]),
                    config=d["config"], seed=d["seed"], timings=d["timings"], versions=d["versions"], details=details,
                    cf_log=cf_log, removed_kv_groups=[list(g) for g in d.get("removed_kv_groups", [])],
-                   pruned_neurons=[tuple(u) for u in d.get("pruned_neurons", [])], n_neurons=d.get("n_neurons", 0))
+                   pruned_neurons=[tuple(u) for u in d.get("pruned_neurons", [])], n_neurons=d.get("n_neurons", 0),
+                   repair=_repair(d.get("repair")))
 
     def _written(self, out_dir: str | Path | None) -> "PruneResult":
         if out_dir is not None:
@@ -114,3 +115,11 @@ class PruneResult:
         else:
             (out / "cf_log.jsonl").unlink(missing_ok=True)
         return atomic_write_json(out / "result.json", self.to_json())
+
+
+def _repair(data: dict | None) -> Any:
+    if not data:
+        return None
+    from .repair import Repair
+
+    return Repair.from_json(data)

@@ -62,15 +62,12 @@ def importances(ctx, cfg, scores: HeadScores, ns: NeuronScores) -> tuple[np.ndar
 
 def select_units(ctx, cfg, scores: HeadScores) -> tuple[Selection, dict]:
     """Heads and neurons to prune (see the module doc), and what was done."""
-    if cfg.cf:
-        raise SynpruneError("--cf with --units heads,neurons is not supported yet: drop --cf or use --units heads")
     ns = neuron_scores(ctx, cfg)
     model = ctx.tm.model
     info: dict = {"neuron_score": ns.kind, **{f"neuron_{k}": v for k, v in ns.details.items()}}
     if not cfg.budget:
-        heads = select(scores.order, ctx.tm.grid, n_to_prune(cfg.sparsity, ctx.tm.n_heads), cfg.layer_fraction)
-        n = n_to_prune(cfg.sparsity, ns.scores.size)
-        return Selection(heads.pruned, heads.removed_layers, neurons=sorted(ascending(ns.scores)[:n])), info
+        neurons = sorted(ascending(ns.scores)[:n_to_prune(cfg.sparsity, ns.scores.size)])
+        return _heads(ctx, cfg, scores, n_to_prune(cfg.sparsity, ctx.tm.n_heads), neurons, info), info
     budget = parse_budget(cfg.budget)
     if budget.kind == "heads":
         raise SynpruneError("--budget heads:F counts heads only; with --units heads,neurons use flops:F or params:F")
@@ -87,11 +84,27 @@ def select_units(ctx, cfg, scores: HeadScores) -> tuple[Selection, dict]:
         if hg is not None:
             heads = rearrange(heads, hg)
     heads, neurons, extra = _meet(cost, budget, seq_len, hi, ni, heads, neurons)
-    removed = sorted(l for l in range(ctx.tm.grid[0]) if sum(1 for x, _ in heads if x == l) == ctx.tm.grid[1])
     info.update({"importance": how, "search": {"heads_kept": found.heads_kept, "neurons_kept": found.neurons_kept,
                                                "kept_importance": found.kept_importance},
                  "rearranged": bool(cfg.rearrange and ns.grads is not None), "extra_pruned_to_meet": extra})
+    if cfg.cf:  # CF re-chooses which heads (as many as the search pruned), with the searched neurons pruned
+        return _heads(ctx, cfg, scores, len(heads), neurons, info), info
+    removed = sorted(l for l in range(ctx.tm.grid[0]) if sum(1 for x, _ in heads if x == l) == ctx.tm.grid[1])
     return Selection(heads, removed, neurons=neurons), info
+
+
+def _heads(ctx, cfg, scores: HeadScores, n: int, neurons: list[Head], info: dict) -> Selection:
+    """`n` heads by the method's order, or by CF's walk with `neurons` pruned underneath."""
+    if not cfg.cf:
+        s = select(scores.order, ctx.tm.grid, n, cfg.layer_fraction)
+        return Selection(s.pruned, s.removed_layers, neurons=neurons)
+    from .cf import candidate_filter
+    from .repair import repaired
+
+    with repaired(ctx.tm.model, (), neurons):
+        s, log = candidate_filter(ctx, scores.order, n, cfg.replace(sparsity=n / ctx.tm.n_heads), background=tuple(neurons))
+    info["cf_log"] = log
+    return Selection(s.pruned, s.removed_layers, s.fill, neurons=neurons)
 
 
 def _meet(cost: CostModel, budget, seq_len, hi, ni, heads, neurons) -> tuple[list[Head], list[Head], int]:

@@ -163,8 +163,9 @@ def output_fisher(ctx, cfg) -> HeadScores:
     return HeadScores(scores, order_by(scores, highest_first=False), _details(kind, grads, "sum over batches of (d r.f(x)/dm)^2"))
 
 
-@register("kwon")
+@register("kwon", needs=("gradients", "labels"))
 def kwon(ctx, cfg) -> HeadScores:
-    """Kwon et al. 2022's recipe; its head scores are `fisher`'s. The rest of the recipe (neurons, the mask
-    search with rearrangement, least-squares repair) comes with the method name: see PruneConfig.resolved."""
+    """Kwon et al. 2022's whole recipe: Fisher scores of heads and neurons, the FLOPs-optimal mask search with
+    rearrangement, least-squares repair (needs --budget flops:F). Its head scores are `fisher`'s; the rest
+    comes with the method name (PruneConfig.resolved)."""
     return fisher(ctx, cfg)

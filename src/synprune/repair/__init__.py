@@ -30,9 +30,10 @@ class Repair:
     neuron_scales: torch.Tensor | None = None  # (layers, neurons); pruned neurons 0
     attn_bias: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (hidden,) added to out_proj's output
     ffn_bias: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (hidden,) added to down's output
+    stopped_at: str | None = None  # ls: where an ill-posed solve ended the repair (later sublayers unrepaired)
 
     def summary(self) -> dict:
-        out: dict = {"kind": self.kind}
+        out: dict = {"kind": self.kind, **({"stopped_at": self.stopped_at} if self.stopped_at else {})}
         for name, s in (("head_scales", self.head_scales), ("neuron_scales", self.neuron_scales)):
             if s is not None:
                 kept = s[s != 0]

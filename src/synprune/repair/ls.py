@@ -15,18 +15,21 @@ import torch
 from torch import nn
 
 from ..activations import Resume, Tap
-from ..arch import attention_handles, ffn_handles, weight_rows
+from ..arch import attention_handles, ffn_handles, get_adapter, weight_rows
 from . import Repair, Unit, masks, repaired
 
-RIDGE = 1e-12  # relative to the mean diagonal of G: keeps a singular system solvable, negligible otherwise
+MAX_SCALE = 10.0  # a larger scale means an ill-posed solve: stop repairing there (Kwon et al. do the same)
+RIDGE = 1e-2  # per unit, relative to its own output energy G_uu (see `solve`)
 
 
-def solve(G: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """argmin_m m^T G m - 2 r^T m, with a tiny ridge."""
+def solve(G: torch.Tensor, r: torch.Tensor, ridge: float | None = None) -> torch.Tensor:
+    """argmin_m m^T G m - 2 r^T m + sum_u lam_u (m_u - 1)^2, lam_u = `ridge` x G_uu (each unit's own output
+    energy, as in Levenberg-Marquardt): the ridge pulls scales towards 1 (no change), not towards 0 (pruning)."""
     if G.numel() == 0:
         return r.clone()
-    lam = RIDGE * float(G.diagonal().mean().clamp(min=1e-30))
-    A = G + lam * torch.eye(G.shape[0], dtype=G.dtype)
+    lam = (RIDGE if ridge is None else ridge) * G.diagonal().clamp(min=1e-30 * float(G.diagonal().abs().max()) + 1e-300)
+    A = G + torch.diag(lam)
+    r = r + lam
     try:
         return torch.linalg.solve(A, r)
     except RuntimeError:
@@ -35,9 +38,9 @@ def solve(G: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def least_squares(model: nn.Module, inputs: list[dict], heads: list[Unit], neurons: list[Unit] | None,
-                  teacher: nn.Module | None = None) -> Repair:
+                  teacher: nn.Module | None = None, ridge: float | None = None) -> Repair:
     """The `ls` repair of pruning `heads` / `neurons` from `model`; `teacher` (default: `model` unmasked) gives
-    the outputs to reproduce."""
+    the outputs to reproduce; `ridge` (default RIDGE) see `solve`."""
     teacher = model if teacher is None else teacher
     hm, nm = masks(model, heads, neurons)
     rep = Repair("ls", hm.clone().double(), None if nm is None else nm.clone().double())
@@ -54,23 +57,33 @@ def least_squares(model: nn.Module, inputs: list[dict], heads: list[Unit], neuro
         steps += [("ffn", l, f) for l, f in ffn.items() if l not in done]
     steps.sort(key=lambda s: (s[1], s[0] != "attn"))
     runs = (Resume(model, len(inputs)), Resume(teacher, len(inputs)))
+    post_norm = not get_adapter(model).pre_norm
     for kind, layer, handle in steps:
         if kind == "attn":
             kept = [q for q in handle.kept_heads if rep.head_scales[layer, q] != 0]
-            module, t_module = handle.out_proj, t_attn[layer].out_proj
+            t = t_attn[layer]
+            module, t_module = handle.out_proj, t.out_proj
+            firsts = (handle.q, t.q)
         else:
             kept = [n for n in handle.kept if rep.neuron_scales[layer, n] != 0]
-            module, t_module = handle.down, t_ffn[layer].down
+            t = t_ffn[layer]
+            module, t_module = handle.down, t.down
+            firsts = (handle.up[0], t.up[0])
         if not kept:
             continue
-        G, r = _normal_equations(model, teacher, inputs, heads, neurons, rep, kind, handle, kept, module, t_module, runs)
-        m = solve(G, r)
+        G, r = _normal_equations(model, teacher, inputs, heads, neurons, rep, kind, handle, kept, module, t_module, runs,
+                                 firsts if post_norm else None)
+        m = solve(G, r, ridge)
+        if not bool(torch.isfinite(m).all()) or float(m.abs().max()) > MAX_SCALE:
+            rep.stopped_at = f"layer {layer} {kind}: a scale of {float(m.abs().max()):.3g} (limit {MAX_SCALE:g})"
+            break
         target = rep.head_scales if kind == "attn" else rep.neuron_scales
         target[layer, kept] = m
     return rep
 
 
-def _normal_equations(model, teacher, inputs, heads, neurons, rep, kind, handle, kept, module, t_module, runs):
+def _normal_equations(model, teacher, inputs, heads, neurons, rep, kind, handle, kept, module, t_module, runs,
+                      firsts=None):
     W = weight_rows(module)  # (hidden, width)
     b = module.bias.detach().double() if module.bias is not None else None
     current = handle.kept_heads if kind == "attn" else handle.kept
@@ -86,18 +99,31 @@ def _normal_equations(model, teacher, inputs, heads, neurons, rep, kind, handle,
         WtW = Wk.t() @ Wk
     student, dense = runs
     layer = handle.layer
-    ys: list[torch.Tensor] = []
-    with dense.reaching(layer), Tap({0: t_module}, lambda key, y: ys.append(y), output=True, stop_after=0) as tap:
+    ys: list[torch.Tensor] = []  # dense sublayer output (+ its residual stream, post-norm)
+    res: dict = {}
+
+    def dense_out(key, y):
+        if key == 1:
+            res["t"] = y
+        else:
+            ys.append(y + res.pop("t") if firsts is not None else y)
+
+    def student_in(key, x):
+        res["s" if key == 1 else "x"] = x
+
+    with dense.reaching(layer), Tap({0: t_module, **({1: firsts[1]} if firsts else {})}, dense_out, output={0},
+                                    stop_after=0) as tap:
         for i, batch in enumerate(inputs):
             dense.call = i
             tap.run(teacher, batch)  # unmasked: the dense outputs
-    xs: list[torch.Tensor] = []
-    with student.reaching(layer), Tap({0: module}, lambda key, x: xs.append(x), stop_after=0) as tap, \
+    with student.reaching(layer), Tap({0: module, **({1: firsts[0]} if firsts else {})}, student_in, stop_after=0) as tap, \
             repaired(model, heads, neurons, rep):  # attached after the tap, which so sees unmasked inputs
         for i, batch in enumerate(inputs):
             student.call = i
             tap.run(model, batch)
-            x, y = xs.pop(), ys[i]
+            x, y = res.pop("x"), ys[i]
+            if firsts is not None:  # post-norm: the sublayer and its residual are normalised together
+                y = y - res.pop("s")
             if b is not None:
                 y = y - b
             if kind == "attn":
