@@ -4,6 +4,8 @@ sap, sap+cf, sapx, fisher, fisher+cf and random (seeds 0, 1, 2) at sparsity 0.1,
 fine-tuned task models, one calibration context per task (512 seeded train examples; evaluation: all of dev).
 One plot per task (OUT/degradation_<task>.png, and --img DIR) marks where CF starts to matter: the first
 sparsity at which method+cf beats the method alone by more than random's sd at that sparsity.
+Evaluation is a seeded sample of 500 dev examples per task (--eval-size; 0 = all of dev): 9 sparsities x 8
+runs per task make the evaluation, not the scoring, the cost of the runs without CF.
 
     python benchmarks/degradation_curve.py --out runs/degradation --img docs/img [--budget-minutes 60]
 
@@ -35,8 +37,8 @@ def folder(out: Path, task: str, method: str, cf: bool, s: float, seed: int | No
     return out / task / f"{method}{'+cf' if cf else ''}_s{s:g}" + (f"_seed{seed}" if seed is not None else "")
 
 
-def collect(tasks, out: Path, seeds, deadline: Deadline) -> dict[str, dict]:
-    runs = {t: TaskRuns(t, PruneConfig()) for t in tasks}
+def collect(tasks, out: Path, seeds, deadline: Deadline, eval_size: int | None = 500) -> dict[str, dict]:
+    runs = {t: TaskRuns(t, PruneConfig(eval_size=eval_size)) for t in tasks}
     got: dict[str, dict] = {t: {} for t in tasks}
 
     def one(t, method, cf, s, seed=None):
@@ -142,10 +144,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("runs/degradation"))
     ap.add_argument("--img", type=Path, default=None, help="also write the plots here (e.g. docs/img)")
     ap.add_argument("--budget-minutes", type=float, default=None, help="start no new run after this long")
+    ap.add_argument("--eval-size", type=int, default=500, help="seeded dev examples per task (0: all of dev)")
     args = ap.parse_args(argv)
     tasks = args.tasks.split(",")
     t0 = time.perf_counter()
-    got = collect(tasks, args.out, [int(s) for s in args.seeds.split(",")], Deadline(args.budget_minutes))
+    got = collect(tasks, args.out, [int(s) for s in args.seeds.split(",")], Deadline(args.budget_minutes),
+                  args.eval_size or None)
     text = markdown(got, tasks)
     missing = [f for t in tasks for f in got[t]["_skipped"]]
     if missing:
