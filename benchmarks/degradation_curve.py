@@ -34,7 +34,7 @@ CF_ORDER = ("cola", "sst2", "stsb", "mrpc")
 
 
 def folder(out: Path, task: str, method: str, cf: bool, s: float, seed: int | None = None) -> Path:
-    return out / task / f"{method}{'+cf' if cf else ''}_s{s:g}" + (f"_seed{seed}" if seed is not None else "")
+    return out / task / (f"{method}{'+cf' if cf else ''}_s{s:g}" + (f"_seed{seed}" if seed is not None else ""))
 
 
 def collect(tasks, out: Path, seeds, deadline: Deadline, eval_size: int | None = 500) -> dict[str, dict]:

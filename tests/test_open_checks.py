@@ -37,6 +37,12 @@ def test_finished_runs_are_read_back_without_loading_anything(tmp_path):
     assert tr.skipped == [str(tmp_path / "other")]
 
 
+def test_run_folders_name_method_sparsity_and_seed(tmp_path):
+    deg = _load("degradation_curve")
+    assert deg.folder(tmp_path, "cola", "sap", True, 0.3) == tmp_path / "cola" / "sap+cf_s0.3"
+    assert deg.folder(tmp_path, "cola", "random", False, 0.9, seed=2) == tmp_path / "cola" / "random_s0.9_seed2"
+
+
 def test_cf_onset_is_the_first_sparsity_beating_random_sd():
     deg = _load("degradation_curve")
     curves = {"sap": {0.1: [80.0], 0.2: [79.0], 0.3: [70.0], 0.4: [50.0]},
