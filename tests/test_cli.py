@@ -103,3 +103,20 @@ def test_cli_prune_runs_and_writes_result(capsys, tmp_path, tiny_folder, glue_di
     assert exc.value.code == 0
     data = json.loads((tmp_path / "o" / "result.json").read_text())
     assert len(data["pruned_heads"]) == 3 and data["model"]["weights_sha256"]
+
+
+def test_methods_command_lists_what_each_method_needs(capsys):
+    from synprune.commands.methods import method_rows
+    from synprune.methods import available
+
+    with pytest.raises(SystemExit) as exc:
+        main(["methods"])
+    assert exc.value.code == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    rows = {r["method"]: r for r in method_rows()}
+    assert set(rows) == set(available()) and all(name in text for name in rows)
+    assert {"direction", "k", "keep_punct", "threshold"} <= set(rows["sap"]["options"])
+    assert any("parses" in n for n in rows["sap"]["needs"]) and any("labels" in n for n in rows["fisher"]["needs"])
+    assert rows["magnitude"]["needs"] == [] and not any("labels" in n for n in rows["output-fisher"]["needs"])
+    assert all(r["about"] for r in rows.values())

@@ -155,8 +155,13 @@ def test_explain_cli_end_to_end_with_gold_trees_and_a_result(tiny_folder, glue_d
     ret = json.loads((out / "retention.json").read_text())
     (label, r), = ret.items()
     assert label == "sap@0.25" and r["heads_pruned"] == 3
+    # the shares agree with the per-head masses of heads.json, summed over the heads the result pruned
     total = r["strong_attention_mass"]
-    assert total["kept_share"] + total["pruned_share"] == pytest.approx(1.0)
+    masses = {(h["layer"], h["head"]): h["strong_attention_mass"] for h in heads["heads"]}
+    pruned_mass = sum(m for head, m in masses.items() if head in marked)
+    assert total["total"] == pytest.approx(sum(masses.values()))
+    assert total["pruned_share"] == pytest.approx(pruned_mass / sum(masses.values()))
+    assert total["pruned_per_head"] == pytest.approx(pruned_mass / 3)
     for png in ("heatmaps.png", "heatmaps_sap_0.25.png", "attention_maps.png"):
         assert (out / png).stat().st_size > 1000
     assert "best head" in (out / "best_heads.md").read_text()

@@ -240,3 +240,12 @@ def test_length_grouped_batches_cover_every_example_once() -> None:
     assert batches != F.epoch_batches(lengths, 16, seed=0, epoch=1, group=10)
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 10  # random batches of 16 from 3..60 spread ~50 tokens
+
+
+def test_a_users_non_empty_folder_is_not_fine_tuned_into(tmp_path: Path, tiny_base: Path, glue: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text("{\"mine\": true}")
+    with pytest.raises(SynpruneError, match="not empty.*--fresh"):
+        ft(out, "sst2", tiny_base, OPTS, glue_dir=glue)
+    assert (out / "config.json").read_text() == "{\"mine\": true}"

@@ -176,3 +176,18 @@ def test_cut_keeps_a_pairs_both_sides_as_the_model_reads_them():
     enc_full = tok(a, b, truncation=True, max_length=24)["input_ids"]
     enc_cut = tok(cut.texts_a[0], b, truncation=True, max_length=24)["input_ids"]
     assert enc_full == enc_cut
+
+
+def test_a_text_beyond_spacys_length_limit_is_a_one_line_error(monkeypatch):
+    import synprune.parse as P
+
+    class TinyLimit:
+        meta = {"lang": "en", "name": "tiny", "version": "0"}
+        max_length = 20
+
+        def pipe(self, texts, batch_size=64):
+            raise AssertionError("must refuse before parsing")
+
+    monkeypatch.setattr(P, "load_parser", lambda name: TinyLimit())
+    with pytest.raises(SynpruneError, match="21 characters is longer than spaCy parses"):
+        P.parse_texts(["short", "x" * 21])

@@ -186,3 +186,61 @@ def test_summary_table_marks_the_lowest_perplexity_best():
 def test_gguf_paths_that_do_not_exist_fail_cleanly(tmp_path):
     with pytest.raises(SynpruneError, match="GGUF file"):
         load_model(str(tmp_path / "nope.gguf"))
+
+
+@pytest.mark.integration
+def test_smollm2_loads_from_its_gguf_with_a_fast_tokenizer_and_scores_ewt_text():
+    from synprune.arch import attention_handles, kv_grid
+
+    tm = load_model("smollm2")
+    assert tm.kind == "lm" and tm.tokenizer.is_fast and tm.grid == (30, 9) and kv_grid(tm.model) == (30, 3)
+    assert tm.weights_hash and len(tm.weights_hash) == 64 and tm.path.endswith(".gguf")
+    assert next(tm.model.parameters()).dtype == torch.float32
+    assert len(attention_handles(tm.model)) == 30
+    texts = ["The cat sat on the mat.", "I would like to book a table for two tonight.", "Thanks for your help!"]
+    prepared = prepare(tm, [Example(t) for t in texts], batch_size=8)
+    ppl = evaluate(tm, prepared, ["perplexity"])["perplexity"]
+    assert 1 < ppl < 1000  # a trained model: far below the vocabulary size (49152) of a random one
+
+
+def test_cli_prunes_and_sweeps_a_causal_lm_folder_on_a_text_file(tmp_path):
+    import json
+
+    from _tiny_lm import tiny_llama
+    from synprune.cli import main
+
+    folder = tmp_path / "llama"
+    model = tiny_llama(layers=2)
+    model.config.architectures = ["LlamaForCausalLM"]
+    model.save_pretrained(folder)
+    smollm2_tokenizer().save_pretrained(folder)
+    text = tmp_path / "notes.txt"
+    text.write_text("\n".join(f"Line {i} says something about the weather today." for i in range(30)), encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        main(["prune", "--model", str(folder), "--task", str(text), "--method", "magnitude", "--sparsity", "0.25",
+              "--calib-size", "4", "--eval-size", "5", "--out", str(tmp_path / "p"), "-q"])
+    assert e.value.code in (0, None)
+    r = json.loads((tmp_path / "p" / "result.json").read_text())
+    assert r["metric"]["name"] == "perplexity" and r["model"]["kind"] == "lm" and len(r["pruned_heads"]) == 2
+    assert r["split"]["evaluation_all"] == 5 and r["config"]["eval_size"] == 5
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--model", str(folder), "--task", str(text), "--methods", "magnitude,flap,attn-drop",
+              "--sparsities", "0.25", "--calib-size", "4", "--eval-size", "5", "--out", str(tmp_path / "s"), "-q"])
+    assert e.value.code in (0, None)
+    html = (tmp_path / "s" / "report.html").read_text()
+    assert "lower is better" in html
+
+
+def test_ewt_with_gold_trees_calibrates_on_the_same_dev_sentences_and_cf_may_run(ud_dir):
+    from synprune.pipeline import prune
+
+    tm = tiny_lm(layers=2)
+    r = prune(tm, None, "ewt", 0.25, method="sap", parses_file=str(ud_dir / "en_ewt-ud-dev.conllu"), cf=True,
+              calib_size=6, eval_size=5, batch_size=3, k=1)
+    assert r.metric["name"] == "perplexity" and len(r.pruned_heads) == 2 and r.cf_log
+    assert r.split["calibration"] == 6 and r.split["evaluation_test"] == 5
+    assert r.details["parse_cache"]["parser"].startswith("gold:") and r.details["n_arcs"] == 6  # nsubj per sentence
+    from synprune.conllu import read_conllu
+
+    gold = read_conllu(ud_dir / "en_ewt-ud-dev.conllu").sample(6, 0).texts
+    assert gold == [e.text_a for e in make_split(load_task("ewt"), 6, 0).calibration]  # the same dev sentences

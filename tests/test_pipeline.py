@@ -175,3 +175,24 @@ def test_fidelity_metrics_by_hand():
     p = np.exp(ref) / np.exp(ref).sum(1, keepdims=True)
     q = np.exp(out) / np.exp(out).sum(1, keepdims=True)
     assert r["kl_to_dense"] == pytest.approx(np.mean((p * np.log(p / q)).sum(1)))
+
+
+def test_long_rows_are_counted_in_the_run_record(tmp_path):
+    from synprune.tasks import Example, TaskData
+
+    long = " ".join(["word"] * 400) + "."
+    rows = [Example(t, t, 2.0 + i % 3) for i, t in enumerate(
+        ["A man plays.", long, "A dog runs.", "Kids play.", long + " again", "Cats sleep.", "Sun shines.", "It rains."])]
+    data = TaskData("long", {"all": rows}, 1, ("spearman",), "memory", {}, ("all",))
+    res = prune(tiny_model("bert"), task=data, sparsity=0.25, method="entropy", calib_size=4, max_length=32, seed=3)
+    split = res.split
+    assert split["calibration_rows_cut"] + split["evaluation_all_rows_cut"] == 2  # each long row is in one half
+
+
+def test_a_written_result_reads_back_whole(glue_dir, tmp_path):
+    from synprune.result import PruneResult
+
+    res = _quick(glue_dir, tmp_path / "run", cf=True, pool_ratio=0.5)
+    back = PruneResult.read(tmp_path / "run")
+    assert back.to_json() == json.loads((tmp_path / "run" / "result.json").read_text())
+    assert back.cf_log == res.cf_log and back.pruned_heads == res.pruned_heads

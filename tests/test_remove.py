@@ -109,6 +109,7 @@ def test_fully_masked_layer_ignores_its_output_bias():
                                                                         ("roberta", "mlm")])
 def test_export_reload_matches_mask(tmp_path, family, head):
     model = tiny_model(family, head)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     batch = padded_batch(seed=5)
     ref = masked_output(model, PRUNED, batch)
     out = export_pruned(model, None, PRUNED, tmp_path / "m")
@@ -118,7 +119,8 @@ def test_export_reload_matches_mask(tmp_path, family, head):
     with torch.no_grad():
         assert (loaded(**batch)[0] - ref).abs().max() < 1e-5
     assert n_params(model) - n_params(loaded) == expected_drop(PRUNED)
-    assert n_params(model) == sum(p.numel() for p in model.parameters())  # the given model was not touched
+    after = model.state_dict()  # the given model was not touched: same tensors, same shapes, same values
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_bad_heads_are_one_line_errors():

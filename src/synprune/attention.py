@@ -4,6 +4,12 @@
 attention, word attention, dependency arcs) to a list of collectors. Nothing the size of the dataset is
 kept: each collector holds running sums, so memory does not grow with the number of sentences.
 
+Memory per batch: when every collector takes one layer at a time (`per_layer = True`: SAP's threshold and
+penalties, entropy, confidence), the scan streams. A hook on each layer's attention module takes the
+attention probabilities as the layer produces them, hands that layer to the collectors and drops them, so only
+one layer's T x T maps exist at a time (`AttentionBatch.layers` says which; `count_items` is true for the first
+layer only, so per-batch counts are not repeated). Other collectors get all layers at once.
+
 Causal language models (decoders) see only earlier tokens, so attention from word i to a later word j is 0
 by construction. For them (`AttentionBatch.causal`):
 - word pairs are the visible triangle only (j earlier than i): `pair_mask`, and with it SAP's threshold, the
@@ -23,6 +29,7 @@ from typing import Iterator, Protocol, Sequence
 import torch
 
 from . import align as A
+from .arch import attention_handles
 from .dependencies import PUNCT, arcs
 from .models import TaskModel
 from .parse import Parse
@@ -78,6 +85,13 @@ class AttentionBatch:
     items: Sequence[CalibItem]
     special_mask: torch.Tensor | None = None  # (B, T) bool, special tokens ([CLS], [SEP], <s>, ...)
     causal: bool = False  # a decoder: a word attends only to itself and earlier words
+    layers: range | None = None  # the layers token_attn and word_attn hold (None: all of the model's, in order)
+    count_items: bool = True  # False for a streamed batch's later layers: per-batch counts are already taken
+
+    @property
+    def rows(self) -> slice:
+        """Where this batch's layers go in a (layers x heads) array."""
+        return slice(None) if self.layers is None else slice(self.layers.start, self.layers.stop)
 
     def arc_attention(self, direction: str = "dep2head") -> torch.Tensor:
         """(P, L, H) attention value of each arc in the chosen direction (causal: the visible direction)."""
@@ -118,6 +132,8 @@ def punct_words(batch: AttentionBatch) -> torch.Tensor:
 
 
 class Collector(Protocol):
+    """Gets every batch; a collector with `per_layer = True` accepts one layer at a time (see the module doc)."""
+
     def update(self, batch: AttentionBatch) -> None: ...
 
 
@@ -153,6 +169,27 @@ def eager_attention(model: torch.nn.Module) -> Iterator[None]:
             model.set_attn_implementation(current)
 
 
+@contextlib.contextmanager
+def layer_stream(model: torch.nn.Module, on_layer) -> Iterator[None]:
+    """Call `on_layer(layer, probabilities)` as each attention module returns its (B, H, T, T) probabilities,
+    and pass None on in their place, so transformers keeps none of them (the hooks run before its own)."""
+
+    def hook(layer: int):
+        def take(module, args, output):
+            if isinstance(output, tuple) and len(output) > 1 and torch.is_tensor(output[1]):
+                on_layer(layer, output[1])
+                return (output[0], None, *output[2:])
+            return output
+        return take
+
+    handles = [h.module.register_forward_hook(hook(h.layer), prepend=True) for h in attention_handles(model)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collector], label_index: dict[str, int],
          keep_punct: bool = False, batch_size: int = 32, max_length: int = 128, description: str = "attention") -> int:
@@ -160,6 +197,7 @@ def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collect
     tok, model = tm.tokenizer, tm.model
     device = next(model.parameters()).device
     order = sorted(range(len(items)), key=lambda i: -(len(items[i].text_a) + len(items[i].text_b or "")))
+    stream = all(getattr(c, "per_layer", False) for c in collectors)
     n_arcs = 0
     with bar(description, len(items)) as advance, eager_attention(model):
         for start in range(0, len(order), batch_size):
@@ -173,16 +211,27 @@ def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collect
                 texts_b, [it.parse_b.words for it in batch_items] if texts_b is not None else None,
             )
             inputs = {k: v.to(device) for k, v in enc.items() if k not in ("offset_mapping", "special_tokens_mask")}
-            out = model(**inputs, output_attentions=True)
-            token_attn = torch.stack(out.attentions, dim=1).float().cpu()  # (B, L, H, T, T)
-            R, C = A.pooling_matrices(alignments, token_attn.shape[-1])
-            word_attn = A.word_attention(token_attn, R, C)
-            word_mask = R.sum(-1) > 0
-            batch = AttentionBatch(token_attn, enc["attention_mask"].bool(), word_attn, word_mask,
-                                   batch_arcs(batch_items, alignments, label_index, keep_punct), batch_items,
-                                   enc["special_tokens_mask"].bool(), causal=tm.kind == "lm")
-            n_arcs += len(batch.arcs)
-            for c in collectors:
-                c.update(batch)
+            R, C = A.pooling_matrices(alignments, enc["input_ids"].shape[-1])
+            arcs_ = batch_arcs(batch_items, alignments, label_index, keep_punct)
+            seen: list[int] = []
+
+            def feed(token_attn: torch.Tensor, layers: range | None) -> None:
+                batch = AttentionBatch(token_attn, enc["attention_mask"].bool(), A.word_attention(token_attn, R, C),
+                                       R.sum(-1) > 0, arcs_, batch_items, enc["special_tokens_mask"].bool(),
+                                       causal=tm.kind == "lm", layers=layers, count_items=not seen)
+                seen.append(1)
+                for c in collectors:
+                    c.update(batch)
+
+            if stream:
+                with layer_stream(model, lambda layer, p: feed(p[:, None].float().cpu(), range(layer, layer + 1))):
+                    model(**inputs, output_attentions=True)
+                if len(seen) != len(attention_handles(model)):
+                    raise RuntimeError(f"{type(model).__name__}: {len(seen)} of {len(attention_handles(model))} attention "
+                                       "modules returned their probabilities; its adapter's attention module is not the one that does")
+            else:
+                out = model(**inputs, output_attentions=True)
+                feed(torch.stack(out.attentions, dim=1).float().cpu(), None)  # (B, L, H, T, T)
+            n_arcs += len(arcs_)
             advance(len(batch_items))
     return n_arcs

@@ -214,14 +214,15 @@ def heads_to_prune(model_or_config: Any, ranked: Sequence[Head], spec: str | Bud
 
 
 def budget_report(model_or_config: Any, pruned: Iterable[Head], spec: str | Budget,
-                  mean_seq_len: float | None = None) -> dict[str, Any]:
+                  mean_seq_len: float | None = None, neurons: Iterable[tuple[int, int]] = ()) -> dict[str, Any]:
     """What a selection keeps (fraction of heads, parameters and, with a sequence length, FLOPs) and whether
     that meets the budget. `pruned` lists every removed head (a removed layer's heads all appear)."""
     budget = spec if isinstance(spec, Budget) else parse_budget(spec)
     cost = CostModel.from_model(model_or_config)
     pruned = sorted({(int(l), int(h)) for l, h in pruned})
     kinds = ("heads", "params") + (("flops",) if mean_seq_len else ())
-    kept = {k: cost.kept_fraction(pruned, k, mean_seq_len) for k in kinds}
+    neurons = sorted({(int(l), int(i)) for l, i in neurons})
+    kept = {k: cost.kept_fraction(pruned, k, mean_seq_len, neurons=neurons) for k in kinds}
     if budget.kind == "heads":
         from .select import n_to_prune
 
@@ -229,6 +230,7 @@ def budget_report(model_or_config: Any, pruned: Iterable[Head], spec: str | Budg
     else:
         met = kept[budget.kind] <= budget.keep * (1 + 1e-12)
     return {"spec": f"{budget.kind}:{budget.keep:g}", "met": bool(met), "heads_pruned": len(pruned),
+            **({"neurons_pruned": len(neurons)} if neurons else {}),
             **{f"{k}_kept": round(v, 6) for k, v in kept.items()}, "mean_seq_len": mean_seq_len}
 
 

@@ -48,7 +48,7 @@ def _entry(stage: str, head: Head, metric: float | None, removed: bool, heads: S
 
 
 def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg: PruneConfig,
-                     fast: bool = True) -> tuple[Selection, list[dict]]:
+                     fast: bool = True, background: tuple = ()) -> tuple[Selection, list[dict]]:
     """Choose `n_prune` heads from the top of `order` (most prunable first), checked on the calibration split.
 
     Returns the selection and one log entry per decision, in the order they were made:
@@ -80,7 +80,8 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
     single: dict[Head, float] = {}
     # A head's metric alone depends only on what its removal takes away, not on the method or the budget:
     # every CF run on this calibration context (other sparsities, other methods) reuses it.
-    alone: dict[tuple[Head, ...], float] = ctx.memo(("cf-single", fast), dict)
+    # `background`: units pruned underneath the whole walk (neurons masked by the caller), part of the key.
+    alone: dict[tuple[Head, ...], float] = ctx.memo(("cf-single", fast, tuple(background)), dict)
     with bar("CF: candidates alone", len(pool)) as advance:
         for head in pool:
             heads = Pruning(grid, n_heads, cfg.layer_fraction).expand(head)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from .errors import SynpruneError
 
 
-UNITS = ("heads", "kv-groups")
+UNITS = ("heads", "kv-groups", "heads,neurons")
 
 
 @dataclass
@@ -30,8 +30,11 @@ class PruneConfig:
     tolerance: float = 0.95
     tolerance_abs: float | None = None
     budget: str | None = None
-    units: str = "heads"  # what the budget counts: "heads" (query heads) or "kv-groups" (whole key/value groups)
+    units: str = "heads"  # what is pruned: "heads" (query heads), "kv-groups" (whole key/value groups), "heads,neurons"
     dependencies_from: str | None = None  # SAP: rank dependency labels on this dataset instead of the calibration data
+    neuron_score: str = "auto"  # --units heads,neurons: how neurons are scored (synprune.neurons)
+    repair: str = "none"  # retrain-free repair after pruning: none, ls, bias (synprune.repair)
+    rearrange: bool = True  # budgeted neuron search: Kwon et al.'s mask rearrangement
 
     def validate(self) -> "PruneConfig":
         from .attention import DIRECTIONS
@@ -79,7 +82,32 @@ class PruneConfig:
             from .budget import parse_budget
 
             parse_budget(self.budget)
+        from .repair import REPAIRS
+
+        if self.repair not in REPAIRS:
+            raise SynpruneError(f"--repair {self.repair!r}: use one of {', '.join(REPAIRS)}")
+        if self.neuron_score != "auto":
+            from .neurons import SCORERS
+
+            if self.neuron_score not in SCORERS:
+                raise SynpruneError(f"--neuron-score {self.neuron_score!r}: use auto or one of {', '.join(sorted(SCORERS))}")
         return self
+
+    @property
+    def neurons(self) -> bool:
+        """Feed-forward neurons are prunable units too."""
+        return self.units == "heads,neurons"
+
+    def resolved(self) -> "PruneConfig":
+        """`kwon` is Kwon et al. 2022's whole recipe: heads and neurons, Fisher scores, the search with its
+        rearrangement, and least-squares repair (unless another repair is asked for); it needs a FLOPs or
+        parameter budget."""
+        if self.method != "kwon":
+            return self
+        if self.budget is None or self.budget.split(":")[0].strip().lower() == "heads":
+            raise SynpruneError("method kwon searches a mask under a cost budget: pass --budget flops:F (or params:F)")
+        return self.replace(units="heads,neurons", neuron_score="fisher", rearrange=True,
+                            repair="ls" if self.repair == "none" else self.repair)
 
     def check_model(self, max_positions: int | None) -> "PruneConfig":
         """Refuse a --max-length the model cannot embed (its position table would be indexed past its end)."""
@@ -96,6 +124,8 @@ class PruneConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
 
 
 def _non_finite_number(text: str) -> bool:

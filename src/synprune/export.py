@@ -22,7 +22,6 @@ from . import __version__
 from .arch import head_grid, kv_grid
 from .errors import SynpruneError
 from .io import atomic_write_json, sha256_dir
-from .masking import UnitMask
 from .remove import apply_state, remove_units, validate_heads, validate_neurons
 
 PRUNING_FILE = "synprune_pruning.json"
@@ -98,14 +97,17 @@ def _source(model: nn.Module) -> dict[str, Any]:
 
 def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, int]], out_dir: str | Path,
                   meta: dict | None = None, *, overwrite: bool = False, in_place: bool = False,
-                  verify: bool = True, onnx: bool = False, neurons: Iterable[tuple[int, int]] = ()) -> Path:
+                  verify: bool = True, onnx: bool = False, neurons: Iterable[tuple[int, int]] = (),
+                  repair: Any = None) -> Path:
     """Remove `pruned` heads from (a copy of) `model` and write the smaller model to `out_dir`, atomically.
 
     With `verify`, a padded probe batch must give the same first output (last hidden state or logits) as
     the masked model, else nothing is written. `meta` is stored under "meta" in synprune_pruning.json
     (its "source" key, if any, replaces the provenance read from the model's config). With `onnx`, the folder
     also gets `model.onnx`, checked with onnxruntime against torch. `in_place` slices `model` itself instead
-    of a deep copy (half the memory; the model stays sliced even if the check fails). Returns `out_dir`.
+    of a deep copy (half the memory; the model stays sliced even if the check fails). A `repair`
+    (synprune.repair.Repair) is folded into the weights first, so the folder holds an ordinary smaller model
+    that computes what the repaired masked model does. Returns `out_dir`.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
@@ -118,7 +120,7 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     model.eval()
     n_dense = _n_params(model)
     try:
-        small, state, max_diff = _slice_checked(model, pruned, neurons, verify, in_place)
+        small, state, max_diff = _slice_checked(model, pruned, neurons, verify, in_place, repair)
     finally:
         if was_training and not in_place:
             model.train()
@@ -140,6 +142,7 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
         "units": state["counts"],
         "pruned_heads": [list(h) for h in pruned],
         "pruned_neurons": len(neurons),
+        "repair": None if repair is None else repair.summary(),
         "parameters": {"dense": n_dense, "pruned": _n_params(small)},
         "verified_max_abs_diff": max_diff,
         "source": source,
@@ -165,14 +168,18 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
 
 
 def _slice_checked(model: nn.Module, pruned: list[tuple[int, int]], neurons: list[tuple[int, int]], verify: bool,
-                   in_place: bool) -> tuple[nn.Module, dict, float | None]:
-    """Slice (a copy of) the model; with `verify` (float32 only), compare with the masked model on a probe."""
+                   in_place: bool, repair: Any = None) -> tuple[nn.Module, dict, float | None]:
+    """Fold the repair into and slice (a copy of) the model; with `verify` (float32 only), compare with the
+    (repaired) masked model on a probe."""
+    from .repair import fold, repaired
+
     check = verify and next(model.parameters()).dtype == torch.float32
     if check:
         probe = probe_inputs(model)
-        with UnitMask.pruning(model, pruned, neurons or None):
+        with repaired(model, pruned, neurons or None, repair):
             reference = _first_output(model, probe)
     small = model if in_place else copy.deepcopy(model)
+    fold(small, repair)
     state = remove_units(small, pruned, neurons)
     if not check:
         return small, state, None

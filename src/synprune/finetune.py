@@ -379,6 +379,10 @@ def finetune(
 
     ckpt_path = out / CHECKPOINT_DIR / CHECKPOINT_FILE
     record_path = out / RECORD_FILE
+    if not fresh and not record_path.is_file() and not (out / CHECKPOINT_DIR).is_dir():
+        from .io import refuse_to_replace
+
+        refuse_to_replace(out, False, "--out", "--fresh")  # a user's folder, not an earlier fine-tuning
     if fresh:
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
         record_path.unlink(missing_ok=True)

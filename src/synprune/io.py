@@ -59,13 +59,13 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def refuse_to_replace(path: str | Path, overwrite: bool, option: str) -> None:
+def refuse_to_replace(path: str | Path, overwrite: bool, option: str, flag: str = "--overwrite") -> None:
     """A user's existing non-empty folder (or a file where a folder goes) is replaced only with --overwrite."""
     from .errors import SynpruneError
 
     p = Path(path)
     if p.exists() and not overwrite and (not p.is_dir() or any(p.iterdir())):
-        raise SynpruneError(f"{option} {p} already exists and is not empty; choose another folder or add --overwrite")
+        raise SynpruneError(f"{option} {p} already exists and is not empty; choose another folder or add {flag}")
 
 
 def read_json(path: str | Path, what: str) -> Any:

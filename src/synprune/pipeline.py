@@ -13,7 +13,6 @@ from .calibration import Calibration
 from .config import PruneConfig, max_positions
 from .errors import SynpruneError
 from .evaluate import evaluate, prepare, task_metrics
-from .masking import HeadMask
 from .methods import HeadScores, get_method, unused_options, uses
 from .models import TaskModel, load_model, model_kind, with_bos
 from .progress import log
@@ -77,6 +76,19 @@ def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Sele
     """Heads to prune: the top of the order, or CF's walk over a candidate pool. With a budget, also the
     config the selection ran with (its sparsity is the budget's head count) and what the selection keeps."""
     n_heads = ctx.tm.n_heads
+    if cfg.neurons:
+        from .budget import budget_report
+        from .units import select_units
+
+        selection, info = select_units(ctx, cfg, scores)
+        report = None
+        if cfg.budget:
+            seq_len = ctx.mean_length()
+            report = budget_report(ctx.tm.model, selection.pruned, cfg.budget, seq_len, neurons=selection.neurons)
+            if not report["met"]:
+                raise SynpruneError(f"budget {cfg.budget}: the selection keeps {report} and cannot meet it; use a larger fraction")
+        cf_log = info.pop("cf_log", [])
+        return selection, cf_log, cfg.replace(sparsity=len(selection.pruned) / n_heads), {**(report or {}), "units": info}
     gs = group_size(ctx.tm.model) if cfg.units == "kv-groups" else 1
     if gs > 1:
         scores = replace(scores, order=group_order(scores.order, gs))
@@ -107,8 +119,18 @@ def _pick(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, n: int) -> tup
     return select(scores.order, ctx.tm.grid, n, cfg.layer_fraction), []
 
 
-def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned) -> dict[str, dict[str, float]]:
-    with HeadMask.pruning(tm.model, pruned):
+def _n_neurons(tm: TaskModel) -> int:
+    from .masking import neuron_grid
+
+    layers, per_layer = neuron_grid(tm.model)
+    return layers * per_layer
+
+
+def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned, neurons=None, repair=None) -> dict[str, dict[str, float]]:
+    """Metrics per split with `pruned` heads (and `neurons`) masked, `repair` applied."""
+    from .repair import repaired
+
+    with repaired(tm.model, pruned, neurons, repair):
         return {split: evaluate(tm, p, metric_names) for split, p in prepared.items()}
 
 
@@ -125,7 +147,7 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
     sample; evaluation stays on the task.
     """
-    cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate()
+    cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate().resolved()
     get_method(cfg.method)  # unknown methods fail before any work
     refuse_unused_options(cfg)
     if onnx and export is None:
@@ -156,6 +178,7 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         from .export import export_pruned
 
         export_pruned(tm.model, tm.tokenizer, result.pruned_heads, export, overwrite=overwrite, onnx=onnx,
+                      neurons=result.pruned_neurons, repair=result.repair,
                       meta={"method": result.method, "cf": result.cf, "task": data.name, "sparsity": result.sparsity,
                             "metric": {k: result.metric[k] for k in ("name", "dense", "pruned")}})
     return result._written(out)  # last: a failed export leaves the previous output set as it was
@@ -167,6 +190,20 @@ def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
     key = ("scores", cfg.method, cfg.seed, *((o, getattr(cfg, o)) for o in sorted(uses(cfg.method))))
     with ctx.timed("score"):
         return ctx.memo(key, lambda: get_method(cfg.method)(ctx, cfg))
+
+
+def rows_cut(tm: TaskModel, split: Split, cfg: PruneConfig) -> dict[str, int]:
+    """Evaluation rows longer than --max-length (the model reads their first tokens only), per split."""
+    from .truncation import cut_to_kept
+
+    out = {}
+    for name, ex in split.evaluation.items():
+        cut = cut_to_kept(tm.tokenizer, [e.text_a for e in ex], [e.text_b for e in ex], cfg.max_length,
+                          together=tm.kind != "embedding")
+        out[name] = cut.rows_cut
+        if cut.rows_cut:
+            log(f"{cut.rows_cut} {name} rows are longer than --max-length {cfg.max_length}: scored on their first tokens")
+    return out
 
 
 def run_notes(cfg: PruneConfig, scores: HeadScores) -> list[str]:
@@ -182,25 +219,41 @@ def run_notes(cfg: PruneConfig, scores: HeadScores) -> list[str]:
 
 def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: str | Path | None = None) -> PruneResult:
     """Score, select (or CF), evaluate dense and pruned, and assemble the result for one method and budget."""
+    import time
+
     tm, metric_names = ctx.tm, ctx.metric_names
+    cfg = cfg.resolved()
+    t0 = time.perf_counter()
     scores = score(ctx, cfg)
     notes = run_notes(cfg, scores)
     with ctx.timed("select" if not cfg.cf else "cf"):
         selection, cf_log, cfg, budget = choose(ctx, cfg, scores)
+    repair = None
+    if cfg.repair != "none":
+        from .activations import model_inputs
+        from .repair import make_repair
+
+        with ctx.timed("repair"):
+            repair = make_repair(cfg.repair, tm.model, list(model_inputs(tm, ctx.prepared.batches)), selection.pruned,
+                                 selection.neurons if cfg.neurons else None)
+    prune_seconds = time.perf_counter() - t0
     prepared = ctx.memo("eval-prepared", lambda: with_reference(tm, {
         s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()},
         metric_names))
     with ctx.timed("evaluate_dense"):
         dense = ctx.memo("dense", lambda: evaluate_heads(tm, prepared, metric_names, []))
     with ctx.timed("evaluate_pruned"):
-        pruned = evaluate_heads(tm, prepared, metric_names, selection.pruned)
+        pruned = evaluate_heads(tm, prepared, metric_names, selection.pruned,
+                                selection.neurons if cfg.neurons else None, repair)
     main_split, main_metric = next(iter(prepared)), metric_names[0]
     return PruneResult(
         method=cfg.method, cf=cfg.cf, model=tm.describe(),
         task=task_record(data, metric_names),
         split={"calibration": len(split.calibration), **{f"evaluation_{s}": len(v) for s, v in split.evaluation.items()},
                "calibration_items": len(ctx.items) if "items" in ctx.__dict__ else None,
-               "calibration_rows_cut": ctx.texts.rows_cut if "texts" in ctx.__dict__ else None, "note": split.note},
+               "calibration_rows_cut": ctx.texts.rows_cut if "texts" in ctx.__dict__ else None,
+               **{f"evaluation_{s}_rows_cut": n for s, n in ctx.memo("eval-rows-cut", lambda: rows_cut(tm, split, cfg)).items()},
+               "note": split.note},
         sparsity=cfg.sparsity, n_heads=tm.n_heads, pruned_heads=selection.pruned, removed_layers=selection.removed_layers,
         removed_kv_groups=removed_kv_groups(tm.model, selection.pruned),
         metric={"name": main_metric, "split": main_split, "dense": dense[main_split][main_metric],
@@ -208,5 +261,7 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
         head_scores=scores.scores, config=cfg.to_json(), seed=cfg.seed, timings=dict(ctx.timings),
         versions=versions(ctx.parse_info.get("parser")),
         details={**scores.details, "parse_cache": ctx.parse_info, **({"budget": budget} if budget else {}),
-                 "options_not_used": unused_options(cfg.method), **({"notes": notes} if notes else {})}, cf_log=cf_log,
+                 "options_not_used": unused_options(cfg.method), **({"notes": notes} if notes else {}),
+                 "prune_seconds": prune_seconds, **({"repair": repair.summary()} if repair is not None else {})},
+        cf_log=cf_log, pruned_neurons=selection.neurons, n_neurons=_n_neurons(tm) if cfg.neurons else 0, repair=repair,
     )._written(out)

@@ -45,6 +45,9 @@ class PruneResult:
     details: dict = field(default_factory=dict)
     cf_log: list[dict] = field(default_factory=list)
     removed_kv_groups: list[list[int]] = field(default_factory=list)  # [layer, group]: all its query heads pruned
+    pruned_neurons: list[tuple[int, int]] = field(default_factory=list)  # --units heads,neurons
+    n_neurons: int = 0  # neurons of the model when they were prunable units, else 0
+    repair: Any = None  # synprune.repair.Repair (its summary goes into details)
 
     @property
     def pruned_per_layer(self) -> list[int]:
@@ -59,13 +62,18 @@ class PruneResult:
             "sparsity": self.sparsity, "n_heads": self.n_heads, "n_pruned": len(self.pruned_heads),
             "pruned_heads": [list(h) for h in self.pruned_heads], "removed_layers": self.removed_layers,
             "removed_kv_groups": [list(g) for g in self.removed_kv_groups],
-            "pruned_per_layer": self.pruned_per_layer, "metric": self.metric,
+            "pruned_per_layer": self.pruned_per_layer,
+            **({"n_neurons": self.n_neurons, "n_neurons_pruned": len(self.pruned_neurons),
+                "pruned_neurons": [list(u) for u in self.pruned_neurons]} if self.n_neurons else {}),
+            "metric": self.metric,
             "head_scores": np.asarray(self.head_scores, dtype=float).tolist(),
         }
         for key in ("dependency_ranking", "threshold"):
             if key in self.details:
                 out[key] = self.details[key]
         out["details"] = {k: v for k, v in self.details.items() if k not in ("dependency_ranking", "threshold")}
+        if self.repair is not None:
+            out["repair"] = self.repair.to_json()
         out.update({"config": self.config, "versions": self.versions, "seed": self.seed, "timings": self.timings})
         return out
 
@@ -85,7 +93,9 @@ class PruneResult:
                    sparsity=d["sparsity"], n_heads=d["n_heads"], pruned_heads=[tuple(h) for h in d["pruned_heads"]],
                    removed_layers=d["removed_layers"], metric=d["metric"], head_scores=np.asarray(d["head_scores"]),
                    config=d["config"], seed=d["seed"], timings=d["timings"], versions=d["versions"], details=details,
-                   cf_log=cf_log)
+                   cf_log=cf_log, removed_kv_groups=[list(g) for g in d.get("removed_kv_groups", [])],
+                   pruned_neurons=[tuple(u) for u in d.get("pruned_neurons", [])], n_neurons=d.get("n_neurons", 0),
+                   repair=_repair(d.get("repair")))
 
     def _written(self, out_dir: str | Path | None) -> "PruneResult":
         if out_dir is not None:
@@ -105,3 +115,11 @@ class PruneResult:
         else:
             (out / "cf_log.jsonl").unlink(missing_ok=True)
         return atomic_write_json(out / "result.json", self.to_json())
+
+
+def _repair(data: dict | None) -> Any:
+    if not data:
+        return None
+    from .repair import Repair
+
+    return Repair.from_json(data)

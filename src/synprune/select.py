@@ -34,6 +34,7 @@ class Selection:
     pruned: list[Head]
     removed_layers: list[int]
     fill: bool = False  # CF: the candidate pool ran out and the budget was filled by the method's order
+    neurons: list[Head] = field(default_factory=list)  # pruned feed-forward neurons (--units heads,neurons)
 
 
 @dataclass

@@ -17,10 +17,11 @@ import pkgutil
 from torch import nn
 
 from ..errors import SynpruneError
-from .base import Adapter, AttentionHandles, FFNHandles, Shape, in_dim, is_conv1d, out_dim
+from .base import Adapter, AttentionHandles, FFNHandles, Shape, in_dim, is_conv1d, out_dim, weight_rows
 
 __all__ = ["Adapter", "AttentionHandles", "FFNHandles", "Shape", "register", "get_adapter", "adapters",
-           "attention_handles", "ffn_handles", "head_grid", "kv_grid", "group_size", "removed_kv_groups", "in_dim", "out_dim", "is_conv1d"]
+           "attention_handles", "ffn_handles", "head_grid", "kv_grid", "group_size", "removed_kv_groups", "in_dim", "out_dim", "is_conv1d",
+           "weight_rows"]
 
 ADAPTERS: dict[str, Adapter] = {}
 _SUPPORT = {"base", "gqa"}

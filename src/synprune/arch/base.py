@@ -58,6 +58,12 @@ def _ZeroSafeConv1D() -> type:
     return _ZERO_SAFE[0]
 
 
+def weight_rows(module: nn.Module) -> torch.Tensor:
+    """A Linear's or Conv1D's weight as a detached float64 (out, in) matrix."""
+    w = module.weight.detach().double()
+    return w.t() if is_conv1d(module) else w
+
+
 def slice_outputs(module: nn.Module, index: torch.Tensor) -> None:
     """Keep only output features `index` (and their bias entries) of a Linear or Conv1D, in place."""
     dim = 1 if is_conv1d(module) else 0

@@ -66,8 +66,9 @@ class SapOptions(OptionSet):
     layer_fraction: Annotated[float, typer.Option(
         help="Remove a layer's whole attention block once this fraction of its heads is pruned.")] = _D.layer_fraction
     units: Annotated[str, typer.Option(
-        help="What sparsity and budgets count: heads (query heads) or kv-groups (whole key/value groups with all "
-             "their query heads: also shrinks the KV cache).")] = _D.units
+        help="What sparsity and budgets count: heads (query heads), kv-groups (whole key/value groups with all "
+             "their query heads: also shrinks the KV cache) or heads,neurons (query heads and feed-forward "
+             "neurons; budgets flops:F / params:F run Kwon et al.'s mask search).")] = _D.units
 
 
 @dataclass
@@ -79,6 +80,18 @@ class CfOptions(OptionSet):
     tolerance: Annotated[float, typer.Option(help="CF: keep a removal while the metric stays >= tolerance x dense.")] = _D.tolerance
     tolerance_abs: Annotated[Optional[float], typer.Option(
         help="CF: absolute allowed drop of the metric instead of --tolerance.")] = _D.tolerance_abs
+
+
+@dataclass
+class UnitOptions(OptionSet):
+    """With --units heads,neurons: the neurons' scores and the mask search; and the repair (any units)."""
+
+    neuron_score: Annotated[str, typer.Option(
+        help="With neurons: auto (the method's partner), fisher, output-fisher, magnitude or wanda.")] = _D.neuron_score
+    repair: Annotated[str, typer.Option(
+        help="Retrain-free repair: none, ls (least-squares rescaling, Kwon et al.) or bias (FLAP's bias compensation).")] = _D.repair
+    rearrange: Annotated[bool, typer.Option(
+        "--rearrange/--no-rearrange", help="With neurons and a budget: Kwon et al.'s mask rearrangement (gradient scores).")] = _D.rearrange
 
 
 def option_sets(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -57,7 +57,8 @@ def export(
     onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx, checked with onnxruntime."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it already holds files."),
 ) -> None:
-    """Remove the pruned heads for real and save the smaller model, its tokenizer and the kept heads per layer."""
+    """Remove the pruned heads (and neurons) for real, fold the run's repair in, and save the smaller model, its
+    tokenizer and the kept units per layer."""
     from ..arch import head_grid
     from ..export import export_pruned, load_source_model
     from ..io import sha256_dir
@@ -80,7 +81,13 @@ def export(
         "result_json": str(result_json.resolve()),
         **{k: result[k] for k in ("method", "cf", "task", "sparsity", "metric", "seed") if k in result},
     }
-    path = export_pruned(src, tokenizer, pruned, out, meta=meta, overwrite=overwrite, onnx=onnx)
+    from ..remove import validate_neurons
+    from ..repair import Repair
+
+    neurons = validate_neurons(src, result.get("pruned_neurons") or [])
+    repair = Repair.from_json(result["repair"]) if result.get("repair") else None
+    path = export_pruned(src, tokenizer, pruned, out, meta=meta, overwrite=overwrite, onnx=onnx, neurons=neurons,
+                         repair=repair)
     info = json.loads((path / "synprune_pruning.json").read_text())
     dense, small = info["parameters"]["dense"], info["parameters"]["pruned"]
     kept = sum(len(k) for k in info["kept_heads"])

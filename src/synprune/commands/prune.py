@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..cli import app
 from ..progress import console, set_quiet
-from ._options import CfOptions, DataOptions, SapOptions, option_sets
+from ._options import CfOptions, DataOptions, SapOptions, UnitOptions, option_sets
 
 
 def print_summary(result) -> None:
@@ -23,6 +23,8 @@ def print_summary(result) -> None:
         heads = ",".join(str(h) for l, h in result.pruned_heads if l == layer)
         table.add_row(str(layer), f"{n}{' (block removed)' if layer in result.removed_layers else ''}", heads)
     console.print(table)
+    if result.n_neurons:
+        console.print(f"feed-forward neurons pruned: {len(result.pruned_neurons)}/{result.n_neurons}")
     console.print(f"{m['name']} on {m['split']}: dense [bold]{m['dense']:.2f}[/] -> pruned [bold]{m['pruned']:.2f}[/] "
                   f"({m['pruned'] - m['dense']:+.2f})")
     if result.cf:
@@ -48,6 +50,7 @@ def prune(
     cf: bool = typer.Option(False, "--cf", help="Candidate Filtering: re-check each candidate against the task metric on the calibration split."),
     cf_options: CfOptions = CfOptions(),
     budget: Optional[str] = typer.Option(None, help="Budget instead of --sparsity: heads:F, params:F or flops:F (fraction to keep)."),
+    unit_options: UnitOptions = UnitOptions(),
     export: Optional[Path] = typer.Option(None, help="Also write the physically pruned model to this folder (load with synprune.load_pruned)."),
     onnx: bool = typer.Option(False, "--onnx", help="With --export: also write model.onnx, checked with onnxruntime."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --export folder if it already holds files."),
@@ -57,7 +60,7 @@ def prune(
 
     set_quiet(data.quiet)
     result = run_prune(data.model, task=str(data.task), sparsity=sparsity, out=out, **data.columns(), method=method,
-                       **data.config(), **sap.config(), cf=cf, **cf_options.config(), budget=budget,
+                       **data.config(), **sap.config(), cf=cf, **cf_options.config(), budget=budget, **unit_options.config(),
                        export=export, onnx=onnx, parses_file=parses, overwrite=overwrite)
     print_summary(result)
     console.print(f"wrote {out / 'result.json'}" + (f" and {out / 'cf_log.jsonl'}" if cf else "")

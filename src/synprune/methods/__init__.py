@@ -36,15 +36,24 @@ class HeadScores:
 MethodFn = Callable[["Calibration", "PruneConfig"], HeadScores]
 METHODS: dict[str, MethodFn] = {}
 USES: dict[str, frozenset[str]] = {}
+NEEDS: dict[str, tuple[str, ...]] = {}
+# What a method may need from the calibration run (listed by `synprune methods`).
+NEED_TEXT = {"parser": "dependency parses (spaCy, or --parses)", "attention": "an attention scan",
+             "gradients": "backward passes", "activations": "a forward pass over the calibration data", "labels": "labels (without them: the label-free output Fisher)"}
 
 
-def register(name: str, uses: Iterable[str] = ()) -> Callable[[MethodFn], MethodFn]:
+def register(name: str, uses: Iterable[str] = (), needs: Iterable[str] = ()) -> Callable[[MethodFn], MethodFn]:
     """Register a method. `uses`: the PruneConfig options its scores depend on besides the calibration data
-    (SAP: k, threshold, ...; random: seed), so a sweep reruns it only when one of those changes."""
+    (SAP: k, threshold, ...; random: seed), so a sweep reruns it only when one of those changes. `needs`:
+    keys of `NEED_TEXT`, what it computes or reads."""
+    unknown = set(needs) - set(NEED_TEXT)
+    if unknown:
+        raise ValueError(f"unknown needs {sorted(unknown)}; use {sorted(NEED_TEXT)}")
 
     def deco(fn: MethodFn) -> MethodFn:
         METHODS[name] = fn
         USES[name] = frozenset(uses)
+        NEEDS[name] = tuple(needs)
         return fn
 
     return deco

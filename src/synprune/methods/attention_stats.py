@@ -18,6 +18,8 @@ MEMO_KEY = "attention-stats"
 class AttentionStats:
     """Running sums of row entropy (nats) and row maximum per head, over real query rows of sub-token attention."""
 
+    per_layer = True
+
     def __init__(self, grid: tuple[int, int]):
         self.entropy_sum = torch.zeros(grid, dtype=torch.float64)
         self.max_sum = torch.zeros(grid, dtype=torch.float64)
@@ -28,8 +30,10 @@ class AttentionStats:
         real = batch.token_mask  # (B, T)
         keys = real[:, None, None, :].float()  # (B, 1, 1, T): masks key columns of (B, H, T, T)
         queries = real[:, None, :].float()  # (B, 1, T): masks query rows of (B, H, T)
-        for layer in range(batch.token_attn.shape[1]):  # one layer at a time keeps the temporaries small
-            a = batch.token_attn[:, layer].float()  # (B, H, T, T)
+        first = batch.rows.start or 0
+        for i in range(batch.token_attn.shape[1]):  # one layer at a time keeps the temporaries small
+            layer = first + i
+            a = batch.token_attn[:, i].float()  # (B, H, T, T)
             on_real = (a * keys).sum(-1)  # (B, H, T)
             on_padding = (a * (1 - keys)).sum(-1)
             self.padding_mass = max(self.padding_mass, float((on_padding * queries).max()))
@@ -37,7 +41,8 @@ class AttentionStats:
             entropy = -torch.special.xlogy(p, p).sum(-1)
             self.entropy_sum[layer] += (entropy * queries).sum(dim=(0, 2)).double()
             self.max_sum[layer] += (p.amax(-1) * queries).sum(dim=(0, 2)).double()
-        self.rows += int(real.sum())
+        if batch.count_items:
+            self.rows += int(real.sum())
 
     @property
     def mean_entropy(self) -> torch.Tensor:
@@ -56,14 +61,14 @@ def attention_stats(ctx) -> AttentionStats:
     return ctx.memo(MEMO_KEY, lambda: ctx.run_scan([AttentionStats(ctx.tm.grid)], description="attention entropy/confidence")[0])
 
 
-@register("entropy")
+@register("entropy", needs=("attention",))
 def entropy(ctx, cfg) -> HeadScores:
     stats = attention_stats(ctx)
     scores = stats.mean_entropy.numpy()
     return HeadScores(scores, order_by(scores, highest_first=True), {"scores": "mean row entropy (nats)", **stats.details()})
 
 
-@register("confidence")
+@register("confidence", needs=("attention",))
 def confidence(ctx, cfg) -> HeadScores:
     stats = attention_stats(ctx)
     scores = stats.mean_max.numpy()

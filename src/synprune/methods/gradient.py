@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import evaluate as E
-from ..masking import HeadMask, mask_from_heads
+from ..masking import UnitMask, mask_from_heads, neuron_grid
 from ..models import TaskModel
 from ..progress import bar
 from . import Head, HeadScores, order_by, register
@@ -56,34 +56,54 @@ def objective(tm: TaskModel, batch: E.Batch, kind: str, seed: int = 0, index: in
 
 
 def mask_gradients(tm: TaskModel, batches: Sequence[E.Batch], mask: torch.Tensor, kind: str, seed: int = 0,
-                   description: str = "mask gradients") -> np.ndarray:
-    """(batches, layers, heads): d objective_b / d mask at `mask`, one backward pass per batch."""
-    grads = []
+                   description: str = "mask gradients", neurons: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """(batches, layers, heads): d objective_b / d mask at `mask`, one backward pass per batch. With `neurons`,
+    also (batches, layers, neurons): the gradient of the feed-forward neuron mask (all ones), from the same pass."""
+    grads, ngrads = [], []
+    ngrid = neuron_grid(tm.model)
     with bar(description, len(batches)) as advance:
         for i, batch in enumerate(batches):
             m = mask.detach().to(torch.float64).clone().requires_grad_(True)
-            with HeadMask(tm.model, m):
+            n = torch.ones(ngrid, dtype=torch.float64, requires_grad=True) if neurons else None
+            with UnitMask(tm.model, m, n):
                 value = objective(tm, batch, kind, seed, i)
-            (g,) = torch.autograd.grad(value, m, allow_unused=True)  # None when no head is left to mask
-            grads.append(np.zeros(m.shape) if g is None else g.numpy())
+            leaves = [m] + ([n] if neurons else [])
+            got = torch.autograd.grad(value, leaves, allow_unused=True)  # None when no unit is left to mask
+            grads.append(np.zeros(m.shape) if got[0] is None else got[0].numpy())
+            if neurons:
+                ngrads.append(np.zeros(ngrid) if got[1] is None else got[1].numpy())
             advance(1)
-    return np.stack(grads) if grads else np.zeros((0, *tm.grid))
+    heads = np.stack(grads) if grads else np.zeros((0, *tm.grid))
+    if not neurons:
+        return heads
+    return heads, np.stack(ngrads) if ngrads else np.zeros((0, *ngrid))
 
 
-def gradients(ctx, cfg, masked: Sequence[Head] = (), kind: str | None = None) -> tuple[np.ndarray, str]:
-    """Per-batch mask gradients over the calibration batches with `masked` heads at 0; the unmasked ones are memoized.
-    `kind` defaults to the task loss when every example has a label, else the output Fisher."""
+def unit_gradients(ctx, cfg, kind: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Per-batch gradients of the head mask and the neuron mask (Kwon et al.'s Fisher inputs), memoized per
+    calibration context; the head part is what `gradients` gives with nothing masked."""
     batches = ctx.prepared.batches
     kind = kind or loss_kind(batches)
 
-    def compute() -> np.ndarray:
+    def compute() -> tuple[np.ndarray, np.ndarray]:
         with ctx.timed("gradients"):
-            mask = mask_from_heads(ctx.tm.grid, masked)
-            return mask_gradients(ctx.tm, batches, mask, kind, cfg.seed, f"mask gradients ({len(masked)} masked)")
+            return mask_gradients(ctx.tm, batches, torch.ones(ctx.tm.grid), kind, cfg.seed, "mask gradients", neurons=True)
 
-    if masked:
-        return compute(), kind
-    return ctx.memo(("mask-gradients", kind, cfg.seed if kind == OUTPUT_FISHER else None), compute), kind
+    heads, neurons = ctx.memo(("unit-gradients", kind, cfg.seed if kind == OUTPUT_FISHER else None), compute)
+    return heads, neurons, kind
+
+
+def gradients(ctx, cfg, masked: Sequence[Head] = (), kind: str | None = None) -> tuple[np.ndarray, str]:
+    """Per-batch mask gradients over the calibration batches with `masked` heads at 0; the unmasked ones are
+    memoized (with the neuron mask's, in one pass: see `unit_gradients`). `kind` defaults to the task loss when
+    every example has a label, else the output Fisher."""
+    if not masked:
+        heads, _, kind = unit_gradients(ctx, cfg, kind)
+        return heads, kind
+    kind = kind or loss_kind(ctx.prepared.batches)
+    with ctx.timed("gradients"):
+        mask = mask_from_heads(ctx.tm.grid, masked)
+        return mask_gradients(ctx.tm, ctx.prepared.batches, mask, kind, cfg.seed, f"mask gradients ({len(masked)} masked)"), kind
 
 
 def layer_normalised(importance: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
@@ -96,7 +116,7 @@ def _details(kind: str, grads: np.ndarray, scores: str) -> dict:
     return {"loss": kind, "n_batches": int(grads.shape[0]), "scores": scores}
 
 
-@register("michel")
+@register("michel", needs=("gradients", "labels"))
 def michel(ctx, cfg) -> HeadScores:
     grads, kind = gradients(ctx, cfg)
     raw = np.abs(grads).sum(0)
@@ -105,7 +125,7 @@ def michel(ctx, cfg) -> HeadScores:
                       {**_details(kind, grads, "sum over batches of |dL/dm|, L2-normalised per layer"), "raw": raw.tolist()})
 
 
-@register("michel-iterative")
+@register("michel-iterative", needs=("gradients", "labels"))
 def michel_iterative(ctx, cfg) -> HeadScores:
     L, H = ctx.tm.grid
     step = math.ceil(ITERATIVE_FRACTION * L * H)
@@ -127,17 +147,25 @@ def michel_iterative(ctx, cfg) -> HeadScores:
         "step_size": step, "steps": [[list(h) for h in s] for s in steps]})
 
 
-@register("fisher")
+@register("fisher", needs=("gradients", "labels"))
 def fisher(ctx, cfg) -> HeadScores:
     grads, kind = gradients(ctx, cfg)
     scores = (grads ** 2).sum(0)
     return HeadScores(scores, order_by(scores, highest_first=False), _details(kind, grads, "sum over batches of (dL/dm)^2"))
 
 
-@register("output-fisher")
+@register("output-fisher", needs=("gradients",))
 def output_fisher(ctx, cfg) -> HeadScores:
     """`fisher` with the label-free objective (the output Fisher of SPEC 5) even where labels exist: how much a
     head moves the model's output, whatever the task. A label-free baseline, and sapx's gradient half."""
     grads, kind = gradients(ctx, cfg, kind=OUTPUT_FISHER)
     scores = (grads ** 2).sum(0)
     return HeadScores(scores, order_by(scores, highest_first=False), _details(kind, grads, "sum over batches of (d r.f(x)/dm)^2"))
+
+
+@register("kwon", needs=("gradients", "labels"))
+def kwon(ctx, cfg) -> HeadScores:
+    """Kwon et al. 2022's whole recipe: Fisher scores of heads and neurons, the FLOPs-optimal mask search with
+    rearrangement, least-squares repair (needs --budget flops:F). Its head scores are `fisher`'s; the rest
+    comes with the method name (PruneConfig.resolved)."""
+    return fisher(ctx, cfg)

@@ -20,6 +20,8 @@ HIST_BINS = 20000  # resolution of quantile thresholds (attention to a word lies
 class MeanAttention:
     """Running sums of word-level attention W[i, j], i != j, per head, plus a histogram for quantiles."""
 
+    per_layer = True
+
     def __init__(self, grid: tuple[int, int]):
         self.sum = torch.zeros(grid, dtype=torch.float64)
         self.count = 0
@@ -28,8 +30,9 @@ class MeanAttention:
     def update(self, batch: AttentionBatch) -> None:
         m = batch.pair_mask()  # (B, W, W)
         w = batch.word_attn  # (B, L, H, W, W)
-        self.sum += (w * m[:, None, None]).sum(dim=(0, 3, 4)).double()
-        self.count += int(m.sum())
+        self.sum[batch.rows] += (w * m[:, None, None]).sum(dim=(0, 3, 4)).double()
+        if batch.count_items:
+            self.count += int(m.sum())
         values = w.permute(0, 3, 4, 1, 2)[m].flatten().clamp(0, 1)
         self.hist += torch.histc(values.double(), bins=HIST_BINS, min=0.0, max=1.0)
 
@@ -77,6 +80,8 @@ def parse_threshold(kind: str) -> str:
 class Penalty:
     """SAP penalty per head, and the mean attention over top-k arcs (the tie-break)."""
 
+    per_layer = True
+
     def __init__(self, tau: torch.Tensor, ranking: DependencyRanking, direction: str):
         self.tau = tau.float()
         self.weight = torch.tensor(ranking.weights, dtype=torch.float64)
@@ -93,14 +98,16 @@ class Penalty:
         a = batch.arc_attention(self.direction)  # (P, L, H)
         labels = batch.arcs.label
         top = self.top[labels][:, None, None]
-        miss = torch.where(top, a < self.tau, a > self.tau)
-        self.penalty += (miss.double() * self.weight[labels][:, None, None]).sum(0)
-        self.top_sum += (a * top).sum(0).double()
-        self.top_count += int(top.sum())
-        self.n_arcs += len(batch.arcs)
+        tau = self.tau[batch.rows]
+        miss = torch.where(top, a < tau, a > tau)
+        self.penalty[batch.rows] += (miss.double() * self.weight[labels][:, None, None]).sum(0)
+        self.top_sum[batch.rows] += (a * top).sum(0).double()
+        if batch.count_items:
+            self.top_count += int(top.sum())
+            self.n_arcs += len(batch.arcs)
 
 
-@register("sap", uses=("k", "threshold", "direction", "keep_punct", "dependencies_from"))
+@register("sap", uses=("k", "threshold", "direction", "keep_punct", "dependencies_from"), needs=("parser", "attention"))
 def sap(ctx, cfg) -> HeadScores:
     source = cfg.dependencies_from
     ranking = ctx.dependency_ranking(cfg.k, cfg.keep_punct, source)

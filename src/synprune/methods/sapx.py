@@ -229,7 +229,7 @@ def score_variant(ctx, v: Variant) -> HeadScores:
     return ctx.memo(("sapx-variant", v), compute)
 
 
-@register("sapx", uses=())
+@register("sapx", uses=(), needs=("parser", "attention", "gradients"))
 def sapx(ctx, cfg) -> HeadScores:
     """SAP as the study chose it (`SAPX`); its settings are fixed so that results are comparable across runs."""
     return score_variant(ctx, SAPX)
