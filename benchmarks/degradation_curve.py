@@ -73,6 +73,15 @@ def cf_onset(curves: dict, method: str) -> float | None:
     return None
 
 
+def onset_text(curves: dict, method: str) -> str:
+    """The onset, or how far the comparison was measured when CF never mattered (or was not run)."""
+    s = cf_onset(curves, method)
+    if s is not None:
+        return f"{s:g}"
+    both = [x for x in SPARSITIES if x in curves.get(method, {}) and x in curves.get(method + "+cf", {})]
+    return "not run" if not both else f"none up to {max(both):g}"
+
+
 def plot(task: str, curves: dict, path: Path) -> Path:
     import matplotlib
 
@@ -132,8 +141,7 @@ def markdown(got: dict, tasks) -> str:
     lines += ["", "| task | CF starts to matter for sap at | for fisher at |", "|---|---:|---:|"]
     for t in tasks:
         if "_metric" in got[t]:
-            on = [cf_onset(got[t], m) for m in WITH_CF]
-            lines.append(f"| {t} | " + " | ".join("never (up to 0.9)" if s is None else f"{s:g}" for s in on) + " |")
+            lines.append(f"| {t} | " + " | ".join(onset_text(got[t], m) for m in WITH_CF) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -62,7 +62,7 @@ def test_degradation_table_lists_every_method_and_the_onset():
                     "random": {s: [1.0, 2.0] for s in deg.SPARSITIES}}}
     text = deg.markdown(got, ["cola"])
     assert "| cola (matthews) | sap | 26.7 |" in text and "|  | sap+cf |  | 89.0 |" in text
-    assert "| cola | never (up to 0.9) | never (up to 0.9) |" in text  # equal curves: CF never helps
+    assert "| cola | none up to 0.9 | not run |" in text  # equal curves: CF never helps; fisher+cf missing
 
 
 def test_weight_correlation_of_rankings():
