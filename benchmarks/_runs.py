@@ -51,7 +51,7 @@ class TaskRuns:
 
         tm = as_task_model(task_model_for(self.task, self.glue_dir))
         data = load_task(self.task, self.glue_dir)
-        split = make_split(data, self.base.calib_size, self.base.seed)
+        split = make_split(data, self.base.calib_size, self.base.seed, self.base.eval_size)
         ctx = Calibration(tm, split.calibration, self.base, task_metrics(tm, data), glue_dir=self.glue_dir)
         return ctx, data, split
 

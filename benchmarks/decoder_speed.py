@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--prompt", type=int, default=16, help="prompt tokens before greedy decoding (batch 1)")
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 

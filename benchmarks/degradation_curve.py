@@ -4,6 +4,8 @@ sap, sap+cf, sapx, fisher, fisher+cf and random (seeds 0, 1, 2) at sparsity 0.1,
 fine-tuned task models, one calibration context per task (512 seeded train examples; evaluation: all of dev).
 One plot per task (OUT/degradation_<task>.png, and --img DIR) marks where CF starts to matter: the first
 sparsity at which method+cf beats the method alone by more than random's sd at that sparsity.
+Evaluation is a seeded sample of 500 dev examples per task (--eval-size; 0 = all of dev): 9 sparsities x 8
+runs per task make the evaluation, not the scoring, the cost of the runs without CF.
 
     python benchmarks/degradation_curve.py --out runs/degradation --img docs/img [--budget-minutes 60]
 
@@ -32,11 +34,11 @@ CF_ORDER = ("cola", "sst2", "stsb", "mrpc")
 
 
 def folder(out: Path, task: str, method: str, cf: bool, s: float, seed: int | None = None) -> Path:
-    return out / task / f"{method}{'+cf' if cf else ''}_s{s:g}" + (f"_seed{seed}" if seed is not None else "")
+    return out / task / (f"{method}{'+cf' if cf else ''}_s{s:g}" + (f"_seed{seed}" if seed is not None else ""))
 
 
-def collect(tasks, out: Path, seeds, deadline: Deadline) -> dict[str, dict]:
-    runs = {t: TaskRuns(t, PruneConfig()) for t in tasks}
+def collect(tasks, out: Path, seeds, deadline: Deadline, eval_size: int | None = 500) -> dict[str, dict]:
+    runs = {t: TaskRuns(t, PruneConfig(eval_size=eval_size)) for t in tasks}
     got: dict[str, dict] = {t: {} for t in tasks}
 
     def one(t, method, cf, s, seed=None):
@@ -69,6 +71,15 @@ def cf_onset(curves: dict, method: str) -> float | None:
             if cf[s][0] - alone[s][0] > mean_sd(rnd[s])[1]:
                 return s
     return None
+
+
+def onset_text(curves: dict, method: str) -> str:
+    """The onset, or how far the comparison was measured when CF never mattered (or was not run)."""
+    s = cf_onset(curves, method)
+    if s is not None:
+        return f"{s:g}"
+    both = [x for x in SPARSITIES if x in curves.get(method, {}) and x in curves.get(method + "+cf", {})]
+    return "not run" if not both else f"none up to {max(both):g}"
 
 
 def plot(task: str, curves: dict, path: Path) -> Path:
@@ -130,8 +141,7 @@ def markdown(got: dict, tasks) -> str:
     lines += ["", "| task | CF starts to matter for sap at | for fisher at |", "|---|---:|---:|"]
     for t in tasks:
         if "_metric" in got[t]:
-            on = [cf_onset(got[t], m) for m in WITH_CF]
-            lines.append(f"| {t} | " + " | ".join("never (up to 0.9)" if s is None else f"{s:g}" for s in on) + " |")
+            lines.append(f"| {t} | " + " | ".join(onset_text(got[t], m) for m in WITH_CF) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -142,10 +152,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("runs/degradation"))
     ap.add_argument("--img", type=Path, default=None, help="also write the plots here (e.g. docs/img)")
     ap.add_argument("--budget-minutes", type=float, default=None, help="start no new run after this long")
+    ap.add_argument("--eval-size", type=int, default=500, help="seeded dev examples per task (0: all of dev)")
     args = ap.parse_args(argv)
     tasks = args.tasks.split(",")
     t0 = time.perf_counter()
-    got = collect(tasks, args.out, [int(s) for s in args.seeds.split(",")], Deadline(args.budget_minutes))
+    got = collect(tasks, args.out, [int(s) for s in args.seeds.split(",")], Deadline(args.budget_minutes),
+                  args.eval_size or None)
     text = markdown(got, tasks)
     missing = [f for t in tasks for f in got[t]["_skipped"]]
     if missing:

@@ -77,3 +77,13 @@ def test_sap_runs_on_a_decoder_with_given_parses():
     scores = get_method("sap")(ctx, ctx.config)
     assert scores.scores.shape == (2, 4) and len(scores.order) == 8
     assert scores.details["n_arcs"] == 3 * 2  # nsubj + dobj per sentence (punct dropped)
+
+
+def test_explain_runs_on_a_decoder_and_sees_the_attention_sink(tmp_path):
+    from synprune.explain import explain_model
+
+    f = tmp_path / "t.txt"
+    f.write_text("\n".join([TEXT, "The old man saw a dog in the park.", "Birds sing loudly at dawn."] * 4), encoding="utf-8")
+    ex, written = explain_model(tiny_lm(), str(f), tmp_path / "out", calib_size=6, batch_size=3, min_arcs=1, sentences=1)
+    assert (tmp_path / "out" / "best_heads.md").is_file() and written["best_heads"]
+    assert ex.special_share.shape == (2, 4) and float(ex.special_share.min()) > 0  # every head puts some mass on the start token

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from synprune import cf
+from synprune import evaluate as E
 from synprune.calibration import Calibration
 from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
@@ -18,6 +19,7 @@ from synprune.methods import order_by
 from synprune.pipeline import prune
 from synprune.tasks import Example
 
+from _tiny_models import DECODERS, tiny_model as tiny_decoder
 from conftest import STSB_ROWS, tiny_model
 
 @pytest.fixture(autouse=True)
@@ -36,27 +38,31 @@ COST = {(2, 2): 0.0, (0, 3): 0.25, (2, 0): 0.5, (1, 2): 0.5, (0, 0): 1.0, (0, 2)
 
 
 class AdditiveScorer:
-    """Stands in for AblationScorer: metric = 100 - sum of the removed heads' costs; records what it scored."""
+    """Stands in for AblationScorer: metric = 100 - sum of the removed heads' costs; records each removed set
+    it scored (`scored`, reset by the fixture)."""
 
     scored: list = []
 
-    def __init__(self, tm, prepared, metric_name, layers, fast=True):
+    def __init__(self, tm, prepared, metric_name, layers=(), fast=True):
         self.base, self.trial = frozenset(), None
         self.dense = 100.0
-        AdditiveScorer.scored = []
 
     def metric(self, extra):
         self.trial = self.base | frozenset(extra)
-        AdditiveScorer.scored.append(sorted(extra))
+        AdditiveScorer.scored.append(self.trial)
         return 100.0 - sum(COST[h] for h in self.trial)
 
     def accept(self):
         self.base = self.trial
 
+    def assume(self, heads):
+        self.base, self.trial = frozenset(heads), None
+
 
 @pytest.fixture
 def additive(monkeypatch):
     monkeypatch.setattr(cf, "AblationScorer", AdditiveScorer)
+    AdditiveScorer.scored = []
     store: dict = {}
 
     def memo(key, compute):
@@ -98,8 +104,9 @@ def test_walk_on_hand_made_metric(additive):
     fill = [e for e in log if e["stage"] == "fill"]
     assert [(e["layer"], e["head"], e["metric"], e["removed"]) for e in fill] == [(1, 3, None, True)]
     assert cf.summarize(log) == {"pool": 10, "tried": 8, "removed": 6, "rejected": 2, "filled": 1, "fill": True}
-    # nothing was scored twice and the skipped heads were never scored in the walk
-    assert len(AdditiveScorer.scored) == 10 + 8
+    # nothing was scored twice and the skipped heads were never scored in the walk; the walk's first step
+    # removes (2,2) alone, already scored in the single stage, so it costs no pass
+    assert len(AdditiveScorer.scored) == 10 + 7 == len(set(AdditiveScorer.scored))
 
 
 def test_walk_stops_at_the_budget_without_fill(additive):
@@ -110,16 +117,21 @@ def test_walk_stops_at_the_budget_without_fill(additive):
     assert [e["stage"] for e in log].count("walk") == 3
 
 
-def test_single_ablations_are_reused_across_budgets(additive):
-    """A head's metric alone does not depend on the budget: a second CF run on the same context scores only
-    the walk, and its single-stage log still carries every candidate's metric."""
+def test_metrics_are_reused_across_budgets(additive):
+    """A removed set's metric does not depend on the budget or on how the walk got there: a second CF run on
+    the same context scores only the sets the first did not, and its log still carries every metric."""
     cf.candidate_filter(additive, ORDER, 3, PruneConfig(sparsity=0.25))
+    first = list(AdditiveScorer.scored)
     selection, log = cf.candidate_filter(additive, ORDER, 6, PruneConfig(sparsity=0.5))
-    walk_scored = sum(1 for e in log if e["stage"] == "walk" and e["metric"] is not None)
+    second = AdditiveScorer.scored[len(first):]
+    asked = [frozenset(h for e2 in log[:i + 1] if e2["stage"] == "walk" and e2["removed"] for h in map(tuple, e2["heads"]))
+             | {(e["layer"], e["head"])} for i, e in enumerate(log) if e["stage"] == "walk" and e["metric"] is not None]
     singles = [e for e in log if e["stage"] == "single"]
-    new_singles = [h for h in ORDER[:9] if h not in ORDER[:6]]
-    assert len(AdditiveScorer.scored) == len(new_singles) + walk_scored
     assert [e["metric"] for e in singles] == [100 - COST[h] for h in ORDER[:9]]
+    walk = [e for e in log if e["stage"] == "walk" and e["metric"] is not None]
+    assert [e["metric"] for e in walk] == [100 - sum(COST[h] for h in s) for s in asked]
+    assert len(set(first + second)) == len(first + second)  # no removed set scored twice
+    assert set(second) == ({frozenset([h]) for h in ORDER[6:9]} | set(asked)) - set(first) - {frozenset()}
 
 
 def test_absolute_tolerance(additive):
@@ -224,3 +236,67 @@ def test_cli_cf_options_reach_the_run_and_the_summary(capsys, glue_dir, tmp_path
     assert [e["stage"] for e in log] == ["single"] * 6 + ["walk"] * 3 and all(e["removed"] for e in log[6:])
     err = capsys.readouterr().err
     assert "6 candidates scored alone; walk tried 3, removed 3, rejected 0; no fill-up needed" in " ".join(err.split())
+
+
+def test_scorer_catches_up_after_assume():
+    """`assume` takes a base whose metric is known without a pass; the next trial first rebuilds the cache
+    from the lowest changed layer, and scores what a full forward pass gives."""
+    ctx = _calibration("bert")
+    fast = AblationScorer(ctx.tm, ctx.prepared, ctx.metric_names[0], range(3))
+    fast.metric([(2, 0)])
+    fast.accept()
+    passes = fast.passes
+    fast.assume({(2, 0), (1, 2), (1, 3)})
+    assert fast.passes == passes
+    with HeadMask.pruning(ctx.tm.model, [(1, 2), (1, 3), (2, 0), (2, 1)]):
+        reference = evaluate(ctx.tm, ctx.prepared, ctx.metric_names)[ctx.metric_names[0]]
+    assert fast.metric([(2, 1)]) == pytest.approx(reference, abs=1e-6)
+    assert fast.passes == passes + 2  # the catch-up pass (from layer 1) and the trial (from layer 2)
+
+
+def test_a_second_cf_run_on_the_same_context_reuses_every_pass():
+    ctx = _calibration("bert", seed=3)
+    order = order_by(np.random.default_rng(0).random((3, 4)), highest_first=True)
+    cfg = PruneConfig(sparsity=0.5, tolerance=1.0)
+    first = cf.candidate_filter(ctx, order, 6, cfg)
+    scorer = ctx.memo(("cf-scorer", ctx.metric_names[0], ()), lambda: None)
+    passes = scorer.passes
+    assert cf.candidate_filter(ctx, order, 6, cfg) == first
+    assert scorer.passes == passes
+
+
+def _lm_prepared(seed: int = 0) -> E.Prepared:
+    """Random token ids (the tiny decoders' vocabulary is 100) in two right-padded batches, scored by perplexity."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for b, lengths in enumerate(([9, 7, 4], [6, 6, 3])):
+        ids = torch.randint(3, 100, (3, max(lengths)), generator=gen)
+        mask = (torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]).long()
+        batches.append(E.Batch(np.arange(3 * b, 3 * b + 3), {"input_ids": ids * mask, "attention_mask": mask}, None, None, lm=True))
+    return E.Prepared(batches, 6, None)
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_fast_scorer_matches_full_forward_on_decoders(family):
+    """Decoder families (rotary positions, grouped-query attention, fused q/k/v in GPT-2 and Phi-3): the
+    layer-reusing scorer gives the full forward pass's perplexity, or falls back to full passes."""
+    from synprune.models import TaskModel
+
+    tm = TaskModel(tiny_decoder(family, "lm"), None, "lm", family, "", None)
+    prepared = _lm_prepared()
+    fast = AblationScorer(tm, prepared, "perplexity", range(3))
+    plain = AblationScorer(tm, prepared, "perplexity", range(3), fast=False)
+
+    def reference(removed):
+        with HeadMask.pruning(tm.model, removed):
+            return evaluate(tm, prepared, ["perplexity"])["perplexity"]
+
+    assert fast.dense == pytest.approx(reference([]), rel=1e-5)
+    for extra, accept in (([(1, 2)], True), ([(2, 0)], False), ([(0, 1), (0, 3)], True), ([(2, 3)], False)):
+        want = reference(sorted(fast.base | set(extra)))
+        assert fast.metric(extra) == pytest.approx(want, rel=1e-5), extra
+        assert plain.metric(extra) == pytest.approx(want, rel=1e-5), extra
+        if accept:
+            fast.accept(), plain.accept()
+    if fast.fast:  # the layer reuse held: fewer layers ran than full passes would
+        assert fast.layer_runs < plain.layer_runs

@@ -229,3 +229,18 @@ def test_cli_prunes_and_sweeps_a_causal_lm_folder_on_a_text_file(tmp_path):
     assert e.value.code in (0, None)
     html = (tmp_path / "s" / "report.html").read_text()
     assert "lower is better" in html
+
+
+def test_ewt_with_gold_trees_calibrates_on_the_same_dev_sentences_and_cf_may_run(ud_dir):
+    from synprune.pipeline import prune
+
+    tm = tiny_lm(layers=2)
+    r = prune(tm, None, "ewt", 0.25, method="sap", parses_file=str(ud_dir / "en_ewt-ud-dev.conllu"), cf=True,
+              calib_size=6, eval_size=5, batch_size=3, k=1)
+    assert r.metric["name"] == "perplexity" and len(r.pruned_heads) == 2 and r.cf_log
+    assert r.split["calibration"] == 6 and r.split["evaluation_test"] == 5
+    assert r.details["parse_cache"]["parser"].startswith("gold:") and r.details["n_arcs"] == 6  # nsubj per sentence
+    from synprune.conllu import read_conllu
+
+    gold = read_conllu(ud_dir / "en_ewt-ud-dev.conllu").sample(6, 0).texts
+    assert gold == [e.text_a for e in make_split(load_task("ewt"), 6, 0).calibration]  # the same dev sentences

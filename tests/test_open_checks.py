@@ -37,6 +37,12 @@ def test_finished_runs_are_read_back_without_loading_anything(tmp_path):
     assert tr.skipped == [str(tmp_path / "other")]
 
 
+def test_run_folders_name_method_sparsity_and_seed(tmp_path):
+    deg = _load("degradation_curve")
+    assert deg.folder(tmp_path, "cola", "sap", True, 0.3) == tmp_path / "cola" / "sap+cf_s0.3"
+    assert deg.folder(tmp_path, "cola", "random", False, 0.9, seed=2) == tmp_path / "cola" / "random_s0.9_seed2"
+
+
 def test_cf_onset_is_the_first_sparsity_beating_random_sd():
     deg = _load("degradation_curve")
     curves = {"sap": {0.1: [80.0], 0.2: [79.0], 0.3: [70.0], 0.4: [50.0]},
@@ -56,7 +62,7 @@ def test_degradation_table_lists_every_method_and_the_onset():
                     "random": {s: [1.0, 2.0] for s in deg.SPARSITIES}}}
     text = deg.markdown(got, ["cola"])
     assert "| cola (matthews) | sap | 26.7 |" in text and "|  | sap+cf |  | 89.0 |" in text
-    assert "| cola | never (up to 0.9) | never (up to 0.9) |" in text  # equal curves: CF never helps
+    assert "| cola | none up to 0.9 | not run |" in text  # equal curves: CF never helps; fisher+cf missing
 
 
 def test_weight_correlation_of_rankings():

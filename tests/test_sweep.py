@@ -307,6 +307,40 @@ def test_report_renders_in_headless_chromium(swept, tmp_path):
     assert orange.sum() > 2000 and red.sum() > 50, "the embedded plots did not render"
 
 
+def test_stages_do_not_overlap_and_the_breakdown_adds_up(monkeypatch):
+    """Nested stages count only as themselves (a fake clock: each call advances it one second)."""
+    import itertools
+
+    import synprune.calibration as C
+    from synprune.sweep import stage_breakdown
+
+    clock = itertools.count()
+    monkeypatch.setattr(C.time, "perf_counter", lambda: float(next(clock)))
+    ctx = C.Calibration(types.SimpleNamespace(), [], PruneConfig())
+    with ctx.timed("score"):  # reads 0
+        with ctx.timed("attention"):  # 1 .. 2
+            pass
+        with ctx.timed("parse"):  # 3 .. 4
+            pass
+    with ctx.timed("attention"):  # 6 .. 7   (score closed at 5)
+        pass
+    assert ctx.timings == {"attention": 2.0, "parse": 1.0, "score": 3.0}
+    text = stage_breakdown(ctx.timings, 10.0)
+    lines = text.splitlines()
+    assert lines[0] == "sweep stages (10.0 s in all):"
+    assert [line.split()[0] for line in lines[1:]] == ["score", "attention", "parse", "other"]
+    assert lines[-1].split()[1:] == ["4.0", "s", "40.0%"]
+
+
+def test_sweep_reports_where_its_time_went(swept):
+    result = swept[0]
+    lines = result.breakdown.splitlines()
+    total = float(lines[0].split("(")[1].split(" s")[0])
+    stages = {line.split()[0]: float(line.split()[-3]) for line in lines[1:]}
+    assert {"parse", "attention", "evaluate_dense", "evaluate_pruned", "write", "other"} <= set(stages)
+    assert sum(stages.values()) == pytest.approx(total, abs=0.1 * len(stages))  # the stages do not overlap
+
+
 def _small_sweep(tmp, **kwargs):
     return sweep(tiny_model("bert"), task="stsb", glue_dir=write_stsb(tmp / "glue"), out=tmp / "sweep", calib_size=6,
                  methods=["magnitude", FAKE], sparsities=[0.25, 0.5], seeds=[0, 1], report=False, **kwargs)
@@ -314,7 +348,7 @@ def _small_sweep(tmp, **kwargs):
 
 def test_interrupted_sweep_resumes_with_the_finished_runs(monkeypatch, tmp_path):
     _register_fake(monkeypatch)
-    real_run = synprune.pipeline.run
+    real_run = synprune.pipeline.choose_heads
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -323,15 +357,15 @@ def test_interrupted_sweep_resumes_with_the_finished_runs(monkeypatch, tmp_path)
             raise KeyboardInterrupt  # Ctrl-C during the third run
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(synprune.pipeline, "run", interrupted)
+    monkeypatch.setattr(synprune.pipeline, "choose_heads", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _small_sweep(tmp_path)
     finished = sorted(p.parent.name for p in (tmp_path / "sweep" / "runs").glob("*/result.json"))
     assert len(finished) == 2
     calls.clear()
-    monkeypatch.setattr(synprune.pipeline, "run", Counter(real_run))
+    monkeypatch.setattr(synprune.pipeline, "choose_heads", Counter(real_run))
     resumed = _small_sweep(tmp_path)
-    assert synprune.pipeline.run.calls == len(resumed.rows) - 2 == 4  # 2 magnitude + 4 fake runs, 2 reused
+    assert synprune.pipeline.choose_heads.calls == len(resumed.rows) - 2 == 4  # 2 magnitude + 4 fake runs, 2 reused
     assert resumed.summary["reused_runs"] == finished
     fresh = _small_sweep(tmp_path / "fresh")
     assert [(r["method"], r["sparsity"], r["seed"], r["pruned"], r["n_pruned"]) for r in resumed.rows] == \

@@ -8,7 +8,10 @@ Memory per batch: when every collector takes one layer at a time (`per_layer = T
 penalties, entropy, confidence), the scan streams. A hook on each layer's attention module takes the
 attention probabilities as the layer produces them, hands that layer to the collectors and drops them, so only
 one layer's T x T maps exist at a time (`AttentionBatch.layers` says which; `count_items` is true for the first
-layer only, so per-batch counts are not repeated). Other collectors get all layers at once.
+layer only, so per-batch counts are not repeated; `last` for the last, where per-arc tables that need every
+layer can join them). Other collectors get all layers at once. The items are tokenized, aligned to their
+words and pooled once per calibration context (`scan_batches`), not once per scan; values every layer of a
+batch shares (its word-pair mask, its punctuation words) are computed once per batch.
 
 Causal language models (decoders) see only earlier tokens, so attention from word i to a later word j is 0
 by construction. For them (`AttentionBatch.causal`):
@@ -23,8 +26,8 @@ by construction. For them (`AttentionBatch.causal`):
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
@@ -87,6 +90,13 @@ class AttentionBatch:
     causal: bool = False  # a decoder: a word attends only to itself and earlier words
     layers: range | None = None  # the layers token_attn and word_attn hold (None: all of the model's, in order)
     count_items: bool = True  # False for a streamed batch's later layers: per-batch counts are already taken
+    n_layers: int | None = None  # where a streamed batch's last layer range ends, so that `last` can be told
+    shared: dict = field(default_factory=dict, repr=False)  # per-batch values, computed once for all its layers
+
+    @property
+    def last(self) -> bool:
+        """This batch's last (or only) layer slice."""
+        return self.layers is None or self.layers.stop == self.n_layers
 
     @property
     def rows(self) -> slice:
@@ -110,10 +120,12 @@ class AttentionBatch:
 
     def pair_mask(self) -> torch.Tensor:
         """(B, W, W) bool: word pairs i != j that both survived truncation (causal: j before i only)."""
-        m = self.word_mask[:, :, None] & self.word_mask[:, None, :]
-        n = m.shape[-1]
-        visible = torch.ones(n, n, dtype=torch.bool).tril(-1) if self.causal else ~torch.eye(n, dtype=torch.bool)
-        return m & visible
+        if "pairs" not in self.shared:
+            m = self.word_mask[:, :, None] & self.word_mask[:, None, :]
+            n = m.shape[-1]
+            visible = torch.ones(n, n, dtype=torch.bool).tril(-1) if self.causal else ~torch.eye(n, dtype=torch.bool)
+            self.shared["pairs"] = m & visible
+        return self.shared["pairs"]
 
 
 def most_attended(batch: AttentionBatch) -> torch.Tensor:
@@ -124,11 +136,13 @@ def most_attended(batch: AttentionBatch) -> torch.Tensor:
 
 def punct_words(batch: AttentionBatch) -> torch.Tensor:
     """(B, W) bool: words whose dependency label is punct (text B's words follow text A's)."""
-    mask = torch.zeros(batch.word_mask.shape, dtype=torch.bool)
-    for b, item in enumerate(batch.items):
-        deps = [d for p in (item.parse_a, item.parse_b) if p is not None for d in p.deps]
-        mask[b, :len(deps)] = torch.tensor([d == PUNCT for d in deps], dtype=torch.bool)
-    return mask & batch.word_mask
+    if "punct" not in batch.shared:
+        mask = torch.zeros(batch.word_mask.shape, dtype=torch.bool)
+        for b, item in enumerate(batch.items):
+            deps = [d for p in (item.parse_a, item.parse_b) if p is not None for d in p.deps]
+            mask[b, :len(deps)] = torch.tensor([d == PUNCT for d in deps], dtype=torch.bool)
+        batch.shared["punct"] = mask & batch.word_mask
+    return batch.shared["punct"]
 
 
 class Collector(Protocol):
@@ -190,48 +204,79 @@ def layer_stream(model: torch.nn.Module, on_layer) -> Iterator[None]:
             handle.remove()
 
 
+SCAN_ONLY_KEYS = ("offset_mapping", "special_tokens_mask")  # tokenizer outputs the model does not take
+
+
+@dataclass
+class ScanInput:
+    """One batch of calibration items, tokenized and aligned once and reused by every scan."""
+
+    items: list[CalibItem]
+    enc: Any  # the tokenizer's BatchEncoding (tensors, offsets, special-token masks)
+    alignments: list
+    R: torch.Tensor
+    C: torch.Tensor
+
+    def model_inputs(self, device) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in self.enc.items() if k not in SCAN_ONLY_KEYS}
+
+
+def scan_batches(tm: TaskModel, items: Sequence[CalibItem], batch_size: int = 32, max_length: int = 128) -> list[ScanInput]:
+    """`items` in batches of similar length (longest first), tokenized with offsets and aligned to their words."""
+    tok = tm.tokenizer
+    order = sorted(range(len(items)), key=lambda i: -(len(items[i].text_a) + len(items[i].text_b or "")))
+    out = []
+    for start in range(0, len(order), batch_size):
+        batch_items = [items[i] for i in order[start:start + batch_size]]
+        texts_a = [it.text_a for it in batch_items]
+        texts_b = [it.text_b for it in batch_items] if batch_items[0].text_b is not None else None
+        enc = tok(texts_a, texts_b, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                  return_offsets_mapping=True, return_special_tokens_mask=True)
+        alignments = A.align_batch(
+            enc, texts_a, [it.parse_a.words for it in batch_items],
+            texts_b, [it.parse_b.words for it in batch_items] if texts_b is not None else None,
+        )
+        R, C = A.pooling_matrices(alignments, enc["input_ids"].shape[-1])
+        out.append(ScanInput(batch_items, enc, alignments, R, C))
+    return out
+
+
 @torch.no_grad()
 def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collector], label_index: dict[str, int],
-         keep_punct: bool = False, batch_size: int = 32, max_length: int = 128, description: str = "attention") -> int:
-    """Feed every batch of `items` to each collector; returns the number of arcs seen."""
-    tok, model = tm.tokenizer, tm.model
+         keep_punct: bool = False, batch_size: int = 32, max_length: int = 128, description: str = "attention",
+         batches: Sequence[ScanInput] | None = None) -> int:
+    """Feed every batch of `items` to each collector; returns the number of arcs seen. `batches`:
+    `scan_batches(tm, items, batch_size, max_length)`, made once for many scans."""
+    model = tm.model
     device = next(model.parameters()).device
-    order = sorted(range(len(items)), key=lambda i: -(len(items[i].text_a) + len(items[i].text_b or "")))
+    batches = scan_batches(tm, items, batch_size, max_length) if batches is None else batches
     stream = all(getattr(c, "per_layer", False) for c in collectors)
+    handles = attention_handles(model)
+    n_layers = handles[-1].layer + 1 if handles else 0  # a streamed batch's layer range ends here on its last layer
     n_arcs = 0
     with bar(description, len(items)) as advance, eager_attention(model):
-        for start in range(0, len(order), batch_size):
-            batch_items = [items[i] for i in order[start:start + batch_size]]
-            texts_a = [it.text_a for it in batch_items]
-            texts_b = [it.text_b for it in batch_items] if batch_items[0].text_b is not None else None
-            enc = tok(texts_a, texts_b, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
-                      return_offsets_mapping=True, return_special_tokens_mask=True)
-            alignments = A.align_batch(
-                enc, texts_a, [it.parse_a.words for it in batch_items],
-                texts_b, [it.parse_b.words for it in batch_items] if texts_b is not None else None,
-            )
-            inputs = {k: v.to(device) for k, v in enc.items() if k not in ("offset_mapping", "special_tokens_mask")}
-            R, C = A.pooling_matrices(alignments, enc["input_ids"].shape[-1])
-            arcs_ = batch_arcs(batch_items, alignments, label_index, keep_punct)
-            seen: list[int] = []
+        for b in batches:
+            arcs_ = batch_arcs(b.items, b.alignments, label_index, keep_punct)
+            word_mask, shared, seen = b.R.sum(-1) > 0, {}, []
 
             def feed(token_attn: torch.Tensor, layers: range | None) -> None:
-                batch = AttentionBatch(token_attn, enc["attention_mask"].bool(), A.word_attention(token_attn, R, C),
-                                       R.sum(-1) > 0, arcs_, batch_items, enc["special_tokens_mask"].bool(),
-                                       causal=tm.kind == "lm", layers=layers, count_items=not seen)
+                batch = AttentionBatch(token_attn, b.enc["attention_mask"].bool(), A.word_attention(token_attn, b.R, b.C),
+                                       word_mask, arcs_, b.items, b.enc["special_tokens_mask"].bool(),
+                                       causal=tm.kind == "lm", layers=layers, count_items=not seen,
+                                       n_layers=n_layers, shared=shared)
                 seen.append(1)
                 for c in collectors:
                     c.update(batch)
 
             if stream:
                 with layer_stream(model, lambda layer, p: feed(p[:, None].float().cpu(), range(layer, layer + 1))):
-                    model(**inputs, output_attentions=True)
-                if len(seen) != len(attention_handles(model)):
-                    raise RuntimeError(f"{type(model).__name__}: {len(seen)} of {len(attention_handles(model))} attention "
+                    model(**b.model_inputs(device), output_attentions=True)
+                if len(seen) != len(handles):
+                    raise RuntimeError(f"{type(model).__name__}: {len(seen)} of {len(handles)} attention "
                                        "modules returned their probabilities; its adapter's attention module is not the one that does")
             else:
-                out = model(**inputs, output_attentions=True)
+                out = model(**b.model_inputs(device), output_attentions=True)
                 feed(torch.stack(out.attentions, dim=1).float().cpu(), None)  # (B, L, H, T, T)
             n_arcs += len(arcs_)
-            advance(len(batch_items))
+            advance(len(b.items))
     return n_arcs

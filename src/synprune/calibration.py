@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .attention import CalibItem, Collector, calibration_items, scan
+from .attention import CalibItem, Collector, ScanInput, calibration_items, scan, scan_batches
 from .config import PruneConfig
 from .dependencies import DependencyRanking, label_counts
 from .evaluate import Prepared, prepare
@@ -31,6 +31,9 @@ class Calibration:
         self.config = config  # data options (parser, batch size, max length); method options come per call
         self.metric_names = tuple(metric_names)  # how CF scores the calibration split
         self.timings: dict[str, float] = {}
+        self._nested: list[float] = []  # per open `timed` block: time taken by the blocks nested in it
+        # called between Candidate Filtering's passes; a sweep sets it to share the cores with its evaluation worker
+        self.pace: Callable[[], None] = lambda: None
         self.parse_info: dict = {}
         self._memo: dict[Any, Any] = {}
         if parses is not None:
@@ -39,11 +42,17 @@ class Calibration:
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
+        """Add the time spent in the block to `stage`, less what stages nested in it took (those count as
+        themselves): stages never overlap, so they add up to the time spent in any of them."""
         t0 = time.perf_counter()
+        self._nested.append(0.0)
         try:
             yield
         finally:
-            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            self.timings[stage] = self.timings.get(stage, 0.0) + spent - self._nested.pop()
+            if self._nested:
+                self._nested[-1] += spent
 
     def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
         if key not in self._memo:
@@ -102,9 +111,18 @@ class Calibration:
                  ranking: DependencyRanking | None = None) -> Sequence[Collector]:
         """Run `collectors` over the calibration items; arcs carry label ids of `ranking` (default: the calibration's)."""
         index = (ranking or self.dependency_ranking(1, keep_punct)).index
+        batches = self.scan_inputs
         with self.timed("attention"):
-            scan(self.tm, self.items, collectors, index, keep_punct, self.config.batch_size, self.config.max_length, description)
+            scan(self.tm, self.items, collectors, index, keep_punct, self.config.batch_size, self.config.max_length,
+                 description, batches)
         return collectors
+
+    @cached_property
+    def scan_inputs(self) -> list[ScanInput]:
+        """The calibration items tokenized with offsets and aligned to their words, once for every scan."""
+        items = self.items
+        with self.timed("tokenize"):
+            return scan_batches(self.tm, items, self.config.batch_size, self.config.max_length)
 
     def threshold(self, kind: str, keep_punct: bool = False) -> torch.Tensor:
         from .methods.sap import MeanAttention
@@ -120,4 +138,5 @@ class Calibration:
     @cached_property
     def prepared(self) -> Prepared:
         """The calibration examples tokenized for scoring (CF, gradients)."""
-        return prepare(self.tm, self.examples, batch_size=self.config.batch_size, max_length=self.config.max_length)
+        with self.timed("tokenize"):
+            return prepare(self.tm, self.examples, batch_size=self.config.batch_size, max_length=self.config.max_length)

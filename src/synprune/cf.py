@@ -61,7 +61,8 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
     `heads` lists every head the decision removes (more than one when the layer rule takes the whole layer).
     Fill-up takes the heads outside the pool first, by the method's order (none of them was tested), then
     the rejected candidates, by the method's order; the selection's `fill` flag says it happened.
-    `fast=False` scores every ablation with a full forward pass (same decisions, for benchmarks and tests).
+    `fast=False` scores every ablation with a full forward pass and reuses nothing, not even a metric it has
+    already computed (the naive reference: same decisions, for benchmarks and tests).
     """
     grid = ctx.tm.grid
     n_heads = grid[0] * grid[1]
@@ -72,23 +73,22 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
         raise SynpruneError("--cf needs a task metric to check candidates against; pass a labelled task")
     pool = order[:pool_size(cfg, n_heads)]
     metric = ctx.metric_names[0]
-    scorer = AblationScorer(ctx.tm, ctx.prepared, metric, {l for l, _ in pool}, fast=fast)
-    m0 = scorer.dense
+    if fast:  # one scorer and one table of known metrics for every CF run on this calibration context
+        # `background`: units pruned underneath the whole walk (neurons masked by the caller), part of the key
+        key = (metric, tuple(background))
+        scorer = ctx.memo(("cf-scorer", *key), lambda: AblationScorer(ctx.tm, ctx.prepared, metric, range(grid[0])))
+        trial = _Trials(scorer, ctx.memo(("cf-metric", *key), dict), getattr(ctx, "pace", lambda: None))
+    else:
+        trial = _Trials(AblationScorer(ctx.tm, ctx.prepared, metric, fast=False), {})
+    m0 = trial.known[frozenset()]
     floor = goodness(metric, metric_floor(goodness(metric, m0), cfg))  # in the metric's own units
     entries: list[dict] = []
 
     single: dict[Head, float] = {}
-    # A head's metric alone depends only on what its removal takes away, not on the method or the budget:
-    # every CF run on this calibration context (other sparsities, other methods) reuses it.
-    # `background`: units pruned underneath the whole walk (neurons masked by the caller), part of the key.
-    alone: dict[tuple[Head, ...], float] = ctx.memo(("cf-single", fast, tuple(background)), dict)
     with bar("CF: candidates alone", len(pool)) as advance:
         for head in pool:
             heads = Pruning(grid, n_heads, cfg.layer_fraction).expand(head)
-            key = tuple(sorted(heads))
-            if key not in alone:
-                alone[key] = scorer.metric(heads)
-            single[head] = alone[key]
+            single[head] = trial.metric(frozenset(), heads)
             entries.append(_entry("single", head, single[head], False, heads, dense=m0))
             advance()
 
@@ -107,10 +107,10 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
                 reason = "its layer's removal would overshoot the budget"
                 entries.append(_entry("walk", head, None, False, [], reason=reason))
             else:
-                value = scorer.metric(heads)
+                value = trial.metric(frozenset(state.pruned), heads)
                 ok = goodness(metric, value) >= goodness(metric, floor)
                 if ok:
-                    scorer.accept()
+                    trial.accept()
                     state.add(heads)
                 entries.append(_entry("walk", head, value, ok, heads, floor=floor))
 
@@ -128,6 +128,34 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
         log(f"CF: the pool of {len(pool)} candidates gave {walked} of {n_prune} heads within tolerance; "
             f"filled {len(state.pruned) - walked} more by the method's order")
     return state.selection(fill), entries
+
+
+class _Trials:
+    """The metric of a set of removed heads is the same whoever asks: a head alone, a walk step whose earlier
+    steps were all put back, or the same step in another CF run on this calibration context (another budget or
+    method whose walk reached the same state). `known` maps each removed set to its metric; only sets not in
+    it cost a pass. Passes are exact and deterministic, so a known value is the value a pass would give."""
+
+    def __init__(self, scorer: AblationScorer, known: dict[frozenset[Head], float], pace=lambda: None):
+        self.scorer, self.known, self.pace = scorer, known, pace
+        self.known.setdefault(frozenset(), scorer.dense)
+        scorer.assume(frozenset())  # a shared scorer may still hold the last run's removals
+        self._last: frozenset[Head] | None = None
+        self._ran = False
+
+    def metric(self, base: frozenset[Head], heads: Sequence[Head]) -> float:
+        key = base | frozenset(heads)
+        self._last, self._ran = key, key not in self.known
+        if self._ran:
+            self.pace()
+            self.known[key] = self.scorer.metric(heads)
+        return self.known[key]
+
+    def accept(self) -> None:
+        if self._ran:
+            self.scorer.accept()
+        else:
+            self.scorer.assume(self._last)
 
 
 def summarize(entries: Sequence[dict]) -> dict:

@@ -42,6 +42,8 @@ CSV_COLUMNS = ("relation", "layer", "head", "direction", "accuracy", "baseline_o
 class RelationAccuracy:
     """Per relation and direction, how many arcs each head gets right; per relation, fixed-offset hits."""
 
+    per_layer = True  # takes a streamed scan's layers one at a time
+
     def __init__(self, grid: tuple[int, int], labels: Sequence[str]):
         self.labels = tuple(labels)
         self.correct = torch.zeros((2, len(labels), *grid), dtype=torch.float64)
@@ -53,17 +55,20 @@ class RelationAccuracy:
         if not len(a):
             return
         pred = most_attended(batch)
-        dep2head = pred[a.item, :, :, a.dep] == a.head[:, None, None]  # (P, L, H)
+        dep2head = pred[a.item, :, :, a.dep] == a.head[:, None, None]  # (P, L, H), L: the layers in batch.rows
         head2dep = pred[a.item, :, :, a.head] == a.dep[:, None, None]
-        self.correct[0].index_add_(0, a.label, dep2head.double())
-        self.correct[1].index_add_(0, a.label, head2dep.double())
-        self.count += torch.bincount(a.label, minlength=len(self.labels)).double()
-        at_offset = (a.head - a.dep)[:, None] == torch.tensor(OFFSETS)[None]
-        self.offset_hits.index_add_(0, a.label, at_offset.double())
+        self.correct[0][:, batch.rows].index_add_(0, a.label, dep2head.double())
+        self.correct[1][:, batch.rows].index_add_(0, a.label, head2dep.double())
+        if batch.count_items:
+            self.count += torch.bincount(a.label, minlength=len(self.labels)).double()
+            at_offset = (a.head - a.dep)[:, None] == torch.tensor(OFFSETS)[None]
+            self.offset_hits.index_add_(0, a.label, at_offset.double())
 
 
 class HeadProfile:
     """Per head: attention share on special tokens and punctuation, row entropy, strong attention above tau."""
+
+    per_layer = True  # takes a streamed scan's layers one at a time
 
     def __init__(self, tau: torch.Tensor):
         grid = tuple(tau.shape)
@@ -78,21 +83,22 @@ class HeadProfile:
         self.pairs = 0
 
     def update(self, batch: AttentionBatch) -> None:
-        A, rows = batch.token_attn, batch.token_mask
+        A, rows, ls = batch.token_attn, batch.token_mask, batch.rows  # A: (B, L, H, T, T), L: the layers in ls
         special = rows & (batch.special_mask if batch.special_mask is not None else torch.zeros_like(rows))
         to_special = A @ special[:, None, None, :, None].to(A.dtype)  # (B, L, H, T, 1)
-        self.special += (to_special[..., 0] * rows[:, None, None]).sum((0, 3)).double()
+        self.special[ls] += (to_special[..., 0] * rows[:, None, None]).sum((0, 3)).double()
         entropy = -(A * A.clamp_min(1e-12).log()).sum(-1)  # (B, L, H, T)
-        self.entropy += (entropy * rows[:, None, None]).sum((0, 3)).double()
-        self.token_rows += int(rows.sum())
+        self.entropy[ls] += (entropy * rows[:, None, None]).sum((0, 3)).double()
         W, pairs = batch.word_attn, batch.pair_mask()
         to_punct = pairs & punct_words(batch)[:, None, :]
-        self.punct += (W * to_punct[:, None, None]).sum((0, 3, 4)).double()
-        self.word_rows += int(batch.word_mask.sum())
-        strong = (W > self.tau[None, :, :, None, None]) & pairs[:, None, None]
-        self.strong_count += strong.sum((0, 3, 4)).double()
-        self.strong_mass += (W * strong).sum((0, 3, 4)).double()
-        self.pairs += int(pairs.sum())
+        self.punct[ls] += (W * to_punct[:, None, None]).sum((0, 3, 4)).double()
+        strong = (W > self.tau[ls][None, :, :, None, None]) & pairs[:, None, None]
+        self.strong_count[ls] += strong.sum((0, 3, 4)).double()
+        self.strong_mass[ls] += (W * strong).sum((0, 3, 4)).double()
+        if batch.count_items:
+            self.token_rows += int(rows.sum())
+            self.word_rows += int(batch.word_mask.sum())
+            self.pairs += int(pairs.sum())
 
 
 @dataclass
@@ -266,15 +272,19 @@ class SentenceMap:
 
 
 class _MapCollector:
+    per_layer = True  # takes a streamed scan's layers one at a time
     def __init__(self, heads: Sequence[Head]):
         self.heads = list(heads)
         self.maps: dict[int, np.ndarray] = {}
 
     def update(self, batch: AttentionBatch) -> None:
-        layers = torch.tensor([l for l, _ in self.heads])
-        cols = torch.tensor([h for _, h in self.heads])
+        W = batch.word_attn  # (B, L, H, W, W), L: the layers in batch.layers (None: all)
+        held = batch.layers if batch.layers is not None else range(W.shape[1])
         for b, item in enumerate(batch.items):
-            self.maps[id(item)] = batch.word_attn[b, layers, cols].numpy()
+            maps = self.maps.setdefault(id(item), np.zeros((len(self.heads), *W.shape[-2:]), dtype=np.float32))
+            for i, (layer, head) in enumerate(self.heads):
+                if layer in held:
+                    maps[i] = W[b, held.index(layer), head].numpy()
 
 
 def _words(item: CalibItem) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Collection, Iterable, Iterator
 
 from torch import nn
 
-from .arch import AttentionHandles, attention_handles, get_adapter
+from .arch import AttentionHandles, attention_handles, get_adapter, out_dim
 from .evaluate import Prepared, evaluate
 from .masking import HeadMask
 from .models import TaskModel
@@ -35,9 +35,11 @@ Head = tuple[int, int]
 class AblationScorer:
     """The metric of the model with `base` heads removed plus a trial ablation, on prepared calibration data.
 
-    `metric(extra)` scores `base | extra`; `accept()` makes the last trial the new base. With `fast=False`
-    every score is a full forward pass (the reference the fast path must match). `layers` are the layers
-    ablations may start at; only their inputs are cached.
+    `metric(extra)` scores `base | extra`; `accept()` makes the last trial the new base; `assume(heads)` makes
+    `heads` the base without a pass (its metric is known from elsewhere): the cache is brought up to date by
+    the next pass that needs it, from the lowest layer that changed. With `fast=False` every score is a full
+    forward pass (the reference the fast path must match). `layers` are the layers ablations may start at;
+    only their inputs are cached.
     """
 
     def __init__(self, tm: TaskModel, prepared: Prepared, metric_name: str, layers: Iterable[int] = (),
@@ -48,6 +50,7 @@ class AblationScorer:
         self.attn: dict[int, AttentionHandles] = {h.layer: h for h in attention_handles(tm.model)}
         self.starts = sorted(set(layers) | {0})
         self.base: frozenset[Head] = frozenset()
+        self._cached_for: frozenset[Head] = frozenset()  # the removals the cached states were computed under
         # per model call of a pass: ("out", j) -> layer j's output, ("ctx", j) -> its heads' output (before masking)
         self._states: list[dict[tuple[str, int], object]] = []
         self._trial: tuple[frozenset[Head], list[dict]] | None = None
@@ -58,9 +61,23 @@ class AblationScorer:
 
     def metric(self, extra: Collection[Head]) -> float:
         """Metric with `base | extra` removed; only layers from the lowest layer of `extra` run again."""
+        self._sync()
         heads = self.base | frozenset(extra)
-        start = min((l for l, _ in extra), default=0) if self.fast else 0
-        return self._score(heads, start if start in self.starts else 0, capture=self.fast)
+        return self._score(heads, self._start(extra), capture=self.fast)
+
+    def assume(self, heads: Collection[Head]) -> None:
+        """Make `heads` the base without running anything (a caller that already knows their metric)."""
+        self.base, self._trial = frozenset(heads), None
+
+    def _start(self, changed: Iterable[Head]) -> int:
+        start = min((l for l, _ in changed), default=0) if self.fast else 0
+        return start if start in self.starts else 0
+
+    def _sync(self) -> None:
+        """After `assume`: recompute the cached states under the base, from the lowest layer that changed."""
+        if self.fast and self._cached_for != self.base:
+            self._score(self.base, self._start(self.base ^ self._cached_for), capture=True)
+            self._accept_trial()
 
     def accept(self) -> None:
         """Keep the last trial's heads removed; its hidden states become the cache."""
@@ -73,6 +90,7 @@ class AblationScorer:
         self.base = heads
         if self.fast:
             self._states = [{**old, **new} for old, new in zip(self._states, states)] if self._states else states
+            self._cached_for = heads
         self._trial = None
 
     def _score(self, heads: frozenset[Head], start: int, capture: bool) -> float:
@@ -116,8 +134,9 @@ class AblationScorer:
         def skipped(*args, **kwargs):
             return self._states[run.calls - 1][("out", run.start - 1)]
 
-        def zeros(linear: nn.Linear):
-            return lambda x: x.new_zeros(*x.shape[:-1], linear.out_features)
+        def zeros(module: nn.Module):
+            n = out_dim(module)
+            return lambda x: x.new_zeros(*x.shape[:-1], n)
 
         if capture:
             for j in range(run.start, len(self.blocks)):
@@ -130,9 +149,9 @@ class AblationScorer:
                 stubbed.append(self.blocks[j])
             if run.start in self.attn:
                 a = self.attn[run.start]
-                for linear in (a.query, a.key, a.value):
-                    linear.forward = zeros(linear)  # their output only feeds the attention we replace
-                    stubbed.append(linear)
+                for proj in dict.fromkeys((a.query, a.key, a.value)):  # one module where q, k and v are fused
+                    proj.forward = zeros(proj)  # their output only feeds the attention we replace
+                    stubbed.append(proj)
         try:
             yield
         finally:

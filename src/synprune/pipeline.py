@@ -2,7 +2,7 @@
 CF -> evaluate -> result). The command line is a thin layer over this function."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,8 @@ from .arch import group_size, removed_kv_groups
 from .calibration import Calibration
 from .config import PruneConfig, max_positions
 from .errors import SynpruneError
-from .evaluate import evaluate, prepare, task_metrics
+from .evalcache import cached_dense
+from .evaluate import Prepared, evaluate, prepare, task_metrics
 from .methods import HeadScores, get_method, unused_options, uses
 from .models import TaskModel, load_model, model_kind, with_bos
 from .progress import log
@@ -217,11 +218,35 @@ def run_notes(cfg: PruneConfig, scores: HeadScores) -> list[str]:
     return notes
 
 
-def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: str | Path | None = None) -> PruneResult:
-    """Score, select (or CF), evaluate dense and pruned, and assemble the result for one method and budget."""
+@dataclass
+class Chosen:
+    """A run's heads (and neurons, and repair) before evaluation: the config they were chosen with (a budget
+    sets its sparsity), the scores, the selection, CF's log, what a budget keeps and the run's notes."""
+
+    cfg: PruneConfig
+    scores: HeadScores
+    selection: Selection
+    cf_log: list[dict]
+    budget: dict | None
+    notes: list[str]
+    repair: Any
+    prune_seconds: float
+
+    @property
+    def neurons(self):
+        return self.selection.neurons if self.cfg.neurons else None
+
+    @property
+    def heads_only(self) -> bool:
+        """Only heads are masked: any copy of the model evaluates it the same (no neurons, no repair)."""
+        return self.neurons is None and self.repair is None
+
+
+def choose_heads(ctx: Calibration, cfg: PruneConfig) -> Chosen:
+    """Score (memoized per context) and select, or run CF, and build the repair, for one method and budget."""
     import time
 
-    tm, metric_names = ctx.tm, ctx.metric_names
+    tm = ctx.tm
     cfg = cfg.resolved()
     t0 = time.perf_counter()
     scores = score(ctx, cfg)
@@ -236,16 +261,53 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
         with ctx.timed("repair"):
             repair = make_repair(cfg.repair, tm.model, list(model_inputs(tm, ctx.prepared.batches)), selection.pruned,
                                  selection.neurons if cfg.neurons else None)
-    prune_seconds = time.perf_counter() - t0
-    prepared = ctx.memo("eval-prepared", lambda: with_reference(tm, {
-        s: prepare(tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length) for s, ex in split.evaluation.items()},
-        metric_names))
+    return Chosen(cfg, scores, selection, cf_log, budget, notes, repair, time.perf_counter() - t0)
+
+
+def evaluation_inputs(ctx: Calibration, split: Split) -> dict[str, Prepared]:
+    """The evaluation split(s) tokenized once per context (batches of at least 64), with the dense model's
+    outputs where the metrics score against them."""
+    cfg = ctx.config
+    with ctx.timed("tokenize"):
+        return ctx.memo("eval-prepared", lambda: with_reference(ctx.tm, {
+            s: prepare(ctx.tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length)
+            for s, ex in split.evaluation.items()}, ctx.metric_names))
+
+
+def dense_scores(ctx: Calibration, split: Split, compute=None) -> tuple[dict, bool]:
+    """The unpruned model's scores per split, once per context and cached on disk (`evalcache`); and whether
+    they came from the disk cache. `compute` evaluates it where it is not cached (default: here)."""
+    prepared = evaluation_inputs(ctx, split)
+    compute = compute or (lambda: evaluate_heads(ctx.tm, prepared, ctx.metric_names, []))
     with ctx.timed("evaluate_dense"):
-        dense = ctx.memo("dense", lambda: evaluate_heads(tm, prepared, metric_names, []))
+        return ctx.memo("dense", lambda: cached_dense(ctx.tm, prepared, ctx.metric_names, compute))
+
+
+def evaluate_chosen(ctx: Calibration, prepared: dict, chosen: Chosen) -> dict:
+    """The pruned model's scores; runs that mask the same heads (e.g. two methods' CF) share one evaluation."""
+    if not chosen.heads_only:
+        return evaluate_heads(ctx.tm, prepared, ctx.metric_names, chosen.selection.pruned, chosen.neurons, chosen.repair)
+    return ctx.memo(("pruned", frozenset(chosen.selection.pruned)),
+                    lambda: evaluate_heads(ctx.tm, prepared, ctx.metric_names, chosen.selection.pruned))
+
+
+def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: str | Path | None = None) -> PruneResult:
+    """Score, select (or CF), evaluate dense and pruned, and assemble the result for one method and budget."""
+    chosen = choose_heads(ctx, cfg)
+    prepared = evaluation_inputs(ctx, split)
+    dense = dense_scores(ctx, split)
     with ctx.timed("evaluate_pruned"):
-        pruned = evaluate_heads(tm, prepared, metric_names, selection.pruned,
-                                selection.neurons if cfg.neurons else None, repair)
-    main_split, main_metric = next(iter(prepared)), metric_names[0]
+        pruned = evaluate_chosen(ctx, prepared, chosen)
+    return assemble(ctx, chosen, data, split, dense, pruned, out)
+
+
+def assemble(ctx: Calibration, chosen: Chosen, data: TaskData, split: Split, dense: tuple[dict, bool],
+             pruned: dict, out: str | Path | None = None) -> PruneResult:
+    """The result of one run from its chosen heads and its scores (dense, cached?; pruned), written to `out`."""
+    tm, metric_names, cfg, selection, scores = ctx.tm, ctx.metric_names, chosen.cfg, chosen.selection, chosen.scores
+    dense, dense_cached = dense
+    repair, budget, notes = chosen.repair, chosen.budget, chosen.notes
+    main_split, main_metric = next(iter(split.evaluation)), metric_names[0]
     return PruneResult(
         method=cfg.method, cf=cfg.cf, model=tm.describe(),
         task=task_record(data, metric_names),
@@ -260,8 +322,9 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
                 "pruned": pruned[main_split][main_metric], "all": {"dense": dense, "pruned": pruned}},
         head_scores=scores.scores, config=cfg.to_json(), seed=cfg.seed, timings=dict(ctx.timings),
         versions=versions(ctx.parse_info.get("parser")),
-        details={**scores.details, "parse_cache": ctx.parse_info, **({"budget": budget} if budget else {}),
+        details={**scores.details, "parse_cache": ctx.parse_info, "dense_cached": dense_cached,
+                 **({"budget": budget} if budget else {}),
                  "options_not_used": unused_options(cfg.method), **({"notes": notes} if notes else {}),
-                 "prune_seconds": prune_seconds, **({"repair": repair.summary()} if repair is not None else {})},
-        cf_log=cf_log, pruned_neurons=selection.neurons, n_neurons=_n_neurons(tm) if cfg.neurons else 0, repair=repair,
+                 "prune_seconds": chosen.prune_seconds, **({"repair": repair.summary()} if repair is not None else {})},
+        cf_log=chosen.cf_log, pruned_neurons=selection.neurons, n_neurons=_n_neurons(tm) if cfg.neurons else 0, repair=repair,
     )._written(out)

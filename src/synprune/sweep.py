@@ -117,6 +117,7 @@ class SweepResult:
     summary: dict
     out: Path | None
     files: dict[str, Path] = field(default_factory=dict)
+    breakdown: str = ""  # where the time went, stage by stage (the command prints it at the end)
 
 
 def _field_types() -> dict[str, Any]:
@@ -308,7 +309,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     """
     from .calibration import Calibration
     from .evaluate import task_metrics
-    from .pipeline import as_task_model, model_data, refuse_cf_without_labels, run as run_one, task_record
+    from .pipeline import as_task_model, model_data, refuse_cf_without_labels, task_record
     from .result import PruneResult
 
     base = (config or PruneConfig()).replace(**options).validate()
@@ -330,36 +331,110 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     t0 = time.perf_counter()
     log(f"sweep: {len(plan.runs)} runs ({', '.join(s.label for s in plan.specs)}) on {tm.name} / {data.name}"
         + (f"; {len(done)} already finished in {out_dir} are reused" if done else ""))
-    with bar("sweep runs", len(plan.runs)) as advance:
-        for r in plan.runs:
-            if r.name in done:
-                res = PruneResult.read(done[r.name])
-                seconds = float(res.details.get("run_seconds", 0.0))
-            else:
-                t = time.perf_counter()
-                res = run_one(ctx, r.config(base), data, split)
-                seconds = time.perf_counter() - t
-                res.details["run_seconds"] = round(seconds, 3)
-                if out_dir is not None:
-                    res.write(out_dir / "runs" / r.name)
-            rows.append(_row(r, res, seconds, list(plan.grid)))
-            results[r.name] = res
-            advance()
+    worker_seconds = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+    for r in plan.runs:
+        res = results[r.name]
+        rows.append(_row(r, res, float(res.details.get("run_seconds", 0.0)), list(plan.grid)))
     last = results[plan.runs[-1].name]  # its split and parse provenance cover all the shared work
     parse_info = ctx.parse_info or last.details.get("parse_cache", {})
+    total = time.perf_counter() - t0
     summary = {
         "sweep": plan.to_json(), "model": tm.describe(), "task": last.task, "split": last.split,
         "metric": {k: last.metric[k] for k in ("name", "split", "dense")},
         "versions": last.versions, "parse_cache": parse_info, "reused_runs": sorted(done),
-        "timings": {"shared_stages": dict(ctx.timings), "total": round(time.perf_counter() - t0, 3)},
+        "timings": {"shared_stages": dict(ctx.timings), "total": round(total, 3)},
         "rows": rows,
     }
     result = SweepResult(plan, rows, results, summary, out_dir)
+    stages = dict(ctx.timings)
+    if worker_seconds:
+        summary["timings"]["evaluation_worker_busy"] = round(worker_seconds, 3)
     if out_dir is not None:
+        t = time.perf_counter()
         result.files["results.csv"] = atomic_write_text(out_dir / "results.csv", rows_csv(rows))
         result.files["results.json"] = atomic_write_json(out_dir / "results.json", summary)
         if report:
             from .report import write_report
 
             result.files.update(write_report(out_dir))
+        stages["write results and report"] = time.perf_counter() - t
+    result.breakdown = stage_breakdown(stages, total + stages.get("write results and report", 0.0))
+    if worker_seconds:
+        result.breakdown += (f"\n  (besides: the evaluation worker process evaluated pruned models for {worker_seconds:.1f} s "
+                             "alongside)")
     return result
+
+
+def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir: Path | None,
+             done: Mapping[str, Path], results: dict[str, "PruneResult"]) -> float:
+    """Every run's result into `results` (those in `done` read back from their folders). Heads are chosen for
+    every run first, runs without CF first, and each chosen model is evaluated meanwhile in a worker process
+    where one can start (`evalpool`), so that the worker evaluates while this process runs Candidate
+    Filtering; a run's result is written as soon as its evaluation is in. Returns the worker's busy seconds."""
+    import torch
+
+    from .evalcache import lookup
+    from .evalpool import Evaluations
+    from .pipeline import assemble, choose_heads, dense_scores, evaluate_chosen, evaluation_inputs
+    from .result import PruneResult
+
+    for name, folder in done.items():
+        results[name] = PruneResult.read(folder)
+    todo = [r for r in plan.runs if r.name not in done]
+    if not todo:
+        return 0.0
+    prepared = evaluation_inputs(ctx, split)
+    chosen: dict[str, tuple[Any, float]] = {}
+    threads = torch.get_num_threads()
+    with Evaluations(ctx.tm, prepared, split.evaluation, ctx.metric_names, max(base.batch_size, 64),
+                     base.max_length) as evals:
+        ctx.pace = lambda: evals.pace(threads)  # CF calls it between passes
+        dense_known = lookup(ctx.tm, prepared, ctx.metric_names) is not None  # cached on disk by an earlier command
+        if not dense_known:
+            evals.submit([])  # the dense model goes first in the worker's queue; nothing here waits for it yet
+
+        def finish(r: Run, wait: bool) -> None:
+            c, seconds = chosen[r.name]
+            if c.heads_only and not (wait or (evals.ready(c.selection.pruned) and (dense_known or evals.ready([])))):
+                return
+            dense = dense_scores(ctx, split, lambda: evals.result([]))
+            with ctx.timed("evaluate_pruned"):
+                pruned = evals.result(c.selection.pruned) if c.heads_only else evaluate_chosen(ctx, prepared, c)
+            res = assemble(ctx, c, data, split, dense, pruned)
+            res.details["run_seconds"] = round(seconds + evals.seconds(c.selection.pruned), 3)
+            if out_dir is not None:
+                res.write(out_dir / "runs" / r.name)
+            results[r.name] = res
+            del chosen[r.name]
+
+        try:
+            with bar("sweep runs", len(todo)) as advance:
+                for r in sorted(todo, key=lambda r: r.spec.cf):
+                    ctx.pace()
+                    t = time.perf_counter()
+                    c = choose_heads(ctx, r.config(base))
+                    if c.heads_only:
+                        evals.submit(c.selection.pruned)
+                    chosen[r.name] = (c, time.perf_counter() - t)
+                    for other in [o for o in todo if o.name in chosen]:  # write what the worker has finished
+                        finish(other, wait=False)
+                        advance(other.name not in chosen)
+                for r in todo:  # every head chosen: help the worker, taking evaluations from the end of its queue
+                    if r.name in chosen:
+                        while not evals.ready(chosen[r.name][0].selection.pruned) and (ctx.pace() or evals.steal()):
+                            pass
+                        finish(r, wait=True)
+                        advance()
+        finally:
+            torch.set_num_threads(threads)
+            ctx.pace = lambda: None
+        return evals.worker_seconds
+
+
+def stage_breakdown(stages: Mapping[str, float], total: float) -> str:
+    """One line per stage (largest first) with its share of `total`; what no stage timed is `other`."""
+    parts = sorted(stages.items(), key=lambda kv: -kv[1])
+    parts.append(("other", max(0.0, total - sum(stages.values()))))
+    width = max(len(name) for name, _ in parts)
+    lines = [f"  {name:<{width}} {sec:8.1f} s  {100 * sec / max(total, 1e-9):5.1f}%" for name, sec in parts]
+    return "\n".join([f"sweep stages ({total:.1f} s in all):", *lines])

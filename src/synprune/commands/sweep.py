@@ -65,3 +65,4 @@ def sweep(
     written = ", ".join(str(out / name) for name in result.files if name not in plots)
     console.print(f"{len(result.rows)} runs in {summary['timings']['total']:.0f} s; wrote {written}, "
                   f"{len(plots)} plots in {out / 'plots'} and one result.json per run in {out / 'runs'}")
+    console.print(result.breakdown, highlight=False)

@@ -83,39 +83,48 @@ SAPX = Variant(direction="head2dep", threshold="quantile:0.5", k=10, fuse="outpu
 class ArcTable:
     """Per arc and head: attention both ways (raw, and over words only), argmax hits; per head: threshold sums."""
 
+    per_layer = True  # takes a streamed scan's layers one at a time (joins each arc's layers at `batch.last`)
+
     def __init__(self, grid: tuple[int, int], labels: Sequence[str]):
         self.grid, self.labels = tuple(grid), tuple(labels)
         self._parts: list[dict[str, torch.Tensor]] = []
+        self._layers: list[dict[str, torch.Tensor]] = []  # the current batch's per-arc values, one entry per layer slice
         self.sums = {(s, p): torch.zeros(self.grid, dtype=torch.float64) for s in (True, False) for p in (True, False)}
         self.pairs = {p: 0 for p in (True, False)}
         self.hist = {s: torch.zeros(HIST_BINS, dtype=torch.float64) for s in (True, False)}
         self.items = 0
 
     def update(self, batch: AttentionBatch) -> None:
-        W = batch.word_attn  # (B, L, H, W, W)
+        W = batch.word_attn  # (B, L, H, W, W), L: the layers in batch.rows
         on_words = (W * batch.word_mask[:, None, None, None, :]).sum(-1, keepdim=True)
         views = {True: W, False: W / on_words.clamp_min(1e-12)}
         pairs = batch.pair_mask()
         punct = punct_words(batch)
         no_punct = pairs & ~punct[:, :, None] & ~punct[:, None, :]
         for p, mask in ((True, pairs), (False, no_punct)):
-            self.pairs[p] += int(mask.sum())
+            if batch.count_items:
+                self.pairs[p] += int(mask.sum())
             for s, view in views.items():
-                self.sums[(s, p)] += (view * mask[:, None, None]).sum(dim=(0, 3, 4)).double()
+                self.sums[(s, p)][batch.rows] += (view * mask[:, None, None]).sum(dim=(0, 3, 4)).double()
         for s, view in views.items():
             values = view.permute(0, 3, 4, 1, 2)[pairs].flatten().clamp(0, 1)
             self.hist[s] += torch.histc(values.double(), bins=HIST_BINS, min=0.0, max=1.0)
         a = batch.arcs
         if len(a):
             pred = most_attended(batch)
-            part = {"label": a.label.clone(), "item": a.item + self.items}
+            part = {}
             for s, view in views.items():
                 part[f"dep2head{int(s)}"] = view[a.item, :, :, a.dep, a.head].float()
                 part[f"head2dep{int(s)}"] = view[a.item, :, :, a.head, a.dep].float()
             part["hit_dep2head"] = pred[a.item, :, :, a.dep] == a.head[:, None, None]
             part["hit_head2dep"] = pred[a.item, :, :, a.head] == a.dep[:, None, None]
-            self._parts.append(part)
-        self.items += len(batch.items)
+            self._layers.append(part)
+            if batch.last:  # one row per arc with every layer: join the batch's layer slices
+                joined = {k: torch.cat([p[k] for p in self._layers], dim=1) for k in part}
+                self._parts.append({"label": a.label.clone(), "item": a.item + self.items, **joined})
+        if batch.last:
+            self._layers = []
+            self.items += len(batch.items)
 
     def column(self, name: str) -> np.ndarray:
         if not self._parts:

@@ -1,0 +1,67 @@
+"""The sweep's evaluation worker gives the numbers an in-process evaluation gives, shares repeated removed
+sets, and falls back to this process when its model is not this one."""
+import synprune.evalcache
+import synprune.evalpool as EP
+from synprune.evaluate import prepare
+from synprune.models import load_model
+from synprune.pipeline import evaluate_heads
+from synprune.sweep import sweep
+from synprune.tasks import Example
+
+from conftest import STSB_ROWS
+
+SETS = [[], [(0, 1), (2, 3)], [(1, 0)], [(2, 3), (0, 1)]]  # the 4th is the 2nd in another order
+
+
+def _setup(folder):
+    tm = load_model(str(folder))
+    splits = {"validation": [Example(a, b, s) for a, b, s in STSB_ROWS]}
+    prepared = {s: prepare(tm, ex, batch_size=4) for s, ex in splits.items()}
+    return tm, splits, prepared
+
+
+def test_each_removed_set_is_evaluated_once(tiny_folder):
+    tm, splits, prepared = _setup(tiny_folder)
+    with EP.Evaluations(tm, prepared, splits, ["pearson", "spearman"], 4, 128, worker=False) as evals:
+        assert not evals.parallel
+        got = [evals.result(s) for s in SETS]
+        assert len(evals._done) == 3  # the reordered set was evaluated once
+    for s, scores in zip(SETS, got):
+        assert scores == evaluate_heads(tm, prepared, ["pearson", "spearman"], s)
+
+
+def test_a_worker_whose_model_differs_is_dropped(tiny_folder, monkeypatch):
+    tm, splits, prepared = _setup(tiny_folder)
+    monkeypatch.setattr(synprune.evalcache, "model_fingerprint", lambda model: "not the worker's")
+    with EP.Evaluations(tm, prepared, splits, ["pearson"], 4, 128, worker=True) as evals:
+        got = [evals.result(s) for s in SETS[:2]]
+        assert not evals.parallel and evals.local_seconds > 0
+    assert got == [evaluate_heads(tm, prepared, ["pearson"], s) for s in SETS[:2]]
+
+
+def test_sweep_results_do_not_depend_on_the_worker(tiny_folder, glue_dir, monkeypatch):
+    rows = {}
+    for cores in (2, 1):
+        monkeypatch.setattr(EP, "_cores", lambda: cores)
+        res = sweep(str(tiny_folder), task="stsb", glue_dir=glue_dir, methods=["magnitude", "random", "magnitude+cf"],
+                    sparsities=[0.25, 0.5], seeds=[0, 1], out=None, calib_size=6)
+        assert ("evaluation_worker_busy" in res.summary["timings"]) == (cores == 2)
+        rows[cores] = [{k: v for k, v in row.items() if k != "seconds"} for row in res.rows]
+    assert rows[1] == rows[2]
+    assert [(r["method"], r["cf"], r["sparsity"], r["seed"]) for r in rows[2]] == [  # plan order, CF chosen last
+        ("magnitude", False, 0.25, 0), ("magnitude", False, 0.5, 0), ("random", False, 0.25, 0), ("random", False, 0.5, 0),
+        ("random", False, 0.25, 1), ("random", False, 0.5, 1), ("magnitude", True, 0.25, 0), ("magnitude", True, 0.5, 0)]
+
+
+def test_this_process_takes_evaluations_the_worker_has_not_started(tiny_folder):
+    tm, splits, prepared = _setup(tiny_folder)
+    sets = [[(l, h)] for l in range(3) for h in range(4)]
+    with EP.Evaluations(tm, prepared, splits, ["pearson"], 4, 128, worker=True) as evals:
+        for s in sets:
+            evals.submit(s)
+        stolen = 0
+        while evals.steal():
+            stolen += 1
+        got = [evals.result(s) for s in sets]
+        assert stolen > 0 and evals.local_seconds > 0 and evals.parallel
+    assert got == [evaluate_heads(tm, prepared, ["pearson"], s) for s in sets]
