@@ -204,7 +204,7 @@ def record(tm, texts: list[str], parses: list[Parse], cfg: PruneConfig) -> Recor
 def sap(rec: Recorder, tm, texts, parses, cfg) -> tuple[np.ndarray, list[tuple[int, int]]]:
     ctx = Replay(rec, tm, [Example(t) for t in texts], cfg, (list(parses), [None] * len(texts)))
     scores = score(ctx, cfg)
-    selection, _ = choose(ctx, cfg, scores)
+    selection = choose(ctx, cfg, scores)[0]  # (selection, cf log, config used, budget report)
     return np.asarray(scores.scores, dtype=float), [tuple(h) for h in selection.pruned]
 
 
