@@ -63,10 +63,14 @@ class DecoderAdapter(Adapter):
         cfg = gqa.base_config(module)
         return int(cfg.num_attention_heads), int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
 
+    def qkv(self, a: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """The q, k and v projections (the same module three times where they are fused)."""
+        return a.q_proj, a.k_proj, a.v_proj
+
     def attention(self, i: int, layer: nn.Module) -> AttentionHandles:
         a = layer.self_attn
         n, kv = self._counts(a)
-        return AttentionHandles(i, a, a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.head_dim, n, kv, layer, "self_attn")
+        return AttentionHandles(i, a, *self.qkv(a), a.o_proj, a.head_dim, n, kv, layer, "self_attn")
 
     def ffn(self, i: int, layer: nn.Module) -> FFNHandles:
         m = layer.mlp

@@ -8,17 +8,15 @@ from typing import Any
 from torch import nn
 
 from . import register
-from .base import AttentionHandles, FFNHandles
+from .base import FFNHandles
 from .decoders import DecoderAdapter
 
 
 class Phi3(DecoderAdapter):
     count_overrides = True
 
-    def attention(self, i: int, layer: nn.Module) -> AttentionHandles:
-        a = layer.self_attn
-        n, kv = self._counts(a)
-        return AttentionHandles(i, a, a.qkv_proj, a.qkv_proj, a.qkv_proj, a.o_proj, a.head_dim, n, kv, layer, "self_attn")
+    def qkv(self, a: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
+        return a.qkv_proj, a.qkv_proj, a.qkv_proj
 
     def ffn(self, i: int, layer: nn.Module) -> FFNHandles:
         m = layer.mlp
