@@ -13,7 +13,8 @@ from synprune.arch import attention_handles, ffn_handles, get_adapter
 from synprune.errors import SynpruneError
 from synprune.export import export_pruned, load_pruned
 from synprune.repair import Repair, make_repair, repaired
-from synprune.repair.ls import least_squares
+from synprune.activations import Tap, pooled_rows
+from synprune.repair.ls import LSOptions, _fit, least_squares
 from synprune.search import greedy_set, rearrange, search
 
 HEADS = [(0, 1), (1, 0), (1, 2), (2, 3)]  # no layer loses every head
@@ -90,7 +91,8 @@ def test_least_squares_recovers_known_scales_exactly(family):
     ns = 0.5 + torch.rand(3, 37, generator=g, dtype=torch.float64)
     teacher = _scaled_teacher(model, HEADS, NEURONS, hs, ns)
     inputs = [padded_batch(seed=s, batch=4, length=12) for s in range(3)]
-    rep = least_squares(model, inputs, HEADS, NEURONS, teacher=teacher, ridge=0.0)
+    rep = least_squares(model, inputs, HEADS, NEURONS, teacher=teacher,
+                        options=LSOptions(damp=0.0, first_attention=True, holdout=0))
     kept_h = torch.ones(3, 4, dtype=torch.bool)
     for u in HEADS:
         kept_h[u] = False
@@ -117,6 +119,58 @@ def test_least_squares_repair_brings_a_pruned_model_closer_to_dense():
             with repaired(model, HEADS, NEURONS, rep):
                 fixed = model(**inputs[0])[0]
             assert (fixed - dense).pow(2).mean() < (plain - dense).pow(2).mean(), kind
+
+
+def test_pooled_rows_are_each_sequences_first_and_last_real_token():
+    keep = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)  # right, left, no padding
+    assert pooled_rows(keep, (3, 4), "first").tolist() == [0, 1, 0]
+    assert pooled_rows(keep, (3, 4), "last").tolist() == [2, 3, 3]
+    x = torch.arange(24.0).reshape(3, 4, 2)
+    tap = Tap({}, None, pooled="last")
+    tap.keep = keep
+    assert tap.tokens(x).tolist() == [x[0, 2].tolist(), x[1, 3].tolist(), x[2, 3].tolist()]
+
+
+def test_a_solve_that_does_not_lower_held_out_error_is_rejected():
+    """Fitted without the held-out part, m = 2 makes the fit part exact, but the held-out part wants 1 (its
+    error at 2 is higher than unrepaired): rejected. When the held-out part agrees, the refit on all is used."""
+    G = {"fit": torch.eye(2, dtype=torch.float64), "check": torch.eye(2, dtype=torch.float64)}
+    now = torch.ones(2, dtype=torch.float64)
+    r = {"fit": torch.full((2,), 2.0, dtype=torch.float64), "check": torch.ones(2, dtype=torch.float64)}
+    assert "held-out" in _fit(G, r, now, 0.0, True)
+    r["check"] = torch.full((2,), 2.0, dtype=torch.float64)
+    assert torch.allclose(_fit(G, r, now, 0.0, True), torch.full((2,), 2.0, dtype=torch.float64))
+    r = {"fit": torch.full((2,), 20.0, dtype=torch.float64), "check": torch.full((2,), 20.0, dtype=torch.float64)}
+    assert "limit" in _fit(G, r, now, 0.0, True)
+
+
+def test_a_rejected_sublayer_keeps_its_scales_and_later_ones_are_still_repaired(monkeypatch):
+    """Layer 1's attention solve (the second: layer 0's attention is not tuned) is made to return an ill-posed
+    scale; the teacher's layer-1 heads are unscaled, so leaving them at 1 is right and every later sublayer
+    must still recover its known scales exactly."""
+    from synprune.repair import ls
+
+    model = tiny_model("bert").double()
+    g = torch.Generator().manual_seed(0)
+    hs = 0.5 + torch.rand(3, 4, generator=g, dtype=torch.float64)
+    hs[:2] = 1.0
+    ns = 0.5 + torch.rand(3, 37, generator=g, dtype=torch.float64)
+    teacher = _scaled_teacher(model, HEADS, NEURONS, hs, ns)
+    inputs = [padded_batch(seed=s, batch=4, length=12) for s in range(3)]
+    calls = []
+    real = ls.solve
+
+    def first_fails(G, r, damp):
+        calls.append(G.shape[0])
+        return torch.full_like(r, 50.0) if len(calls) == 2 else real(G, r, damp)
+
+    monkeypatch.setattr(ls, "solve", first_fails)
+    rep = least_squares(model, inputs, HEADS, NEURONS, teacher=teacher, options=LSOptions(damp=0.0, holdout=0))
+    assert rep.skipped == ["layer 1 attn: a scale of 50 (limit 10)"]
+    assert rep.head_scales[1, 3] == 1 and rep.head_scales[0, 0] == 1  # rejected; layer 0's attention untuned
+    assert torch.allclose(rep.head_scales[2, :3], hs[2, :3], atol=1e-6)
+    kept = rep.neuron_scales != 0
+    assert torch.allclose(rep.neuron_scales[kept], ns[kept], atol=1e-6)
 
 
 def test_bias_compensation_matches_mean_contributions_on_a_constant_input():
