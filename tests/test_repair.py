@@ -107,6 +107,32 @@ def test_least_squares_recovers_known_scales_exactly(family):
     assert torch.allclose(out, teacher(**inputs[0])[0], atol=1e-4)
 
 
+def test_least_squares_with_bias_recovers_known_scales_and_bias_vectors_exactly():
+    model = tiny_model("bert").double()
+    g = torch.Generator().manual_seed(5)
+    hs = 0.5 + torch.rand(3, 4, generator=g, dtype=torch.float64)
+    ns = 0.5 + torch.rand(3, 37, generator=g, dtype=torch.float64)
+    teacher = _scaled_teacher(model, HEADS, NEURONS, hs, ns)
+    shift = {}
+    with torch.no_grad():
+        for h in attention_handles(teacher):
+            shift["attn", h.layer] = torch.randn(h.out_proj.bias.shape, generator=g, dtype=torch.float64)
+            h.out_proj.bias.add_(shift["attn", h.layer])
+        for f in ffn_handles(teacher):
+            shift["ffn", f.layer] = torch.randn(f.down.bias.shape, generator=g, dtype=torch.float64)
+            f.down.bias.add_(shift["ffn", f.layer])
+    inputs = [padded_batch(seed=s, batch=4, length=12) for s in range(3)]
+    rep = least_squares(model, inputs, HEADS, NEURONS, teacher=teacher,
+                        options=LSOptions(damp=0.0, first_attention=True, holdout=0, bias=True))
+    kept = rep.neuron_scales != 0
+    assert torch.allclose(rep.neuron_scales[kept], ns[kept], atol=1e-6)
+    kept = rep.head_scales != 0
+    assert torch.allclose(rep.head_scales[kept], hs[kept], atol=1e-6)
+    for l in range(3):
+        assert torch.allclose(rep.attn_bias[l], shift["attn", l], atol=1e-6)
+        assert torch.allclose(rep.ffn_bias[l], shift["ffn", l], atol=1e-6)
+
+
 def test_least_squares_repair_brings_a_pruned_model_closer_to_dense():
     model = tiny_model("bert")
     inputs = [padded_batch(seed=s, batch=4, length=12) for s in range(3)]
@@ -114,7 +140,7 @@ def test_least_squares_repair_brings_a_pruned_model_closer_to_dense():
         dense = model(**inputs[0])[0]
         with repaired(model, HEADS, NEURONS):
             plain = model(**inputs[0])[0]
-        for kind in ("ls", "bias"):
+        for kind in ("ls", "bias", "ls+bias"):
             rep = make_repair(kind, model, inputs, HEADS, NEURONS)
             with repaired(model, HEADS, NEURONS, rep):
                 fixed = model(**inputs[0])[0]
@@ -131,17 +157,24 @@ def test_pooled_rows_are_each_sequences_first_and_last_real_token():
     assert tap.tokens(x).tolist() == [x[0, 2].tolist(), x[1, 3].tolist(), x[2, 3].tolist()]
 
 
+def _moments(xtx, xty):
+    return {"xtx": xtx, "xty": xty, "sx": torch.zeros(2, dtype=torch.float64), "sy": torch.zeros(2, dtype=torch.float64),
+            "n": 4}
+
+
 def test_a_solve_that_does_not_lower_held_out_error_is_rejected():
-    """Fitted without the held-out part, m = 2 makes the fit part exact, but the held-out part wants 1 (its
-    error at 2 is higher than unrepaired): rejected. When the held-out part agrees, the refit on all is used."""
-    G = {"fit": torch.eye(2, dtype=torch.float64), "check": torch.eye(2, dtype=torch.float64)}
-    now = torch.ones(2, dtype=torch.float64)
-    r = {"fit": torch.full((2,), 2.0, dtype=torch.float64), "check": torch.ones(2, dtype=torch.float64)}
-    assert "held-out" in _fit(G, r, now, 0.0, True)
-    r["check"] = torch.full((2,), 2.0, dtype=torch.float64)
-    assert torch.allclose(_fit(G, r, now, 0.0, True), torch.full((2,), 2.0, dtype=torch.float64))
-    r = {"fit": torch.full((2,), 20.0, dtype=torch.float64), "check": torch.full((2,), 20.0, dtype=torch.float64)}
-    assert "limit" in _fit(G, r, now, 0.0, True)
+    """W = I and X^T X = I make G = I and r = diag(X^T Y). Fitted without the held-out part, m = 2 makes the
+    fit part exact, but the held-out part wants 1 (its error at 2 is higher than unrepaired): rejected. When
+    the held-out part agrees, the refit on all is used."""
+    eye = torch.eye(2, dtype=torch.float64)
+    now, opts = torch.ones(2, dtype=torch.float64), LSOptions(damp=0.0)
+    stats = {"fit": _moments(eye, 2 * eye), "check": _moments(eye, eye)}
+    assert "held-out" in _fit(stats, eye, 1, now, opts, True)
+    stats["check"] = _moments(eye, 2 * eye)
+    m, beta = _fit(stats, eye, 1, now, opts, True)
+    assert torch.allclose(m, torch.full((2,), 2.0, dtype=torch.float64)) and beta is None
+    stats = {"fit": _moments(eye, 20 * eye), "check": _moments(eye, 20 * eye)}
+    assert "limit" in _fit(stats, eye, 1, now, opts, True)
 
 
 def test_a_rejected_sublayer_keeps_its_scales_and_later_ones_are_still_repaired(monkeypatch):
@@ -184,7 +217,7 @@ def test_bias_compensation_matches_mean_contributions_on_a_constant_input():
     assert torch.allclose(out, model(**one)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("family,kind", [("bert", "ls"), ("bert", "bias"), ("llama", "ls"), ("gpt2", "bias")])
+@pytest.mark.parametrize("family,kind", [("bert", "ls"), ("bert", "bias"), ("bert", "ls+bias"), ("llama", "ls"), ("gpt2", "bias")])
 def test_repaired_and_exported_equals_repaired_and_masked(family, kind, tmp_path):
     model = tiny_model(family, "lm" if get_adapter(tiny_model(family)).causal else "base")
     inputs = [padded_batch(seed=s, batch=4, length=12) for s in range(2)]

@@ -20,7 +20,7 @@ from ..errors import SynpruneError
 from ..masking import UnitMask, mask_from_heads, neuron_grid
 
 Unit = tuple[int, int]
-REPAIRS = ("none", "ls", "bias")
+REPAIRS = ("none", "ls", "bias", "ls+bias")
 
 
 @dataclass
@@ -153,10 +153,10 @@ def make_repair(kind: str, model: nn.Module, inputs: list[dict], heads: list[Uni
     see `pooled_token` (the ls repair matches only that token in the last layer)."""
     if kind == "none":
         return None
-    if kind == "ls":
+    if kind in ("ls", "ls+bias"):
         from .ls import LSOptions, least_squares
 
-        return least_squares(model, inputs, heads, neurons, options=LSOptions(pooled=pooled))
+        return least_squares(model, inputs, heads, neurons, options=LSOptions(pooled=pooled, bias=kind == "ls+bias"))
     if kind == "bias":
         from .bias import bias_compensation
 

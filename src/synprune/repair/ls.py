@@ -39,6 +39,7 @@ class LSOptions:
     first_attention: bool = False  # tune layer 0's attention too (Kwon et al.: no)
     pooled: str | None = None  # "first" / "last": the last layer matches only that token (a classifier's pool)
     holdout: int = 4  # every holdout-th calibration batch checks each solve (0: no check)
+    bias: bool = False  # also fit a vector added to each projection's output, jointly with the scales (ls+bias)
 
 
 def solve(G: torch.Tensor, r: torch.Tensor, damp: float) -> torch.Tensor | None:
@@ -99,33 +100,52 @@ def least_squares(model: nn.Module, inputs: list[dict], heads: list[Unit], neuro
             cols = torch.tensor([current.index(u) * width + j for u in kept for j in range(width)])
             stats = _moments(model, student, inputs, heads, neurons, rep, layer, module, first if post_norm else None,
                              cols, [t[kind] for t in targets], check, pooled)
-            G, r = _normal(stats, weight_rows(module)[:, cols], width)
             scales = rep.head_scales if kind == "attn" else rep.neuron_scales
-            verdict = _fit(G, r, scales[layer, kept], options.damp, any(check))
+            verdict = _fit(stats, weight_rows(module)[:, cols], width, scales[layer, kept], options, any(check))
             if isinstance(verdict, str):
                 rep.skipped.append(f"layer {layer} {kind}: {verdict}")
-            else:
-                scales[layer, kept] = verdict
+                continue
+            scales[layer, kept], beta = verdict
+            if beta is not None:
+                (rep.attn_bias if kind == "attn" else rep.ffn_bias)[layer] = beta
     return rep
 
 
-def _fit(G: dict, r: dict, now: torch.Tensor, damp: float, held_out: bool) -> torch.Tensor | str:
-    """New scales for a sublayer, or why its solve is rejected. With held-out batches: fit without them, keep
-    the solve only if it lowers their error m^T G m - 2 r^T m, then refit on all batches."""
+def _fit(stats: dict, W: torch.Tensor, width: int, now: torch.Tensor, options: LSOptions, held_out: bool):
+    """(new scales, bias vector or None) for a sublayer, or why its solve is rejected. With held-out batches:
+    fit without them, keep the solve only if it lowers their error, then refit on all batches."""
     if held_out:
-        m = solve(G["fit"], r["fit"], damp)
-        if m is None or not bool(torch.isfinite(m).all()) or float(m.abs().max()) > MAX_SCALE:
-            return _why(m)
+        got = _solve_part(stats["fit"], W, width, options)
+        if isinstance(got, str):
+            return got
+        new, old = _error(stats["check"], W, width, *got), _error(stats["check"], W, width, now, None)
+        if new >= old:
+            return f"no lower error on held-out batches ({new:.4g} vs {old:.4g} unrepaired)"
+    return _solve_part({k: stats["fit"][k] + stats["check"][k] for k in stats["fit"]}, W, width, options)
 
-        def err(x):
-            return float(x @ G["check"] @ x - 2 * r["check"] @ x)
 
-        if err(m) >= err(now):
-            return f"no lower error on held-out batches ({err(m):.4g} vs {err(now):.4g} unrepaired)"
-    m = solve(G["fit"] + G["check"], r["fit"] + r["check"], damp)
+def _solve_part(st: dict, W: torch.Tensor, width: int, options: LSOptions):
+    """Scales (and, with options.bias, the best bias vector given them) from one part's moments. With a bias
+    the moments are centred: the bias takes the mean, the scales fit the variation around it."""
+    xtx, xty = st["xtx"], st["xty"]
+    if options.bias and st["n"]:
+        xtx = xtx - torch.outer(st["sx"], st["sx"]) / st["n"]
+        xty = xty - torch.outer(st["sx"], st["sy"]) / st["n"]
+    m = solve(*_normal(xtx, xty, W, width), options.damp)
     if m is None or not bool(torch.isfinite(m).all()) or float(m.abs().max()) > MAX_SCALE:
         return _why(m)
-    return m
+    if not options.bias or not st["n"]:
+        return m, None
+    return m, (st["sy"] - W @ (m.repeat_interleave(width) * st["sx"])) / st["n"]
+
+
+def _error(st: dict, W: torch.Tensor, width: int, m: torch.Tensor, beta: torch.Tensor | None) -> float:
+    """sum_t ||sum_u m_u c_u(t) + beta - y(t)||^2 over a part's tokens, less the constant sum_t ||y(t)||^2."""
+    G, r = _normal(st["xtx"], st["xty"], W, width)
+    err = float(m @ G @ m - 2 * r @ m)
+    if beta is not None:
+        err += float(st["n"] * beta @ beta + 2 * beta @ (W @ (m.repeat_interleave(width) * st["sx"])) - 2 * beta @ st["sy"])
+    return err
 
 
 def _why(m) -> str:
@@ -175,7 +195,10 @@ def _moments(model, student: Resume, inputs, heads, neurons, rep, layer, module,
     """X^T X and X^T Y of the sublayer (X: the projection's input columns `cols` in the repaired model, Y: the
     target less the bias and, post-norm, the model's own residual), over the fitting and the held-out batches."""
     b = module.bias.detach().double() if module.bias is not None else None
-    stats = {part: [0, 0] for part in ("fit", "check")}
+    w, hidden = len(cols), weight_rows(module).shape[0]
+    stats = {part: {"xtx": torch.zeros(w, w, dtype=torch.float64), "xty": torch.zeros(w, hidden, dtype=torch.float64),
+                    "sx": torch.zeros(w, dtype=torch.float64), "sy": torch.zeros(hidden, dtype=torch.float64), "n": 0}
+             for part in ("fit", "check")}
     got: dict = {}
 
     def read(key, x):
@@ -193,21 +216,17 @@ def _moments(model, student: Resume, inputs, heads, neurons, rep, layer, module,
             if b is not None:
                 y = y - b
             s = stats["check" if check[i] else "fit"]
-            s[0] = s[0] + x.t() @ x
-            s[1] = s[1] + x.t() @ y
+            s["xtx"] += x.t() @ x
+            s["xty"] += x.t() @ y
+            s["sx"] += x.sum(0)
+            s["sy"] += y.sum(0)
+            s["n"] += x.shape[0]
     return stats
 
 
-def _normal(stats: dict, W: torch.Tensor, width: int) -> tuple[dict, dict]:
-    """G and r per part from the moments: G = block sums of (X^T X) * (W^T W), r = block sums of the rows of
+def _normal(xtx: torch.Tensor, xty: torch.Tensor, W: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """G and r from the moments: G = block sums of (X^T X) * (W^T W), r = block sums of the rows of
     (X^T Y) * W^T, blocks of `width` columns (a head's dimensions; 1 for neurons)."""
-    WtW = W.t() @ W
-    G, r = {}, {}
     k = W.shape[1] // width
-    for part, (xtx, xty) in stats.items():
-        if isinstance(xtx, int):  # no batches in this part
-            G[part], r[part] = torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
-            continue
-        g = (xtx * WtW).reshape(k, width, k, width).sum((1, 3))
-        G[part], r[part] = g, (xty * W.t()).sum(1).reshape(k, width).sum(1)
-    return G, r
+    G = (xtx * (W.t() @ W)).reshape(k, width, k, width).sum((1, 3))
+    return G, (xty * W.t()).sum(1).reshape(k, width).sum(1)
