@@ -24,11 +24,14 @@ RECIPES = [  # label, options, label-free
     ("kwon", dict(method="kwon"), False),
     ("fisher", dict(method="fisher", units="heads,neurons"), False),
     ("fisher+bias", dict(method="fisher", units="heads,neurons", repair="bias"), False),
+    ("fisher+ls+bias", dict(method="fisher", units="heads,neurons", repair="ls+bias"), False),
     ("output-fisher", dict(method="output-fisher", units="heads,neurons"), True),
     ("output-fisher+ls", dict(method="output-fisher", units="heads,neurons", repair="ls"), True),
     ("output-fisher+bias", dict(method="output-fisher", units="heads,neurons", repair="bias"), True),
+    ("output-fisher+ls+bias", dict(method="output-fisher", units="heads,neurons", repair="ls+bias"), True),
     ("sapx", dict(method="sapx", units="heads,neurons"), True),
     ("sapx+ls", dict(method="sapx", units="heads,neurons", repair="ls"), True),
+    ("sapx+bias", dict(method="sapx", units="heads,neurons", repair="bias"), True),
 ]
 HEADS_ONLY = ("fisher heads only, sparsity 0.5", dict(method="fisher", sparsity=0.5), False)
 SCORING = {"kwon": ("gradients",), "fisher": ("gradients",), "output-fisher": ("output-gradients",),
