@@ -128,9 +128,16 @@ def _n_neurons(tm: TaskModel) -> int:
 
 
 def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned, neurons=None, repair=None) -> dict[str, dict[str, float]]:
-    """Metrics per split with `pruned` heads (and `neurons`) masked, `repair` applied."""
+    """Metrics per split with `pruned` heads (and `neurons`) masked, `repair` applied. Heads alone are scored on
+    a copy of the model with them physically removed: the masked model's numbers (a removed head's slice only
+    added zeros), at the pruned model's cost."""
     from .repair import repaired
 
+    if pruned and neurons is None and repair is None:
+        from .remove import without_heads
+
+        small = replace(tm, model=without_heads(tm.model, pruned))
+        return {split: evaluate(small, p, metric_names) for split, p in prepared.items()}
     with repaired(tm.model, pruned, neurons, repair):
         return {split: evaluate(tm, p, metric_names) for split, p in prepared.items()}
 
