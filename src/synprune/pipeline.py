@@ -271,6 +271,18 @@ def choose_heads(ctx: Calibration, cfg: PruneConfig) -> Chosen:
     return Chosen(cfg, scores, selection, cf_log, budget, notes, repair, time.perf_counter() - t0)
 
 
+def plain_cf(cfg: PruneConfig) -> bool:
+    """A CF run over heads alone, without a budget or repair: its whole choice is one `cf.candidate_filter` walk
+    over the method's order, which a sweep may make in either of its processes (`walked` builds its `Chosen`)."""
+    return cfg.cf and not cfg.neurons and not cfg.budget and cfg.units == "heads" and cfg.repair == "none"
+
+
+def walked(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, selection: Selection, cf_log: list[dict],
+           seconds: float = 0.0) -> Chosen:
+    """What `choose_heads` returns for a `plain_cf` run whose walk gave `selection` and `cf_log`."""
+    return Chosen(cfg, scores, selection, cf_log, None, run_notes(cfg, scores), None, seconds)
+
+
 def evaluation_inputs(ctx: Calibration, split: Split) -> dict[str, Prepared]:
     """The evaluation split(s) tokenized once per context (batches of at least 64), with the dense model's
     outputs where the metrics score against them."""
