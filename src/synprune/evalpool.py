@@ -100,6 +100,7 @@ def _cf(state: dict, kind: str, args: tuple, known: dict) -> tuple[Any, dict]:
 _JOBS = {"evaluate": _evaluate, "cf": _cf}
 
 
+
 def _run(fn: str, args: tuple, state: dict | None = None) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = _JOBS[fn](_WORKER if state is None else state, *args)
@@ -131,7 +132,10 @@ class Evaluations:
     def __init__(self, tm, prepared: dict, splits: dict, metric_names: Sequence[str], batch_size: int,
                  max_length: int, worker: bool | None = None, calibration: tuple | None = None, cf_context=None,
                  timed: Callable[[str], Any] | None = None):
+        import torch
+
         self.metric_names = tuple(metric_names)
+        self.threads = torch.get_num_threads()
         self._here = {"tm": tm, "prepared": prepared, "metric_names": self.metric_names,
                       "calibration": lambda: cf_context}
         self._timed = timed or (lambda stage: contextlib.nullcontext())
@@ -176,19 +180,25 @@ class Evaluations:
         """Distinct removed sets evaluated or queued."""
         return len(self._evals)
 
-    def pace(self, threads: int) -> None:
-        """Torch threads for this process: one core fewer while the worker has a job, all `threads` once it is
-        idle (call it between passes; it only ever changes the calling thread's count)."""
+    def pace(self, threads: int | None = None) -> None:
+        """Torch threads for this process: one core fewer while the worker has a job or is about to take one,
+        all `threads` (default: the count at start) once it has none (call it between passes; it only ever
+        changes the calling thread's count)."""
         import torch
 
-        want = max(1, threads - 1) if self._at_worker is not None else threads
+        threads = threads or self.threads
+        with self._cond:
+            busy = self._at_worker is not None or (self._pool is not None and any(
+                j.after is None or j.after.done for j in self._pending))
+        want = max(1, threads - 1) if busy else threads
         if torch.get_num_threads() != want:
             torch.set_num_threads(want)
 
-    def submit(self, pruned: Sequence[Head]) -> None:
+    def submit(self, pruned: Sequence[Head], first: bool = False) -> None:
+        """Queue the evaluation of `pruned` after every CF job (`first`: before every job)."""
         key = frozenset(map(tuple, pruned))
         if key not in self._evals:
-            self._evals[key] = self._add("evaluate", (sorted(key),), (2,))
+            self._evals[key] = self._add("evaluate", (sorted(key),), (0,) if first else (2,))
 
     def cf(self, kind: str, args: tuple, rank: tuple = (), after: Job | None = None) -> Job:
         """A CF job (`_cf`): "alone" with (heads, cfg) or "walk" with (order, n_prune, cfg); ranked before
@@ -259,6 +269,7 @@ class Evaluations:
 
     def _local(self, job: Job) -> None:
         args = (*job.args, {}) if job.fn == "cf" else job.args  # this process's table is the shared one
+        self.pace()
         with self._timed(STAGES[job.fn]):
             out, seconds = _run(job.fn, args, self._here)
         self.local_seconds += seconds

@@ -395,7 +395,7 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
     with Evaluations(ctx.tm, prepared, split.evaluation, ctx.metric_names, max(base.batch_size, 64),
                      base.max_length, calibration=(split.calibration, base) if walks else None,
                      cf_context=ctx if walks else None, timed=ctx.timed) as evals:
-        ctx.pace = lambda: evals.pace(threads)  # CF calls it between passes
+        ctx.pace = evals.pace  # CF calls it between passes
         n_heads = ctx.tm.n_heads
         every_head = any(pool_size(configs[r.name], n_heads) == n_heads for r in walks)
         if every_head:  # every head alone is needed: scored while the methods score
@@ -403,7 +403,7 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
                          configs[walks[0].name])
         dense_known = lookup(ctx.tm, prepared, ctx.metric_names) is not None  # cached on disk by an earlier command
         if not dense_known:
-            evals.submit([])  # the dense model goes first among the evaluations; nothing here waits for it yet
+            evals.submit([], first=True)  # before any other job: no result is written without it
 
         def finish(r: Run, wait: bool) -> bool:
             c, seconds = chosen[r.name]
@@ -463,7 +463,6 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
                             del jobs[name]
                     write_ready()
                     if (pending or jobs or chosen) and not evals.steal():
-                        ctx.pace()
                         evals.wait()
         finally:
             torch.set_num_threads(threads)
