@@ -61,7 +61,7 @@ def render(parts: list[tuple[str, list[dict]]], args: argparse.Namespace, second
     head = ["method", "sweep (calibration sentences)"] + [f"{metric} at {s:g}" for s in sparsities] + \
         [f"x dense at {s:g}" for s in sparsities]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-             f"| dense | - | " + " | ".join(f"{dense:.2f}" for _ in sparsities) + " | " + " | ".join("1.00" for _ in sparsities) + " |"]
+             "| dense | - | " + " | ".join(f"{dense:.2f}" for _ in sparsities) + " | " + " | ".join("1.00" for _ in sparsities) + " |"]
     for (name, label), by_s in cells.items():
         vals = []
         for s in sparsities:
