@@ -28,7 +28,7 @@ def _metrics(result: dict) -> dict[str, float]:
 
 def compare(before: Path, after: Path) -> tuple[bool, list[str]]:
     a, b = _runs(before), _runs(after)
-    lines, same = [], a.keys() == b.keys()
+    lines, same = [], bool(a) and a.keys() == b.keys()  # two empty folders are not the same results
     if not same:
         lines.append(f"runs differ: only before {sorted(a.keys() - b.keys())}, only after {sorted(b.keys() - a.keys())}")
     worst = 0.0

@@ -16,7 +16,6 @@ and the heads move towards the kept end as p rises; the verdict line says whethe
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from dataclasses import replace
@@ -30,7 +29,7 @@ from synprune.config import PruneConfig
 from synprune.controlled import OTHERWISE, controlled_attention, syntactic_targets
 from synprune.errors import SynpruneError
 from synprune.evaluate import task_metrics
-from synprune.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from synprune.io import atomic_write_json, atomic_write_text, write_png
 from synprune.methods import HeadScores, get_method
 from synprune.methods.sap import Penalty
 from synprune.pipeline import as_task_model
@@ -161,7 +160,6 @@ def markdown(rows: list[dict], methods: Sequence[str], meta: dict, v: dict) -> s
 
 
 def plot(rows: list[dict], methods: Sequence[str], path: Path, title: str) -> Path:
-    import io
 
     import matplotlib
 
@@ -186,10 +184,7 @@ def plot(rows: list[dict], methods: Sequence[str], path: Path, title: str) -> Pa
     b.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return write_png(path, fig, tight=False)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

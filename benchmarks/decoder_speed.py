@@ -105,8 +105,9 @@ def build(args: argparse.Namespace, workdir: Path) -> list[Variant]:
     total = cost.total("flops", args.seq)
     head = args.seq * lm_head_macs(dense)
     n_params = sum(p.numel() for p in dense.parameters())
-    out = [Variant("dense", dense, [], n_params)]
-    for name, pruned in result_variants(args.results) or magnitude_variants(tm):
+    out = [Variant("dense as loaded", dense, [], n_params)]
+    # every timed model, dense included, goes through the same export and reload, so that only the pruning differs
+    for name, pruned in [("dense", [])] + (result_variants(args.results) or magnitude_variants(tm)):
         folder = export_pruned(dense, tm.tokenizer, pruned, workdir / f"v{len(out)}")
         model, _ = load_pruned(folder, attn_implementation=dense.config._attn_implementation)
         saved = cost.saved(pruned, "flops", args.seq)
@@ -151,7 +152,7 @@ def measure(variants: list[Variant], args: argparse.Namespace) -> None:
 
 
 def render(variants: list[Variant], args: argparse.Namespace) -> tuple[list[str], list[list[str]]]:
-    dense = variants[0]
+    dense = next(v for v in variants if v.name == "dense")  # the exported-and-reloaded dense model
     med = {(v.name, k): statistics.median(v.times[k]) for v in variants for k in ("prefill", "decode")}
     header = ["model", "query heads kept", "KV groups kept", "parameters", "KV cache MB", "prefill tok/s", "prefill speedup",
               "decode tok/s", "decode speedup", "predicted (attn+FFN FLOPs)", "predicted (whole model)"]
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         f"decode: greedy generation at batch 1 after a {args.prompt}-token prompt; tok/s = {args.new_tokens} / "
         f"(time for {args.new_tokens + 1} new tokens - time for 1)",
         f"{args.rounds} interleaved rounds (every model once per round, shuffled), medians reported; speedup = dense "
-        "median time / pruned median time",
+        "median time / pruned median time; dense = the model exported and reloaded with nothing pruned (every timed "
+        "model takes that path), 'dense as loaded' = the model as load_model returns it, for contrast",
         "predicted = dense / pruned multiply-accumulates at the prefill length: attention + feed-forward "
         "(synprune.budget.CostModel), and the whole model with the LM head (embeddings are look-ups)",
         f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; build {t_built - t_start:.0f} s, "

@@ -61,7 +61,7 @@ def render(parts: list[tuple[str, list[dict]]], args: argparse.Namespace, second
     head = ["method", "sweep (calibration sentences)"] + [f"{metric} at {s:g}" for s in sparsities] + \
         [f"x dense at {s:g}" for s in sparsities]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-             f"| dense | - | " + " | ".join(f"{dense:.2f}" for _ in sparsities) + " | " + " | ".join("1.00" for _ in sparsities) + " |"]
+             "| dense | - | " + " | ".join(f"{dense:.2f}" for _ in sparsities) + " | " + " | ".join("1.00" for _ in sparsities) + " |"]
     for (name, label), by_s in cells.items():
         vals = []
         for s in sparsities:
@@ -80,7 +80,7 @@ def render(parts: list[tuple[str, list[dict]]], args: argparse.Namespace, second
              f"(FLAP's bias compensation), same calibration; C = {args.cf_methods} with and without CF, calibration "
              f"{args.cf_calib_size} dev sentences (CF's candidates are checked on the calibration perplexity; "
              f"--tolerance {args.tolerance}: a removal stays while it is within {2 - args.tolerance:.2f} x dense)",
-             "sweep seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())]
+             "seconds this invocation spent per sweep (finished runs in OUT are read back, not recomputed): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())]
     return "\n".join(["# Query-head pruning of a causal LM", "", *lines, "", *[f"- {n}" for n in notes]]) + "\n"
 
 

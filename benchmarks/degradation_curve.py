@@ -16,7 +16,6 @@ interrupted run resumes when started again; the table lists what is still missin
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _runs import TASKS, Deadline, TaskRuns, label, mean_sd  # noqa: E402
 
 from synprune.config import PruneConfig  # noqa: E402
-from synprune.io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from synprune.io import atomic_write_json, atomic_write_text, write_png  # noqa: E402
 
 SPARSITIES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 PLAIN = ("sap", "sapx", "fisher")
@@ -115,10 +114,7 @@ def plot(task: str, curves: dict, path: Path) -> Path:
     ax.set_title(f"{task} task model: metric against sparsity", fontsize=10)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return write_png(path, fig, tight=False)
 
 
 def markdown(got: dict, tasks) -> str:

@@ -18,7 +18,6 @@ attention replayed to SAP's own collectors for every tree set (checked against a
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from collections import Counter
@@ -34,9 +33,9 @@ from scipy.stats import hypergeom, spearmanr
 from synprune.attention import AttentionBatch, batch_arcs
 from synprune.calibration import Calibration
 from synprune.config import PruneConfig
-from synprune.conllu import Treebank, read_conllu
+from synprune.conllu import read_conllu
 from synprune.evaluate import prepare, task_metrics
-from synprune.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from synprune.io import atomic_write_json, atomic_write_text, write_png
 from synprune.models import load_model
 from synprune.parse import Parse, parse_texts
 from synprune.pipeline import choose, evaluate_heads, score
@@ -223,7 +222,6 @@ def jaccard(a, b) -> float:
 
 
 def plot(rows: list[dict], refs: dict, ps: Sequence[float], path: Path) -> None:
-    import io
 
     import matplotlib
 
@@ -250,10 +248,7 @@ def plot(rows: list[dict], refs: dict, ps: Sequence[float], path: Path) -> None:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=3, fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    write_png(path, fig, tight=False)
 
 
 def markdown(att: dict, att_conv: dict, att_nopunct: dict, refs: dict, rows: list[dict], meta: dict) -> str:

@@ -14,7 +14,6 @@ are shown for scale: if their errors concentrate on the same heads, it is not SA
 from __future__ import annotations
 
 import argparse
-import io
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from synprune.calibration import Calibration
 from synprune.config import PruneConfig
 from synprune.evaluate import task_metrics
 from synprune.explain import compute
-from synprune.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from synprune.io import atomic_write_json, atomic_write_text, write_png
 from synprune.layercache import AblationScorer
 from synprune.pipeline import as_task_model, score
 from synprune.progress import bar
@@ -108,10 +107,7 @@ def plot(served: np.ndarray, res: dict, path: Path, title: str) -> Path:
     np.atleast_1d(axes)[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return write_png(path, fig, tight=False)
 
 
 def main(argv=None) -> dict:

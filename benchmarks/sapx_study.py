@@ -38,7 +38,7 @@ import numpy as np
 from synprune.calibration import Calibration
 from synprune.config import PruneConfig
 from synprune.evaluate import prepare, task_metrics
-from synprune.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from synprune.io import atomic_write_bytes, atomic_write_json, atomic_write_text, png_bytes
 from synprune.methods import HeadScores, fuse_orders, get_method
 from synprune.methods.sapx import SAPX, Variant, score_variant
 from synprune.models import load_model
@@ -242,7 +242,6 @@ def plot(study: dict) -> bytes:
     """Per task, each method/variant's dev metric minus random's mean, per sparsity; random's ±1 sd as a band."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    import io
 
     tasks = list(study["rows"])
     names = [n for n in study["rows"][tasks[0]] if not n.startswith("random (seed") and n != "dense"]
@@ -266,9 +265,7 @@ def plot(study: dict) -> bytes:
         ax.set_xlabel(f"{study['tasks'][task]['metric']} minus random's mean (dev)")
         ax.set_title(task, fontsize=9)
         ax.legend(fontsize=6, loc="lower left")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The sweep's evaluation worker gives the numbers an in-process evaluation gives, shares repeated removed
 sets, and falls back to this process when its model is not this one."""
+import time
+
 import synprune.evalcache
 import synprune.evalpool as EP
 from synprune.evaluate import prepare
@@ -25,7 +27,7 @@ def test_each_removed_set_is_evaluated_once(tiny_folder):
     with EP.Evaluations(tm, prepared, splits, ["pearson", "spearman"], 4, 128, worker=False) as evals:
         assert not evals.parallel
         got = [evals.result(s) for s in SETS]
-        assert len(evals._done) == 3  # the reordered set was evaluated once
+        assert evals.evaluated == 3  # the reordered set was evaluated once
     for s, scores in zip(SETS, got):
         assert scores == evaluate_heads(tm, prepared, ["pearson", "spearman"], s)
 
@@ -34,18 +36,27 @@ def test_a_worker_whose_model_differs_is_dropped(tiny_folder, monkeypatch):
     tm, splits, prepared = _setup(tiny_folder)
     monkeypatch.setattr(synprune.evalcache, "model_fingerprint", lambda model: "not the worker's")
     with EP.Evaluations(tm, prepared, splits, ["pearson"], 4, 128, worker=True) as evals:
+        for s in SETS[:2]:
+            evals.submit(s)
+        for _ in range(600):  # the worker's check comes back before it is given any job
+            if not evals.parallel:
+                break
+            time.sleep(0.1)
         got = [evals.result(s) for s in SETS[:2]]
-        assert not evals.parallel and evals.local_seconds > 0
+        assert not evals.parallel and evals.local_seconds > 0 and evals.worker_seconds == 0
     assert got == [evaluate_heads(tm, prepared, ["pearson"], s) for s in SETS[:2]]
 
 
 def test_sweep_results_do_not_depend_on_the_worker(tiny_folder, glue_dir, monkeypatch):
     rows = {}
+    steal = EP.Evaluations.steal
+    monkeypatch.setattr(EP.Evaluations, "steal", lambda self: not self.parallel and steal(self))  # the worker does all
     for cores in (2, 1):
         monkeypatch.setattr(EP, "_cores", lambda: cores)
         res = sweep(str(tiny_folder), task="stsb", glue_dir=glue_dir, methods=["magnitude", "random", "magnitude+cf"],
                     sparsities=[0.25, 0.5], seeds=[0, 1], out=None, calib_size=6)
-        assert ("evaluation_worker_busy" in res.summary["timings"]) == (cores == 2)
+        worker = res.summary["timings"].get("worker_stages", {})
+        assert set(worker) == ({"cf", "evaluate_pruned"} if cores == 2 else set())  # CF walks made there too
         rows[cores] = [{k: v for k, v in row.items() if k != "seconds"} for row in res.rows]
     assert rows[1] == rows[2]
     assert [(r["method"], r["cf"], r["sparsity"], r["seed"]) for r in rows[2]] == [  # plan order, CF chosen last

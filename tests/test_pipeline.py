@@ -196,3 +196,32 @@ def test_a_written_result_reads_back_whole(glue_dir, tmp_path):
     back = PruneResult.read(tmp_path / "run")
     assert back.to_json() == json.loads((tmp_path / "run" / "result.json").read_text())
     assert back.cf_log == res.cf_log and back.pruned_heads == res.pruned_heads
+
+
+@pytest.mark.parametrize("family,labels", [("bert", None), ("distilbert", 3), ("roberta", 2)])
+def test_pruned_heads_are_scored_on_a_physically_pruned_copy(family, labels, monkeypatch):
+    """evaluate_heads scores heads alone on a copy with them removed: the masked model's numbers, a smaller
+    model, and the caller's model untouched."""
+    import synprune.pipeline as P
+    from synprune.evaluate import prepare
+    from synprune.repair import repaired
+    from synprune.tasks import Example
+
+    tm = tiny_model(family, labels)
+    rows = [Example(a, b, (s if labels is None else int(s) % labels)) for a, b, s in STSB_ROWS]
+    if labels is not None:
+        tm.model.config.problem_type = "single_label_classification"
+    prepared = {"dev": prepare(tm, rows, batch_size=4)}
+    names = ["pearson", "spearman"] if labels is None else ["accuracy"]
+    before = {k: v.clone() for k, v in tm.model.state_dict().items()}
+    sizes = []
+    real = P.evaluate
+    monkeypatch.setattr(P, "evaluate", lambda t, p, n: sizes.append(sum(x.numel() for x in t.model.parameters())) or real(t, p, n))
+    for pruned in ([(0, 1), (2, 3)], [(1, h) for h in range(4)] + [(0, 0)]):
+        got = P.evaluate_heads(tm, prepared, names, pruned)
+        with repaired(tm.model, pruned):
+            masked = {"dev": real(tm, prepared["dev"], names)}
+        assert got.keys() == masked.keys() and got["dev"] == pytest.approx(masked["dev"], abs=1e-6)
+    full = sum(x.numel() for x in tm.model.parameters())
+    assert len(sizes) == 2 and all(s < full for s in sizes) and sizes[1] < sizes[0]
+    assert all(torch.equal(v, tm.model.state_dict()[k]) for k, v in before.items())

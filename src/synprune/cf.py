@@ -74,10 +74,7 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
     pool = order[:pool_size(cfg, n_heads)]
     metric = ctx.metric_names[0]
     if fast:  # one scorer and one table of known metrics for every CF run on this calibration context
-        # `background`: units pruned underneath the whole walk (neurons masked by the caller), part of the key
-        key = (metric, tuple(background))
-        scorer = ctx.memo(("cf-scorer", *key), lambda: AblationScorer(ctx.tm, ctx.prepared, metric, range(grid[0])))
-        trial = _Trials(scorer, ctx.memo(("cf-metric", *key), dict), getattr(ctx, "pace", lambda: None))
+        trial = _shared_trials(ctx, background)
     else:
         trial = _Trials(AblationScorer(ctx.tm, ctx.prepared, metric, fast=False), {})
     m0 = trial.known[frozenset()]
@@ -87,15 +84,14 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
     single: dict[Head, float] = {}
     with bar("CF: candidates alone", len(pool)) as advance:
         for head in pool:
-            heads = Pruning(grid, n_heads, cfg.layer_fraction).expand(head)
+            heads = _alone(grid, cfg, head)
             single[head] = trial.metric(frozenset(), heads)
             entries.append(_entry("single", head, single[head], False, heads, dense=m0))
             advance()
 
-    rank = {h: i for i, h in enumerate(order)}
     state = Pruning(grid, n_prune, cfg.layer_fraction)
     with bar("CF: greedy walk", len(pool)) as advance:
-        for head in sorted(pool, key=lambda h: (-goodness(metric, single[h]), rank[h])):
+        for head in walk_order(pool, single, order, metric):
             advance()
             if state.full:
                 break
@@ -128,6 +124,53 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
         log(f"CF: the pool of {len(pool)} candidates gave {walked} of {n_prune} heads within tolerance; "
             f"filled {len(state.pruned) - walked} more by the method's order")
     return state.selection(fill), entries
+
+
+def _alone(grid: tuple[int, int], cfg: PruneConfig, head: Head) -> list[Head]:
+    """The heads removed when `head` is scored alone (its whole layer where the layer rule says so)."""
+    return Pruning(grid, grid[0] * grid[1], cfg.layer_fraction).expand(head)
+
+
+def walk_order(pool: Sequence[Head], single: dict[Head, float], order: Sequence[Head], metric: str) -> list[Head]:
+    """The walk tries the pool from the smallest drop alone to the largest; ties by the method's order."""
+    rank = {h: i for i, h in enumerate(order)}
+    return sorted(pool, key=lambda h: (-goodness(metric, single[h]), rank[h]))
+
+
+def metric_table(ctx: Calibration, background: tuple = ()) -> dict[frozenset[Head], float]:
+    """The context's table "removed heads -> calibration metric" that every fast CF run on it shares
+    (`background`: units pruned underneath the whole walk, e.g. neurons masked by the caller)."""
+    return ctx.memo(("cf-metric", ctx.metric_names[0], tuple(background)), dict)
+
+
+def _shared_trials(ctx: Calibration, background: tuple = ()) -> "_Trials":
+    key = (ctx.metric_names[0], tuple(background))
+    grid = ctx.tm.grid
+    scorer = ctx.memo(("cf-scorer", *key), lambda: AblationScorer(ctx.tm, ctx.prepared, key[0], range(grid[0])))
+    return _Trials(scorer, metric_table(ctx, background), getattr(ctx, "pace", lambda: None))
+
+
+def score_alone(ctx: Calibration, heads: Sequence[Head], cfg: PruneConfig) -> None:
+    """Score each of `heads` alone into the context's table: the first stage of any walk whose pool holds them,
+    done ahead (a sweep does it in whichever process is free)."""
+    trial = _shared_trials(ctx)
+    for head in heads:
+        trial.metric(frozenset(), _alone(ctx.tm.grid, cfg, (int(head[0]), int(head[1]))))
+
+
+def walk_key(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg: PruneConfig) -> tuple | None:
+    """What decides a fast CF walk once its pool's heads are scored alone (None until they all are): two runs
+    with the same key make the same passes, so the second can wait for the first and find them all known."""
+    grid = ctx.tm.grid
+    order = [(int(l), int(h)) for l, h in order]
+    pool = order[:pool_size(cfg, grid[0] * grid[1])]
+    table = metric_table(ctx)
+    sets = {h: frozenset(_alone(grid, cfg, h)) for h in pool}
+    if any(s not in table for s in sets.values()):
+        return None
+    metric = ctx.metric_names[0]
+    sequence = walk_order(pool, {h: table[s] for h, s in sets.items()}, order, metric)
+    return tuple(sequence), n_prune, cfg.layer_fraction, cfg.tolerance, cfg.tolerance_abs
 
 
 class _Trials:

@@ -1,17 +1,16 @@
 """Figures of `synprune explain`: layer x head heat maps per relation and word-level attention maps."""
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .io import atomic_write_bytes
+from .io import write_png
 
 if TYPE_CHECKING:
-    from .explain import Explanation, Head, MapHead, SentenceMap
+    from .explain import Explanation, MapHead, SentenceMap
 
 ARROW = {"dep2head": "dep→head", "head2dep": "head→dep"}
 
@@ -26,10 +25,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return write_png(path, fig)
 
 
 def _panel(ax, values: np.ndarray, title: str, pruned: set | None, vmin=None, vmax=None, cmap="viridis"):

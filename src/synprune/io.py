@@ -3,8 +3,10 @@ are keyed by what they were computed from."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -42,6 +44,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def png_bytes(fig: Any, *, tight: bool = True, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes (cropped to its content unless `tight=False`); a figure that pyplot
+    made is closed, so long runs do not accumulate open figures."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
+    if (plt := sys.modules.get("matplotlib.pyplot")) is not None:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def write_png(path: str | Path, fig: Any, **options: Any) -> Path:
+    """Save a matplotlib figure as a PNG file atomically (see `png_bytes` for the options)."""
+    return atomic_write_bytes(path, png_bytes(fig, **options))
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -128,9 +128,16 @@ def _n_neurons(tm: TaskModel) -> int:
 
 
 def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned, neurons=None, repair=None) -> dict[str, dict[str, float]]:
-    """Metrics per split with `pruned` heads (and `neurons`) masked, `repair` applied."""
+    """Metrics per split with `pruned` heads (and `neurons`) masked, `repair` applied. Heads alone are scored on
+    a copy of the model with them physically removed: the masked model's numbers (a removed head's slice only
+    added zeros), at the pruned model's cost."""
     from .repair import repaired
 
+    if pruned and neurons is None and repair is None:
+        from .remove import without_heads
+
+        small = replace(tm, model=without_heads(tm.model, pruned))
+        return {split: evaluate(small, p, metric_names) for split, p in prepared.items()}
     with repaired(tm.model, pruned, neurons, repair):
         return {split: evaluate(tm, p, metric_names) for split, p in prepared.items()}
 
@@ -262,6 +269,18 @@ def choose_heads(ctx: Calibration, cfg: PruneConfig) -> Chosen:
             repair = make_repair(cfg.repair, tm.model, list(model_inputs(tm, ctx.prepared.batches)), selection.pruned,
                                  selection.neurons if cfg.neurons else None, pooled_token(tm.kind))
     return Chosen(cfg, scores, selection, cf_log, budget, notes, repair, time.perf_counter() - t0)
+
+
+def plain_cf(cfg: PruneConfig) -> bool:
+    """A CF run over heads alone, without a budget or repair: its whole choice is one `cf.candidate_filter` walk
+    over the method's order, which a sweep may make in either of its processes (`walked` builds its `Chosen`)."""
+    return cfg.cf and not cfg.neurons and not cfg.budget and cfg.units == "heads" and cfg.repair == "none"
+
+
+def walked(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, selection: Selection, cf_log: list[dict],
+           seconds: float = 0.0) -> Chosen:
+    """What `choose_heads` returns for a `plain_cf` run whose walk gave `selection` and `cf_log`."""
+    return Chosen(cfg, scores, selection, cf_log, None, run_notes(cfg, scores), None, seconds)
 
 
 def evaluation_inputs(ctx: Calibration, split: Split) -> dict[str, Prepared]:

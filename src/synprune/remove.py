@@ -10,6 +10,7 @@ zero-width projections (the down projection's bias, if any, stays: masking gives
 """
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from typing import Iterable
 
@@ -153,6 +154,13 @@ def remove_units(model: nn.Module, heads: Iterable[Head] = (), neurons: Iterable
 def remove_heads(model: nn.Module, pruned: Iterable[Head]) -> dict[str, list]:
     """`remove_units` for query heads only."""
     return remove_units(model, heads=pruned)
+
+
+def without_heads(model: nn.Module, pruned: Iterable[Head]) -> nn.Module:
+    """A copy of `model` with `pruned` heads physically removed; `model` itself is left as it was."""
+    small = copy.deepcopy(model)
+    remove_heads(small, pruned)
+    return small
 
 
 def apply_state(model: nn.Module, state: dict | list[list[int]]) -> dict[str, list]:

@@ -331,7 +331,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     t0 = time.perf_counter()
     log(f"sweep: {len(plan.runs)} runs ({', '.join(s.label for s in plan.specs)}) on {tm.name} / {data.name}"
         + (f"; {len(done)} already finished in {out_dir} are reused" if done else ""))
-    worker_seconds = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+    worker = _run_all(ctx, plan, base, data, split, out_dir, done, results)
     for r in plan.runs:
         res = results[r.name]
         rows.append(_row(r, res, float(res.details.get("run_seconds", 0.0)), list(plan.grid)))
@@ -347,8 +347,9 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     }
     result = SweepResult(plan, rows, results, summary, out_dir)
     stages = dict(ctx.timings)
-    if worker_seconds:
-        summary["timings"]["evaluation_worker_busy"] = round(worker_seconds, 3)
+    if worker:
+        summary["timings"]["evaluation_worker_busy"] = round(sum(worker.values()), 3)
+        summary["timings"]["worker_stages"] = {k: round(v, 3) for k, v in worker.items()}
     if out_dir is not None:
         t = time.perf_counter()
         result.files["results.csv"] = atomic_write_text(out_dir / "results.csv", rows_csv(rows))
@@ -359,44 +360,55 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
             result.files.update(write_report(out_dir))
         stages["write results and report"] = time.perf_counter() - t
     result.breakdown = stage_breakdown(stages, total + stages.get("write results and report", 0.0))
-    if worker_seconds:
-        result.breakdown += (f"\n  (besides: the evaluation worker process evaluated pruned models for {worker_seconds:.1f} s "
-                             "alongside)")
+    if worker:
+        result.breakdown += (f"\n  (besides: the worker process alongside, {sum(worker.values()):.1f} s: "
+                             + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(worker.items(), key=lambda kv: -kv[1])) + ")")
     return result
 
 
 def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir: Path | None,
-             done: Mapping[str, Path], results: dict[str, "PruneResult"]) -> float:
+             done: Mapping[str, Path], results: dict[str, "PruneResult"]) -> dict[str, float]:
     """Every run's result into `results` (those in `done` read back from their folders). Heads are chosen for
-    every run first, runs without CF first, and each chosen model is evaluated meanwhile in a worker process
-    where one can start (`evalpool`), so that the worker evaluates while this process runs Candidate
-    Filtering; a run's result is written as soon as its evaluation is in. Returns the worker's busy seconds."""
+    every run first, runs without CF first; the evaluations and the Candidate Filtering walks are jobs that a
+    worker process and this one take in turn (`evalpool`): heads are scored alone while the methods score, each
+    CF walk starts once its pool's heads are all scored, the longest first, and a run's result is written as soon
+    as its evaluation is in. Returns the worker's busy seconds per stage."""
     import torch
 
+    from .cf import pool_size, walk_key
     from .evalcache import lookup
     from .evalpool import Evaluations
-    from .pipeline import assemble, choose_heads, dense_scores, evaluate_chosen, evaluation_inputs
+    from .pipeline import assemble, choose_heads, dense_scores, evaluate_chosen, evaluation_inputs, plain_cf, score, walked
     from .result import PruneResult
+    from .select import n_to_prune
 
     for name, folder in done.items():
         results[name] = PruneResult.read(folder)
     todo = [r for r in plan.runs if r.name not in done]
     if not todo:
-        return 0.0
+        return {}
     prepared = evaluation_inputs(ctx, split)
+    configs = {r.name: r.config(base).resolved() for r in todo}
+    walks = [r for r in todo if plain_cf(configs[r.name])]  # CF runs whose walk either process can make
     chosen: dict[str, tuple[Any, float]] = {}
     threads = torch.get_num_threads()
     with Evaluations(ctx.tm, prepared, split.evaluation, ctx.metric_names, max(base.batch_size, 64),
-                     base.max_length) as evals:
-        ctx.pace = lambda: evals.pace(threads)  # CF calls it between passes
+                     base.max_length, calibration=(split.calibration, base) if walks else None,
+                     cf_context=ctx if walks else None, timed=ctx.timed) as evals:
+        ctx.pace = evals.pace  # CF calls it between passes
+        n_heads = ctx.tm.n_heads
+        every_head = any(pool_size(configs[r.name], n_heads) == n_heads for r in walks)
+        if every_head:  # every head alone is needed: scored while the methods score
+            _score_alone(evals, ctx.tm.grid, [(l, h) for l in range(ctx.tm.grid[0]) for h in range(ctx.tm.grid[1])],
+                         configs[walks[0].name])
         dense_known = lookup(ctx.tm, prepared, ctx.metric_names) is not None  # cached on disk by an earlier command
         if not dense_known:
-            evals.submit([])  # the dense model goes first in the worker's queue; nothing here waits for it yet
+            evals.submit([], first=True)  # before any other job: no result is written without it
 
-        def finish(r: Run, wait: bool) -> None:
+        def finish(r: Run, wait: bool) -> bool:
             c, seconds = chosen[r.name]
             if c.heads_only and not (wait or (evals.ready(c.selection.pruned) and (dense_known or evals.ready([])))):
-                return
+                return False
             dense = dense_scores(ctx, split, lambda: evals.result([]))
             with ctx.timed("evaluate_pruned"):
                 pruned = evals.result(c.selection.pruned) if c.heads_only else evaluate_chosen(ctx, prepared, c)
@@ -406,29 +418,62 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
                 res.write(out_dir / "runs" / r.name)
             results[r.name] = res
             del chosen[r.name]
+            return True
 
         try:
             with bar("sweep runs", len(todo)) as advance:
-                for r in sorted(todo, key=lambda r: r.spec.cf):
+                def write_ready() -> None:  # the runs whose evaluation is in
+                    for other in [o for o in todo if o.name in chosen]:
+                        if finish(other, wait=False):
+                            advance(True)
+
+                for r in sorted([r for r in todo if r not in walks], key=lambda r: r.spec.cf):
                     ctx.pace()
                     t = time.perf_counter()
-                    c = choose_heads(ctx, r.config(base))
+                    c = choose_heads(ctx, configs[r.name])
                     if c.heads_only:
                         evals.submit(c.selection.pruned)
                     chosen[r.name] = (c, time.perf_counter() - t)
-                    for other in [o for o in todo if o.name in chosen]:  # write what the worker has finished
-                        finish(other, wait=False)
-                        advance(other.name not in chosen)
-                for r in todo:  # every head chosen: help the worker, taking evaluations from the end of its queue
-                    if r.name in chosen:
-                        while not evals.ready(chosen[r.name][0].selection.pruned) and (ctx.pace() or evals.steal()):
-                            pass
-                        finish(r, wait=True)
-                        advance()
+                    write_ready()
+                scored = {}  # CF runs: name -> (scores, seconds spent scoring)
+                for r in walks:
+                    t = time.perf_counter()
+                    scored[r.name] = (score(ctx, configs[r.name]), time.perf_counter() - t)
+                pools = {r.name: [(int(l), int(h)) for l, h in scored[r.name][0].order][:pool_size(configs[r.name], n_heads)]
+                         for r in walks}
+                if walks and not every_head:
+                    _score_alone(evals, ctx.tm.grid, sorted({h for p in pools.values() for h in p}), configs[walks[0].name])
+                pending = {r.name: n_to_prune(configs[r.name].sparsity, n_heads) for r in walks}  # walks not yet queued
+                jobs: dict[str, Any] = {}
+                first: dict[tuple, Any] = {}  # walk key -> the job that makes that walk first
+                while pending or jobs or chosen:
+                    for name, n in list(pending.items()):
+                        order = scored[name][0].order
+                        key = walk_key(ctx, order, n, configs[name])
+                        if key is not None:  # its pool is scored alone: longest walks first
+                            jobs[name] = evals.cf("walk", (order, n, configs[name]), (1, -n), first.get(key))
+                            first.setdefault(key, jobs[name])
+                            del pending[name]
+                    for name, job in list(jobs.items()):
+                        if job.done:
+                            selection, cf_log = job.out
+                            scores, seconds = scored[name]
+                            chosen[name] = (walked(ctx, configs[name], scores, selection, cf_log), seconds + job.seconds)
+                            evals.submit(selection.pruned)
+                            del jobs[name]
+                    write_ready()
+                    if (pending or jobs or chosen) and not evals.steal():
+                        evals.wait()
         finally:
             torch.set_num_threads(threads)
             ctx.pace = lambda: None
-        return evals.worker_seconds
+        return dict(evals.worker_stages)
+
+
+def _score_alone(evals, grid: tuple[int, int], heads: Sequence[tuple[int, int]], cfg: PruneConfig) -> None:
+    """CF jobs scoring `heads` alone, one per layer, lowest (costliest: a pass from its layer up) first."""
+    for layer in sorted({l for l, _ in heads}):
+        evals.cf("alone", ([h for h in heads if h[0] == layer], cfg), (0, layer))
 
 
 def stage_breakdown(stages: Mapping[str, float], total: float) -> str:

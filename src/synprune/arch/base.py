@@ -225,6 +225,31 @@ class Adapter:
         """n_up and which projections carry biases (for the cost model); encoders: one up row, all biases."""
         return dict(n_up=1, qkv_bias=True, out_bias=True, up_bias=True, down_bias=True)
 
+    # part ("attention", "ffn") -> the config switch that builds that part's projections with biases
+    bias_switches: ClassVar[dict[str, str]] = {}
+
+    def enable_bias(self, model: nn.Module, part: str) -> bool:
+        """Give every projection of `part` ("attention": q, k, v and output; "ffn": up/gate and down) a zero bias
+        where it has none and turn on the config switch that makes a reload build them, so a bias repair folds
+        into an ordinary checkpoint of this family (outputs unchanged). False when the family has no such switch."""
+        flag = self.bias_switches.get(part)
+        if flag is None:
+            return False
+        setattr(model.config, flag, True)
+        for i, layer in enumerate(self.layers(model)):
+            if part == "attention":
+                if getattr(layer, "_synprune_attention_removed", False):
+                    continue
+                h = self.attention(i, layer)
+                modules = [h.q, h.k, h.v, h.out_proj]
+            else:
+                f = self.ffn(i, layer)
+                modules = [*f.up, f.down]
+            for m in modules:
+                if m.bias is None:
+                    m.bias = nn.Parameter(m.weight.new_zeros(out_dim(m)), requires_grad=m.weight.requires_grad)
+        return True
+
     # --- what slicing must update ----------------------------------------------------------------------------
     def set_head_counts(self, h: AttentionHandles, n_q: int, n_kv: int) -> None:
         """Update the attention module's own head-count attributes after slicing to n_q heads, n_kv groups."""

@@ -53,8 +53,10 @@ class DecoderAdapter(Adapter):
     tiny_extra: dict = {}
     count_overrides: bool = False  # the forward reads head counts from the config (Phi-3)
 
-    def __init__(self, family: str, model_types: tuple[str, ...], config_class: str, **tiny_extra: Any):
+    def __init__(self, family: str, model_types: tuple[str, ...], config_class: str, *,
+                 bias_switches: dict[str, str] | None = None, **tiny_extra: Any):
         self.family, self.model_types, self.config_class, self.tiny_extra = family, model_types, config_class, tiny_extra
+        self.bias_switches = bias_switches or {}
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(model.base_model.layers)

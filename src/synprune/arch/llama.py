@@ -13,7 +13,8 @@ class Qwen2(DecoderAdapter):
         return dict(n_up=2, qkv_bias=True, out_bias=False, up_bias=False, down_bias=False)
 
 
-register(DecoderAdapter("llama", ("llama",), "LlamaConfig", attention_bias=True, mlp_bias=True))
+register(DecoderAdapter("llama", ("llama",), "LlamaConfig", attention_bias=True, mlp_bias=True,
+                       bias_switches={"attention": "attention_bias", "ffn": "mlp_bias"}))
 register(DecoderAdapter("mistral", ("mistral",), "MistralConfig", sliding_window=16))
 register(Qwen2("qwen2", ("qwen2",), "Qwen2Config"))
-register(DecoderAdapter("qwen3", ("qwen3",), "Qwen3Config"))
+register(DecoderAdapter("qwen3", ("qwen3",), "Qwen3Config", bias_switches={"attention": "attention_bias"}))

@@ -111,7 +111,9 @@ def _add(vector: torch.Tensor):
 def fold(model: nn.Module, repair: Repair | None) -> None:
     """Write a repair into the weights in place: each kept head's output-projection columns and each kept
     neuron's down column times its scale, the bias vectors into the projections' biases. A model without the
-    needed bias (e.g. Llama's o_proj) cannot take `bias` and is refused."""
+    needed bias gets zero biases where its family's config can switch them on (Llama, Qwen3, Gemma: attention_bias;
+    Llama: mlp_bias), so it stays an ordinary checkpoint of its family; other families (Mistral, Qwen2, Phi-3)
+    cannot take `bias` and are refused."""
     if repair is None:
         return
     for h in attention_handles(model):
@@ -120,12 +122,12 @@ def fold(model: nn.Module, repair: Repair | None) -> None:
             s = repair.head_scales[h.layer, kept].repeat_interleave(h.head_dim)
             _scale_inputs(h.out_proj, s)
         if h.layer in repair.attn_bias:
-            _add_bias(h.out_proj, repair.attn_bias[h.layer], model)
+            _add_bias(h.out_proj, repair.attn_bias[h.layer], model, "attention")
     for f in ffn_handles(model):
         if repair.neuron_scales is not None:
             _scale_inputs(f.down, repair.neuron_scales[f.layer, f.kept])
         if f.layer in repair.ffn_bias:
-            _add_bias(f.down, repair.ffn_bias[f.layer], model)
+            _add_bias(f.down, repair.ffn_bias[f.layer], model, "ffn")
 
 
 def _scale_inputs(module: nn.Module, scales: torch.Tensor) -> None:
@@ -134,8 +136,8 @@ def _scale_inputs(module: nn.Module, scales: torch.Tensor) -> None:
     w.mul_(s[:, None] if is_conv1d(module) else s[None, :])
 
 
-def _add_bias(module: nn.Module, vector: torch.Tensor, model: nn.Module) -> None:
-    if module.bias is None:
+def _add_bias(module: nn.Module, vector: torch.Tensor, model: nn.Module, part: str) -> None:
+    if module.bias is None and not get_adapter(model).enable_bias(model, part):
         raise SynpruneError(f"--repair bias needs biases on the attention output and down projections; "
                             f"{get_adapter(model).family} models have none there: use --repair ls")
     module.bias.add_(vector.to(dtype=module.bias.dtype, device=module.bias.device))

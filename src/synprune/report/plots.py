@@ -5,7 +5,6 @@ redrawn from a sweep's folder alone.
 """
 from __future__ import annotations
 
-import io
 import math
 import statistics
 import textwrap
@@ -15,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..io import png_bytes
 from ..metrics import direction_text
 from .table import group_label, spec_label
 
@@ -23,9 +23,7 @@ SPREAD = "min-max over seeds"  # what the bands show (stated in captions)
 
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def _colors(n: int) -> list:
