@@ -3,6 +3,7 @@ synprune's recipes, with and without retrain-free repair, on one task model per 
 
     python benchmarks/ffn_table.py --task sst2 --out benchmarks/results/ffn_sst2.json
     python benchmarks/ffn_table.py --task stsb --model bundled --out benchmarks/results/ffn_stsb_bundled.json
+    python benchmarks/ffn_table.py --task sst2 --calib-size 2048 --budgets 0.6,0.5 --recipes kwon --out benchmarks/results/ffn_sst2_kwon2048.json
     python benchmarks/ffn_table.py --render benchmarks/results/ffn_*.json --md benchmarks/results/ffn_table.md
 
 One calibration context per task (seeded train sample, --calib-size), so gradients, parses and attention
@@ -23,11 +24,14 @@ RECIPES = [  # label, options, label-free
     ("kwon", dict(method="kwon"), False),
     ("fisher", dict(method="fisher", units="heads,neurons"), False),
     ("fisher+bias", dict(method="fisher", units="heads,neurons", repair="bias"), False),
+    ("fisher+ls+bias", dict(method="fisher", units="heads,neurons", repair="ls+bias"), False),
     ("output-fisher", dict(method="output-fisher", units="heads,neurons"), True),
     ("output-fisher+ls", dict(method="output-fisher", units="heads,neurons", repair="ls"), True),
     ("output-fisher+bias", dict(method="output-fisher", units="heads,neurons", repair="bias"), True),
+    ("output-fisher+ls+bias", dict(method="output-fisher", units="heads,neurons", repair="ls+bias"), True),
     ("sapx", dict(method="sapx", units="heads,neurons"), True),
     ("sapx+ls", dict(method="sapx", units="heads,neurons", repair="ls"), True),
+    ("sapx+bias", dict(method="sapx", units="heads,neurons", repair="bias"), True),
 ]
 HEADS_ONLY = ("fisher heads only, sparsity 0.5", dict(method="fisher", sparsity=0.5), False)
 SCORING = {"kwon": ("gradients",), "fisher": ("gradients",), "output-fisher": ("output-gradients",),
@@ -66,7 +70,13 @@ def run_task(args) -> dict:
     n = ctx.mean_length()
     rows, scoring = [], {}
     budgets = [float(b) for b in args.budgets.split(",")]
-    plan = [(label, opts, free, b) for label, opts, free in RECIPES for b in budgets] + [(*HEADS_ONLY, None)]
+    wanted = None if args.recipes is None else set(args.recipes.split(","))
+    unknown = (wanted or set()) - {r[0] for r in RECIPES} - {"heads-only"}
+    if unknown:
+        sys.exit(f"--recipes: unknown {', '.join(sorted(unknown))}; choose from {', '.join(r[0] for r in RECIPES)}, heads-only")
+    plan = [(label, opts, free, b) for label, opts, free in RECIPES for b in budgets if wanted is None or label in wanted]
+    if wanted is None or "heads-only" in wanted:
+        plan.append((*HEADS_ONLY, None))
     for label, opts, free, budget in plan:
         cfg = base.replace(**opts, **({"budget": f"flops:{budget:g}"} if budget is not None else {}))
         before = dict(ctx.timings)
@@ -141,6 +151,7 @@ def main() -> None:
     p.add_argument("--calib-size", type=int, default=512)
     p.add_argument("--eval-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipes", default=None, help="comma-separated recipe labels (default: all), `heads-only` for that row")
     p.add_argument("--out", type=Path)
     p.add_argument("--render", type=Path, nargs="*")
     p.add_argument("--md", type=Path)

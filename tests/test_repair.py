@@ -13,7 +13,8 @@ from synprune.arch import attention_handles, ffn_handles, get_adapter
 from synprune.errors import SynpruneError
 from synprune.export import export_pruned, load_pruned
 from synprune.repair import Repair, make_repair, repaired
-from synprune.repair.ls import least_squares
+from synprune.activations import Tap, pooled_rows
+from synprune.repair.ls import LSOptions, _fit, least_squares
 from synprune.search import greedy_set, rearrange, search
 
 HEADS = [(0, 1), (1, 0), (1, 2), (2, 3)]  # no layer loses every head
@@ -90,7 +91,8 @@ def test_least_squares_recovers_known_scales_exactly(family):
     ns = 0.5 + torch.rand(3, 37, generator=g, dtype=torch.float64)
     teacher = _scaled_teacher(model, HEADS, NEURONS, hs, ns)
     inputs = [padded_batch(seed=s, batch=4, length=12) for s in range(3)]
-    rep = least_squares(model, inputs, HEADS, NEURONS, teacher=teacher, ridge=0.0)
+    rep = least_squares(model, inputs, HEADS, NEURONS, teacher=teacher,
+                        options=LSOptions(damp=0.0, first_attention=True, holdout=0))
     kept_h = torch.ones(3, 4, dtype=torch.bool)
     for u in HEADS:
         kept_h[u] = False
@@ -105,6 +107,32 @@ def test_least_squares_recovers_known_scales_exactly(family):
     assert torch.allclose(out, teacher(**inputs[0])[0], atol=1e-4)
 
 
+def test_least_squares_with_bias_recovers_known_scales_and_bias_vectors_exactly():
+    model = tiny_model("bert").double()
+    g = torch.Generator().manual_seed(5)
+    hs = 0.5 + torch.rand(3, 4, generator=g, dtype=torch.float64)
+    ns = 0.5 + torch.rand(3, 37, generator=g, dtype=torch.float64)
+    teacher = _scaled_teacher(model, HEADS, NEURONS, hs, ns)
+    shift = {}
+    with torch.no_grad():
+        for h in attention_handles(teacher):
+            shift["attn", h.layer] = torch.randn(h.out_proj.bias.shape, generator=g, dtype=torch.float64)
+            h.out_proj.bias.add_(shift["attn", h.layer])
+        for f in ffn_handles(teacher):
+            shift["ffn", f.layer] = torch.randn(f.down.bias.shape, generator=g, dtype=torch.float64)
+            f.down.bias.add_(shift["ffn", f.layer])
+    inputs = [padded_batch(seed=s, batch=4, length=12) for s in range(3)]
+    rep = least_squares(model, inputs, HEADS, NEURONS, teacher=teacher,
+                        options=LSOptions(damp=0.0, first_attention=True, holdout=0, bias=True))
+    kept = rep.neuron_scales != 0
+    assert torch.allclose(rep.neuron_scales[kept], ns[kept], atol=1e-6)
+    kept = rep.head_scales != 0
+    assert torch.allclose(rep.head_scales[kept], hs[kept], atol=1e-6)
+    for l in range(3):
+        assert torch.allclose(rep.attn_bias[l], shift["attn", l], atol=1e-6)
+        assert torch.allclose(rep.ffn_bias[l], shift["ffn", l], atol=1e-6)
+
+
 def test_least_squares_repair_brings_a_pruned_model_closer_to_dense():
     model = tiny_model("bert")
     inputs = [padded_batch(seed=s, batch=4, length=12) for s in range(3)]
@@ -112,11 +140,70 @@ def test_least_squares_repair_brings_a_pruned_model_closer_to_dense():
         dense = model(**inputs[0])[0]
         with repaired(model, HEADS, NEURONS):
             plain = model(**inputs[0])[0]
-        for kind in ("ls", "bias"):
+        for kind in ("ls", "bias", "ls+bias"):
             rep = make_repair(kind, model, inputs, HEADS, NEURONS)
             with repaired(model, HEADS, NEURONS, rep):
                 fixed = model(**inputs[0])[0]
             assert (fixed - dense).pow(2).mean() < (plain - dense).pow(2).mean(), kind
+
+
+def test_pooled_rows_are_each_sequences_first_and_last_real_token():
+    keep = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)  # right, left, no padding
+    assert pooled_rows(keep, (3, 4), "first").tolist() == [0, 1, 0]
+    assert pooled_rows(keep, (3, 4), "last").tolist() == [2, 3, 3]
+    x = torch.arange(24.0).reshape(3, 4, 2)
+    tap = Tap({}, None, pooled="last")
+    tap.keep = keep
+    assert tap.tokens(x).tolist() == [x[0, 2].tolist(), x[1, 3].tolist(), x[2, 3].tolist()]
+
+
+def _moments(xtx, xty):
+    return {"xtx": xtx, "xty": xty, "sx": torch.zeros(2, dtype=torch.float64), "sy": torch.zeros(2, dtype=torch.float64),
+            "n": 4}
+
+
+def test_a_solve_that_does_not_lower_held_out_error_is_rejected():
+    """W = I and X^T X = I make G = I and r = diag(X^T Y). Fitted without the held-out part, m = 2 makes the
+    fit part exact, but the held-out part wants 1 (its error at 2 is higher than unrepaired): rejected. When
+    the held-out part agrees, the refit on all is used."""
+    eye = torch.eye(2, dtype=torch.float64)
+    now, opts = torch.ones(2, dtype=torch.float64), LSOptions(damp=0.0)
+    stats = {"fit": _moments(eye, 2 * eye), "check": _moments(eye, eye)}
+    assert "held-out" in _fit(stats, eye, 1, now, opts, True)
+    stats["check"] = _moments(eye, 2 * eye)
+    m, beta = _fit(stats, eye, 1, now, opts, True)
+    assert torch.allclose(m, torch.full((2,), 2.0, dtype=torch.float64)) and beta is None
+    stats = {"fit": _moments(eye, 20 * eye), "check": _moments(eye, 20 * eye)}
+    assert "limit" in _fit(stats, eye, 1, now, opts, True)
+
+
+def test_a_rejected_sublayer_keeps_its_scales_and_later_ones_are_still_repaired(monkeypatch):
+    """Layer 1's attention solve (the second: layer 0's attention is not tuned) is made to return an ill-posed
+    scale; the teacher's layer-1 heads are unscaled, so leaving them at 1 is right and every later sublayer
+    must still recover its known scales exactly."""
+    from synprune.repair import ls
+
+    model = tiny_model("bert").double()
+    g = torch.Generator().manual_seed(0)
+    hs = 0.5 + torch.rand(3, 4, generator=g, dtype=torch.float64)
+    hs[:2] = 1.0
+    ns = 0.5 + torch.rand(3, 37, generator=g, dtype=torch.float64)
+    teacher = _scaled_teacher(model, HEADS, NEURONS, hs, ns)
+    inputs = [padded_batch(seed=s, batch=4, length=12) for s in range(3)]
+    calls = []
+    real = ls.solve
+
+    def first_fails(G, r, damp):
+        calls.append(G.shape[0])
+        return torch.full_like(r, 50.0) if len(calls) == 2 else real(G, r, damp)
+
+    monkeypatch.setattr(ls, "solve", first_fails)
+    rep = least_squares(model, inputs, HEADS, NEURONS, teacher=teacher, options=LSOptions(damp=0.0, holdout=0))
+    assert rep.skipped == ["layer 1 attn: a scale of 50 (limit 10)"]
+    assert rep.head_scales[1, 3] == 1 and rep.head_scales[0, 0] == 1  # rejected; layer 0's attention untuned
+    assert torch.allclose(rep.head_scales[2, :3], hs[2, :3], atol=1e-6)
+    kept = rep.neuron_scales != 0
+    assert torch.allclose(rep.neuron_scales[kept], ns[kept], atol=1e-6)
 
 
 def test_bias_compensation_matches_mean_contributions_on_a_constant_input():
@@ -130,7 +217,7 @@ def test_bias_compensation_matches_mean_contributions_on_a_constant_input():
     assert torch.allclose(out, model(**one)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("family,kind", [("bert", "ls"), ("bert", "bias"), ("llama", "ls"), ("gpt2", "bias")])
+@pytest.mark.parametrize("family,kind", [("bert", "ls"), ("bert", "bias"), ("bert", "ls+bias"), ("llama", "ls"), ("gpt2", "bias")])
 def test_repaired_and_exported_equals_repaired_and_masked(family, kind, tmp_path):
     model = tiny_model(family, "lm" if get_adapter(tiny_model(family)).causal else "base")
     inputs = [padded_batch(seed=s, batch=4, length=12) for s in range(2)]

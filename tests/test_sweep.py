@@ -209,6 +209,8 @@ def test_plan_checks_everything_before_work(monkeypatch):
     assert len(sap) == 2 * 2 * 2 and {r.seed for r in sap} == {0}
     assert len(fake) == 2 * 2 * 2 and {r.seed for r in fake} == {3, 4}  # layer_fraction changes every selection
     assert all(dict(r.variant).keys() == {"layer_fraction"} for r in fake)
+    plan = plan_sweep(["sap", FAKE], [0.5], [3], parse_grid(["repair=none,bias"]), base.replace(units="heads,neurons"))
+    assert sorted(r.variant for r in plan.runs if r.spec.name == FAKE) == [(("repair", "bias"), ), (("repair", "none"), )]
     assert len({r.name for r in plan.runs}) == len(plan.runs)
 
 
@@ -239,10 +241,12 @@ def test_cli_sweep_parses_lists_grids_and_shared_options(monkeypatch, tmp_path):
     with pytest.raises(Stop):
         synprune.cli.main(["sweep", "--methods", "sap,random+cf", "--sparsities", "0.1,0.3", "--seeds", "3,4",
                            "--grid", "k=1,2", "--grid", "threshold=head-mean,layer-mean", "--k", "7", "--calib-size", "10",
-                           "--tolerance", "0.9", "--keep-punct", "--out", str(tmp_path), "-q"])
+                           "--tolerance", "0.9", "--keep-punct", "--units", "heads,neurons", "--repair", "bias",
+                           "--neuron-score", "magnitude", "--out", str(tmp_path), "-q"])
     assert seen["methods"] == ["sap", "random+cf"] and seen["sparsities"] == [0.1, 0.3] and seen["seeds"] == [3, 4]
     assert seen["grid"] == {"k": ["1", "2"], "threshold": ["head-mean", "layer-mean"]}
     assert (seen["k"], seen["calib_size"], seen["tolerance"], seen["keep_punct"]) == (7, 10, 0.9, True)
+    assert (seen["units"], seen["repair"], seen["neuron_score"]) == ("heads,neurons", "bias", "magnitude")
     assert seen["task"] == "stsb" and seen["out"] == tmp_path and seen["args"] == (None,)
 
 
@@ -408,3 +412,16 @@ def test_sweep_on_unlabeled_text_reports_the_label_free_score(tmp_path):
     assert (tmp_path / "s" / "report.html").is_file()
     with pytest.raises(SynpruneError, match="no labels"):
         sweep(tiny_model("bert"), task=str(f), text_col="text", out=tmp_path / "s2", methods=["sap+cf"], sparsities=[0.5])
+
+
+def test_sweep_prunes_neurons_and_grids_the_repair(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNPRUNE_CACHE", str(tmp_path / "cache"))
+    result = sweep(tiny_model("bert"), task="stsb", glue_dir=write_stsb(tmp_path / "glue"), out=tmp_path / "sweep",
+                   calib_size=6, methods=["magnitude"], sparsities=[0.5], grid={"repair": ["none", "bias"]},
+                   units="heads,neurons", report=False)
+    runs = {r["variant"]: json.loads((result.out / r["run"] / "result.json").read_text()) for r in result.rows}
+    assert set(runs) == {"repair=none", "repair=bias"}
+    for variant, run in runs.items():
+        assert len(run["pruned_neurons"]) == round(0.5 * run["n_neurons"])
+        assert (run.get("repair") or {}).get("kind", "none") == variant.split("=")[1]
+    assert runs["repair=none"]["pruned_neurons"] == runs["repair=bias"]["pruned_neurons"]

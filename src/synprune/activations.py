@@ -34,11 +34,12 @@ class Tap:
     """Forward hooks on `modules` calling `fn(key, x)` with the module's input (or its output: `output=True` for
     every module, or a collection of the keys whose output is read) at the non-padding tokens, as a float64
     (N, width) matrix. `stop_after` ends the forward pass (StopForward, caught by `run`) once that key has
-    been read."""
+    been read. `pooled` ("first" / "last"): only each sequence's first / last non-padding token, the one a
+    classifier pools, one row per sequence."""
 
     def __init__(self, modules: Mapping[object, nn.Module], fn: Callable[[object, torch.Tensor], None],
-                 output: bool | Collection = False, stop_after: object | None = None):
-        self.modules, self.fn, self.stop_after = dict(modules), fn, stop_after
+                 output: bool | Collection = False, stop_after: object | None = None, pooled: str | None = None):
+        self.modules, self.fn, self.stop_after, self.pooled = dict(modules), fn, stop_after, pooled
         self.outputs = set(self.modules) if output is True else set(output or ())
         self.keep: torch.Tensor | None = None
         self._hooks: list = []
@@ -67,6 +68,8 @@ class Tap:
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach()
+        if self.pooled is not None and x.dim() == 3:
+            return x[torch.arange(x.shape[0]), pooled_rows(self.keep, x.shape[:2], self.pooled)].double()
         if self.keep is not None and x.dim() == 3 and x.shape[:2] == self.keep.shape:
             return x[self.keep].double()
         return x.reshape(-1, x.shape[-1]).double()
@@ -79,6 +82,14 @@ class Tap:
             model(**inputs)
         except StopForward:
             pass
+
+
+def pooled_rows(keep: torch.Tensor | None, shape, which: str) -> torch.Tensor:
+    """Per sequence, the position of its first or last non-padding token (`keep`: the attention mask)."""
+    if keep is None or tuple(keep.shape) != tuple(shape):
+        return torch.full((shape[0],), 0 if which == "first" else shape[1] - 1, dtype=torch.long)
+    k = keep.long()
+    return k.argmax(1) if which == "first" else shape[1] - 1 - k.flip(1).argmax(1)
 
 
 class Resume:

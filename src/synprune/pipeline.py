@@ -263,11 +263,11 @@ def choose_heads(ctx: Calibration, cfg: PruneConfig) -> Chosen:
     repair = None
     if cfg.repair != "none":
         from .activations import model_inputs
-        from .repair import make_repair
+        from .repair import make_repair, pooled_token
 
         with ctx.timed("repair"):
             repair = make_repair(cfg.repair, tm.model, list(model_inputs(tm, ctx.prepared.batches)), selection.pruned,
-                                 selection.neurons if cfg.neurons else None)
+                                 selection.neurons if cfg.neurons else None, pooled_token(tm.kind))
     return Chosen(cfg, scores, selection, cf_log, budget, notes, repair, time.perf_counter() - t0)
 
 

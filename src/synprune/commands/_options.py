@@ -89,7 +89,8 @@ class UnitOptions(OptionSet):
     neuron_score: Annotated[str, typer.Option(
         help="With neurons: auto (the method's partner), fisher, output-fisher, magnitude or wanda.")] = _D.neuron_score
     repair: Annotated[str, typer.Option(
-        help="Retrain-free repair: none, ls (least-squares rescaling, Kwon et al.) or bias (FLAP's bias compensation).")] = _D.repair
+        help="Retrain-free repair: none, ls (least-squares rescaling, Kwon et al.), bias (FLAP's bias "
+             "compensation) or ls+bias (least-squares scales and output biases fitted together).")] = _D.repair
     rearrange: Annotated[bool, typer.Option(
         "--rearrange/--no-rearrange", help="With neurons and a budget: Kwon et al.'s mask rearrangement (gradient scores).")] = _D.rearrange
 

@@ -10,7 +10,7 @@ from ..cli import app
 from ..errors import SynpruneError
 from ..progress import console, set_quiet
 from ..sweep import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SPARSITIES
-from ._options import CfOptions, DataOptions, SapOptions, option_sets
+from ._options import CfOptions, DataOptions, SapOptions, UnitOptions, option_sets
 
 T = TypeVar("T")
 
@@ -47,6 +47,7 @@ def sweep(
                                             "options, model or data (finished matching runs are always reused).")] = False,
     sap: SapOptions = SapOptions(),
     cf: CfOptions = CfOptions(),
+    unit_options: UnitOptions = UnitOptions(),
 ) -> None:
     """Compare pruning methods on one model and task under one protocol, and write a report."""
     from .. import sweep as S
@@ -56,7 +57,7 @@ def sweep(
     result = S.sweep(data.model, task=str(data.task), methods=split_list(methods, str, "--methods"),
                      sparsities=split_list(sparsities, float, "--sparsities"), seeds=split_list(seeds, int, "--seeds"),
                      grid=S.parse_grid(grid), out=out, report=not no_report, overwrite=overwrite, **data.columns(), **data.config(),
-                     **sap.config(), **cf.config())
+                     **sap.config(), **cf.config(), **unit_options.config())
     summary = result.summary
     console.print(summarize(result.rows).rich(
         f"{summary['metric']['name']} of {summary['model']['name']} on {summary['task']['name']} "

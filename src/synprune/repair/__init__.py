@@ -20,7 +20,7 @@ from ..errors import SynpruneError
 from ..masking import UnitMask, mask_from_heads, neuron_grid
 
 Unit = tuple[int, int]
-REPAIRS = ("none", "ls", "bias")
+REPAIRS = ("none", "ls", "bias", "ls+bias")
 
 
 @dataclass
@@ -30,10 +30,10 @@ class Repair:
     neuron_scales: torch.Tensor | None = None  # (layers, neurons); pruned neurons 0
     attn_bias: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (hidden,) added to out_proj's output
     ffn_bias: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (hidden,) added to down's output
-    stopped_at: str | None = None  # ls: where an ill-posed solve ended the repair (later sublayers unrepaired)
+    skipped: list[str] = field(default_factory=list)  # ls: sublayers whose solve was rejected (scales left at 1)
 
     def summary(self) -> dict:
-        out: dict = {"kind": self.kind, **({"stopped_at": self.stopped_at} if self.stopped_at else {})}
+        out: dict = {"kind": self.kind, **({"skipped": list(self.skipped)} if self.skipped else {})}
         for name, s in (("head_scales", self.head_scales), ("neuron_scales", self.neuron_scales)):
             if s is not None:
                 kept = s[s != 0]
@@ -143,14 +143,22 @@ def _add_bias(module: nn.Module, vector: torch.Tensor, model: nn.Module, part: s
     module.bias.add_(vector.to(dtype=module.bias.dtype, device=module.bias.device))
 
 
-def make_repair(kind: str, model: nn.Module, inputs: list[dict], heads: list[Unit], neurons: list[Unit] | None) -> Repair | None:
-    """Run repair `kind` (none, ls, bias) for a pruning on calibration `inputs` (model input dicts)."""
+def pooled_token(kind: str) -> str | None:
+    """The token a task model's output reads in its last layer: a classifier (an encoder here) pools its first
+    token; embedding models (mean pooling) and language models read every token."""
+    return "first" if kind == "classifier" else None
+
+
+def make_repair(kind: str, model: nn.Module, inputs: list[dict], heads: list[Unit], neurons: list[Unit] | None,
+                pooled: str | None = None) -> Repair | None:
+    """Run repair `kind` (none, ls, bias) for a pruning on calibration `inputs` (model input dicts); `pooled`:
+    see `pooled_token` (the ls repair matches only that token in the last layer)."""
     if kind == "none":
         return None
-    if kind == "ls":
-        from .ls import least_squares
+    if kind in ("ls", "ls+bias"):
+        from .ls import LSOptions, least_squares
 
-        return least_squares(model, inputs, heads, neurons)
+        return least_squares(model, inputs, heads, neurons, options=LSOptions(pooled=pooled, bias=kind == "ls+bias"))
     if kind == "bias":
         from .bias import bias_compensation
 
