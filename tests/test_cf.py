@@ -300,3 +300,24 @@ def test_fast_scorer_matches_full_forward_on_decoders(family):
             fast.accept(), plain.accept()
     if fast.fast:  # the layer reuse held: fewer layers ran than full passes would
         assert fast.layer_runs < plain.layer_runs
+
+
+def test_walk_key_is_known_once_the_pool_is_scored_alone_and_gives_the_walk_order(additive):
+    """A sweep queues a walk once its pool is scored alone (`score_alone`, possibly in another process), and
+    makes two walks with the same key once: the key holds the order the walk then tries its candidates in."""
+    cfg = PruneConfig(sparsity=8 / 12, pool_ratio=10 / 12, tolerance=0.95, layer_fraction=0.75)
+    assert cf.walk_key(additive, ORDER, 8, cfg) is None
+    cf.score_alone(additive, ORDER[:9], cfg)
+    assert cf.walk_key(additive, ORDER, 8, cfg) is None  # ORDER[9] is in the pool and not yet scored
+    cf.score_alone(additive, ORDER[9:10], cfg)
+    key = cf.walk_key(additive, ORDER, 8, cfg)
+    assert len(AdditiveScorer.scored) == 10  # each head alone, once
+    selection, log = cf.candidate_filter(additive, ORDER, 8, cfg)
+    assert len(AdditiveScorer.scored) == 10 + 7  # the single stage found every candidate scored
+    assert list(key[0]) == [(e["layer"], e["head"]) for e in log if e["stage"] == "walk"]
+    # the same pool in another order whose ties ((2,0) and (1,2); (0,0) and (0,2)) go the same way: same walk
+    other = sorted(ORDER[:10], key=lambda h: (h not in ((2, 0), (0, 0)), ORDER.index(h))) + ORDER[10:]
+    assert cf.walk_key(additive, other, 8, cfg) == key
+    assert cf.candidate_filter(additive, other, 8, cfg)[0].pruned == selection.pruned
+    assert len(AdditiveScorer.scored) == 17  # nothing new to score
+    assert cf.walk_key(additive, ORDER, 7, cfg) != key  # another budget is another walk
