@@ -254,6 +254,32 @@ def test_scorer_catches_up_after_assume():
     assert fast.passes == passes + 2  # the catch-up pass (from layer 1) and the trial (from layer 2)
 
 
+def test_scorer_passes_run_on_a_copy_without_the_accepted_heads():
+    """Accepted removals are sliced out of a copy (the caller's model keeps every head); a base that needs a
+    sliced head back gets a fresh copy, and every score still matches the masked model's full forward pass."""
+    from synprune.arch import attention_handles
+
+    ctx = _calibration("bert")
+    fast = AblationScorer(ctx.tm, ctx.prepared, ctx.metric_names[0], range(3))
+
+    def reference(removed):
+        with HeadMask.pruning(ctx.tm.model, removed):
+            return evaluate(ctx.tm, ctx.prepared, ctx.metric_names)[ctx.metric_names[0]]
+
+    kept = lambda model: [h.kept_heads for h in attention_handles(model)]
+    fast.metric([(1, 2), (1, 3)])
+    fast.accept()
+    assert kept(fast.sliced.model) == [[0, 1, 2, 3], [0, 1], [0, 1, 2, 3]]
+    assert kept(ctx.tm.model) == [[0, 1, 2, 3]] * 3
+    assert fast.metric([(1, 0)]) == pytest.approx(reference([(1, 0), (1, 2), (1, 3)]), abs=1e-6)  # narrowed cache
+    fast.assume({(1, 2), (0, 1)})  # (1, 3) comes back
+    assert fast.metric([(2, 0)]) == pytest.approx(reference([(0, 1), (1, 2), (2, 0)]), abs=1e-6)
+    fast.accept()
+    assert kept(fast.sliced.model) == [[0, 2, 3], [0, 1, 3], [1, 2, 3]]
+    assert fast.metric([(1, 3)]) == pytest.approx(reference([(0, 1), (1, 2), (1, 3), (2, 0)]), abs=1e-6)
+    assert kept(ctx.tm.model) == [[0, 1, 2, 3]] * 3
+
+
 def test_a_second_cf_run_on_the_same_context_reuses_every_pass():
     ctx = _calibration("bert", seed=3)
     order = order_by(np.random.default_rng(0).random((3, 4)), highest_first=True)

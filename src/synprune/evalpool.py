@@ -153,6 +153,8 @@ class Evaluations:
         self.worker_seconds = 0.0  # time the worker spent on jobs
         self.worker_stages: dict[str, float] = {}
         self.local_seconds = 0.0  # time this process spent on jobs
+        self.t0 = time.perf_counter()
+        self.timeline: list[dict] = []  # one entry per job run: who, stage, what, start and seconds (since t0)
         self._pool: cf.ProcessPoolExecutor | None = None
         self._feeder: threading.Thread | None = None
         path = Path(tm.path) if getattr(tm, "path", "") else None
@@ -270,9 +272,11 @@ class Evaluations:
     def _local(self, job: Job) -> None:
         args = (*job.args, {}) if job.fn == "cf" else job.args  # this process's table is the shared one
         self.pace()
+        start = time.perf_counter()
         with self._timed(STAGES[job.fn]):
             out, seconds = _run(job.fn, args, self._here)
         self.local_seconds += seconds
+        self._record("main", job, start, seconds)
         with self._cond:
             job.out = out[0] if job.fn == "cf" else out
             job.seconds, job.state = seconds, "done"
@@ -295,6 +299,7 @@ class Evaluations:
                     self._at_worker = job
                     args = (*job.args, dict(self.table)) if job.fn == "cf" else job.args
                 try:
+                    start = time.perf_counter()
                     out, seconds = self._pool.submit(_run, job.fn, args).result()
                 except BaseException:
                     with self._cond:
@@ -310,11 +315,21 @@ class Evaluations:
                     self.worker_seconds += seconds
                     stage = STAGES[job.fn]
                     self.worker_stages[stage] = self.worker_stages.get(stage, 0.0) + seconds
+                    self._record("worker", job, start, seconds)
                     self._cond.notify_all()
         except Exception as e:  # a worker that died or differs: this process does the rest
             if not self._closing:
                 log(f"evaluation worker failed ({e}); evaluating in this process")
             self._shutdown()
+
+    def _record(self, who: str, job: Job, start: float, seconds: float) -> None:
+        """Add a job to the timeline (`start`: when it was handed out; `seconds`: its own run time)."""
+        what = job.args[0] if job.fn == "cf" else f"{len(job.args[0])} heads removed"
+        if job.fn == "cf":
+            what += f" layer {job.args[1][0][0][0]}" if job.args[0] == "alone" and job.args[1][0] else \
+                f" n={job.args[1][1]}" if job.args[0] == "walk" else ""
+        self.timeline.append({"who": who, "stage": STAGES[job.fn], "what": what,
+                              "start": round(start - self.t0, 3), "seconds": round(seconds, 3)})
 
     def _shutdown(self) -> None:
         with self._cond:

@@ -12,22 +12,30 @@ and the metric is computed by `evaluate` as for any other evaluation. This works
 layers (from `synprune.arch`) run once each, in order, per model call; a model where that check fails is
 scored with full forward passes instead.
 
+Passes run on a copy of the model with the accepted removals physically sliced away (`remove.remove_units`, kept
+up to date as removals are accepted), so a removed head costs nothing in later passes: the masked model's
+numbers (a removed head only added zeros), at the pruned model's cost. A cached heads' output captured before
+a slicing is narrowed to the heads the layer still has when it is used.
+
 Memory: two hidden-size tensors per model call and per start layer, i.e. about
 2 x calibration examples x tokens x hidden size x 4 bytes per layer (x 2 for sentence-pair embedding models).
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Collection, Iterable, Iterator
 
 from torch import nn
+
+import torch
 
 from .arch import AttentionHandles, attention_handles, get_adapter, out_dim
 from .evaluate import Prepared, evaluate
 from .masking import HeadMask
 from .models import TaskModel
 from .progress import log
+from .remove import remove_heads, without_heads
 
 Head = tuple[int, int]
 
@@ -46,13 +54,13 @@ class AblationScorer:
                  fast: bool = True):
         self.tm, self.prepared, self.metric_name = tm, prepared, metric_name
         self.fast = fast
-        self.blocks: list[nn.Module] = get_adapter(tm.model).layers(tm.model)
-        self.attn: dict[int, AttentionHandles] = {h.layer: h for h in attention_handles(tm.model)}
         self.starts = sorted(set(layers) | {0})
+        self._run_on(tm, frozenset())  # passes run on `self.sliced`: tm, or a copy with `self.cut` heads removed
         self.base: frozenset[Head] = frozenset()
         self._cached_for: frozenset[Head] = frozenset()  # the removals the cached states were computed under
         # per model call of a pass: ("out", j) -> layer j's output, ("ctx", j) -> its heads' output (before masking)
         self._states: list[dict[tuple[str, int], object]] = []
+        self._layout: dict[int, tuple[int, ...]] = {}  # layer -> the heads its cached output holds (original indices)
         self._trial: tuple[frozenset[Head], list[dict]] | None = None
         self.passes = 0  # forward passes run (any start layer), for tests and benchmarks
         self.layer_runs = 0  # layers run, summed over passes and model calls (a start layer counts whole)
@@ -86,22 +94,39 @@ class AblationScorer:
         self._accept_trial()
 
     def _accept_trial(self) -> None:
-        heads, states = self._trial
+        heads, states, layout = self._trial
         self.base = heads
         if self.fast:
             self._states = [{**old, **new} for old, new in zip(self._states, states)] if self._states else states
+            self._layout.update(layout)
             self._cached_for = heads
+            if heads - self.cut:  # later passes do not compute the accepted heads at all
+                if self.sliced is self.tm:
+                    self._run_on(replace(self.tm, model=without_heads(self.tm.model, heads)), heads)
+                else:
+                    remove_heads(self.sliced.model, heads - self.cut)
+                    self._run_on(self.sliced, heads)
         self._trial = None
 
+    def _run_on(self, tm: TaskModel, cut: frozenset[Head]) -> None:
+        self.sliced, self.cut = tm, frozenset(cut)
+        self.blocks: list[nn.Module] = get_adapter(tm.model).layers(tm.model)
+        self.attn: dict[int, AttentionHandles] = {h.layer: h for h in attention_handles(tm.model)}
+
     def _score(self, heads: frozenset[Head], start: int, capture: bool) -> float:
-        run = _Pass(start, reuse=bool(self._states) and capture)
-        with HeadMask.pruning(self.tm.model, heads), self._hooks(run, capture):
-            value = evaluate(self.tm, self.prepared, [self.metric_name])[self.metric_name]
+        if not self.cut <= heads:  # a pass that needs heads back (after `assume`): a copy without fewer heads
+            keep_cut = heads & self.cut
+            self._run_on(replace(self.tm, model=without_heads(self.tm.model, keep_cut)) if keep_cut else self.tm, keep_cut)
+        reuse = bool(self._states) and capture
+        covered = start not in self.attn or set(self.attn[start].kept_heads) <= set(self._layout.get(start, ()))
+        run = _Pass(start, reuse=reuse, shortcut=reuse and covered)
+        with HeadMask.pruning(self.sliced.model, heads), self._hooks(run, capture):
+            value = evaluate(self.sliced, self.prepared, [self.metric_name])[self.metric_name]
         if self._states and run.calls != len(self._states):
             raise RuntimeError(f"a calibration pass made {run.calls} model calls, the cached one {len(self._states)}")
         self.passes += 1
         self.layer_runs += run.calls * (len(self.blocks) - start)
-        self._trial = (heads, run.states)
+        self._trial = (heads, run.states, run.layout)
         if capture and not run.reuse and run.seen != [j for _ in range(run.calls) for j in range(len(self.blocks))]:
             log("CF: this model's layers do not run once each, in order, per call; scoring with full forward passes")
             self.fast, self._states = False, []
@@ -124,9 +149,17 @@ class AblationScorer:
             return hook
 
         def heads_hook(j: int):
+            kept = tuple(self.attn[j].kept_heads)
+            run.layout[j] = kept
+            if run.shortcut and j == run.start:  # the cached heads' output, narrowed to the heads still here
+                held = self._layout[j]
+                pos = None if held == kept else torch.tensor(
+                    [held.index(h) * self.attn[j].head_dim + i for h in kept for i in range(self.attn[j].head_dim)])
+
             def hook(module, args):
-                if run.reuse and j == run.start:
-                    args = (self._states[run.calls - 1][("ctx", j)], *args[1:])
+                if run.shortcut and j == run.start:
+                    cached = self._states[run.calls - 1][("ctx", j)]
+                    args = (cached if pos is None else cached.index_select(-1, pos), *args[1:])
                 run.states[-1][("ctx", j)] = args[0]
                 return args
             return hook
@@ -147,7 +180,7 @@ class AblationScorer:
             for j in range(run.start):
                 self.blocks[j].forward = skipped  # an instance attribute shadows the class's forward, this pass only
                 stubbed.append(self.blocks[j])
-            if run.start in self.attn:
+            if run.shortcut and run.start in self.attn:
                 a = self.attn[run.start]
                 for proj in dict.fromkeys((a.query, a.key, a.value)):  # one module where q, k and v are fused
                     proj.forward = zeros(proj)  # their output only feeds the attention we replace
@@ -167,8 +200,10 @@ class _Pass:
     what it captured."""
 
     start: int
-    reuse: bool
+    reuse: bool  # layers before `start` are skipped (their cached outputs stand in)
+    shortcut: bool = False  # in layer `start`, the cached heads' output stands in for q/k/v and attention
     states: list[dict[tuple[str, int], object]] = field(default_factory=list)
+    layout: dict[int, tuple[int, ...]] = field(default_factory=dict)  # layer -> heads its captured output holds
     seen: list[int] = field(default_factory=list)
 
     @property

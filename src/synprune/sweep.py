@@ -331,7 +331,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     t0 = time.perf_counter()
     log(f"sweep: {len(plan.runs)} runs ({', '.join(s.label for s in plan.specs)}) on {tm.name} / {data.name}"
         + (f"; {len(done)} already finished in {out_dir} are reused" if done else ""))
-    worker = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+    worker, timeline = _run_all(ctx, plan, base, data, split, out_dir, done, results)
     for r in plan.runs:
         res = results[r.name]
         rows.append(_row(r, res, float(res.details.get("run_seconds", 0.0)), list(plan.grid)))
@@ -350,6 +350,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     if worker:
         summary["timings"]["evaluation_worker_busy"] = round(sum(worker.values()), 3)
         summary["timings"]["worker_stages"] = {k: round(v, 3) for k, v in worker.items()}
+        summary["timings"]["jobs"] = timeline
     if out_dir is not None:
         t = time.perf_counter()
         result.files["results.csv"] = atomic_write_text(out_dir / "results.csv", rows_csv(rows))
@@ -367,12 +368,12 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
 
 
 def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir: Path | None,
-             done: Mapping[str, Path], results: dict[str, "PruneResult"]) -> dict[str, float]:
+             done: Mapping[str, Path], results: dict[str, "PruneResult"]) -> tuple[dict[str, float], list[dict]]:
     """Every run's result into `results` (those in `done` read back from their folders). Heads are chosen for
     every run first, runs without CF first; the evaluations and the Candidate Filtering walks are jobs that a
     worker process and this one take in turn (`evalpool`): heads are scored alone while the methods score, each
     CF walk starts once its pool's heads are all scored, the longest first, and a run's result is written as soon
-    as its evaluation is in. Returns the worker's busy seconds per stage."""
+    as its evaluation is in. Returns the worker's busy seconds per stage and the jobs' timeline (`evalpool`)."""
     import torch
 
     from .cf import pool_size, walk_key
@@ -386,7 +387,7 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
         results[name] = PruneResult.read(folder)
     todo = [r for r in plan.runs if r.name not in done]
     if not todo:
-        return {}
+        return {}, []
     prepared = evaluation_inputs(ctx, split)
     configs = {r.name: r.config(base).resolved() for r in todo}
     walks = [r for r in todo if plain_cf(configs[r.name])]  # CF runs whose walk either process can make
@@ -467,7 +468,7 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
         finally:
             torch.set_num_threads(threads)
             ctx.pace = lambda: None
-        return dict(evals.worker_stages)
+        return dict(evals.worker_stages), evals.timeline
 
 
 def _score_alone(evals, grid: tuple[int, int], heads: Sequence[tuple[int, int]], cfg: PruneConfig) -> None:
