@@ -238,20 +238,31 @@ def test_cli_cf_options_reach_the_run_and_the_summary(capsys, glue_dir, tmp_path
     assert "6 candidates scored alone; walk tried 3, removed 3, rejected 0; no fill-up needed" in " ".join(err.split())
 
 
-def test_scorer_catches_up_after_assume():
-    """`assume` takes a base whose metric is known without a pass; the next trial first rebuilds the cache
-    from the lowest changed layer, and scores what a full forward pass gives."""
+def test_scorer_starts_after_assume_where_the_removals_differ_from_its_cache():
+    """`assume` takes a base whose metric is known without a pass; the next trial runs from the lowest layer
+    where base + trial differ from the cached removals (no catch-up pass), or from the dense states where
+    those differ later (a new walk from an empty base), and scores what a full forward pass gives."""
     ctx = _calibration("bert")
     fast = AblationScorer(ctx.tm, ctx.prepared, ctx.metric_names[0], range(3))
     fast.metric([(2, 0)])
     fast.accept()
-    passes = fast.passes
+    passes, runs = fast.passes, fast.layer_runs
     fast.assume({(2, 0), (1, 2), (1, 3)})
     assert fast.passes == passes
-    with HeadMask.pruning(ctx.tm.model, [(1, 2), (1, 3), (2, 0), (2, 1)]):
-        reference = evaluate(ctx.tm, ctx.prepared, ctx.metric_names)[ctx.metric_names[0]]
-    assert fast.metric([(2, 1)]) == pytest.approx(reference, abs=1e-6)
-    assert fast.passes == passes + 2  # the catch-up pass (from layer 1) and the trial (from layer 2)
+
+    def reference(removed):
+        with HeadMask.pruning(ctx.tm.model, removed):
+            return evaluate(ctx.tm, ctx.prepared, ctx.metric_names)[ctx.metric_names[0]]
+
+    assert fast.metric([(2, 1)]) == pytest.approx(reference([(1, 2), (1, 3), (2, 0), (2, 1)]), abs=1e-6)
+    calls = (fast.layer_runs - runs) // 2  # one pass from layer 1 of the 3 layers
+    assert fast.passes == passes + 1 and fast.layer_runs - runs == 2 * calls
+    fast.metric([(0, 1)])
+    fast.accept()  # the cache now holds a layer-0 removal
+    fast.assume(set())
+    runs = fast.layer_runs
+    assert fast.metric([(2, 3)]) == pytest.approx(reference([(2, 3)]), abs=1e-6)
+    assert fast.layer_runs - runs == calls  # from layer 2, on the dense states
 
 
 def test_scorer_passes_run_on_a_copy_without_the_accepted_heads():

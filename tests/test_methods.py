@@ -114,7 +114,7 @@ def test_entropy_and_confidence_on_hand_made_attention():
     np.testing.assert_allclose(stats.mean_entropy.numpy()[0], want_h, rtol=1e-5)
     np.testing.assert_allclose(stats.mean_max.numpy()[0], want_max, rtol=1e-5)
     assert stats.padding_mass == pytest.approx(0.1, abs=1e-6)
-    ctx = SimpleNamespace(memo=lambda key, compute: stats, tm=SimpleNamespace(grid=(1, 3)))
+    ctx = SimpleNamespace(attention_summary=lambda: (None, stats), tm=SimpleNamespace(grid=(1, 3)))
     # entropy: head 2 (0.82) > head 0 (ln 2) > head 1 (0); confidence: head 0 (0.5) < head 2 (0.58) < head 1 (1)
     assert entropy(ctx, PruneConfig()).order == [(0, 2), (0, 0), (0, 1)]
     assert confidence(ctx, PruneConfig()).order == [(0, 0), (0, 2), (0, 1)]

@@ -100,3 +100,23 @@ def test_sapx_method_is_registered_and_bad_variants_fail():
     assert res.details["variant_label"] == SAPX.label()
     with pytest.raises(SynpruneError, match="weights"):
         Variant(weights="heavy").validate()
+
+
+def test_planned_arc_table_shares_the_first_scan_and_changes_no_score(monkeypatch):
+    """A sweep that runs sapx plans its arc table: SAP's thresholds, entropy/confidence and the table then come
+    from one pass over the calibration data (SAP's penalties from a second), with the scores of separate scans."""
+    import synprune.calibration as C
+
+    tm = tiny_model("bert")
+    names = ("sap", "entropy", "confidence", "sapx")
+    alone = {m: get_method(m)(_ctx(tm), PruneConfig()) for m in names}
+    scans = []
+    real = C.scan
+    monkeypatch.setattr(C, "scan", lambda *a, **kw: scans.append(kw.get("description", a[7] if len(a) > 7 else "")) or real(*a, **kw))
+    ctx = _ctx(tm)
+    ctx.planned_scans.add("arc-table")
+    shared = {m: get_method(m)(ctx, PruneConfig()) for m in names}
+    assert len(scans) == 2, scans
+    for m in names:
+        assert shared[m].order == alone[m].order, m
+        np.testing.assert_array_equal(shared[m].scores, alone[m].scores)

@@ -36,6 +36,7 @@ class Calibration:
         self.pace: Callable[[], None] = lambda: None
         self.parse_info: dict = {}
         self._memo: dict[Any, Any] = {}
+        self.planned_scans: set[str] = set()  # "arc-table": a later method needs it, so the first scan makes it too
         if parses is not None:
             self.__dict__["parses"] = parses
             self.parse_info = {"parser": "given", "cached": True}
@@ -125,10 +126,30 @@ class Calibration:
             return scan_batches(self.tm, items, self.config.batch_size, self.config.max_length)
 
     def threshold(self, kind: str, keep_punct: bool = False) -> torch.Tensor:
+        return self.attention_summary()[0].threshold(kind)
+
+    def attention_summary(self) -> tuple[Any, Any]:
+        """SAP's mean attention (its thresholds) and the rows' entropy and maximum (`entropy`, `confidence`):
+        neither looks at arcs, and collecting both costs little next to the model's pass, so one scan makes them,
+        and sapx's arc table too where `planned_scans` says a method will want it (one pass instead of two)."""
+        from .methods.attention_stats import AttentionStats
         from .methods.sap import MeanAttention
 
-        stats = self.memo("mean-attention", lambda: self.run_scan([MeanAttention(self.tm.grid)], description="attention threshold")[0])
-        return stats.threshold(kind)
+        def compute() -> tuple[Any, Any]:
+            grid = self.tm.grid
+            collectors = [MeanAttention(grid), AttentionStats(grid)]
+            table = "arc-table" in self.planned_scans and "arc-table" not in self._memo
+            if table:
+                from .methods.sapx import ArcTable
+
+                collectors.append(ArcTable(grid, self.dependency_ranking(1, keep_punct=True).labels))
+            what = "attention threshold, entropy and confidence" + (", arc table" if table else "")
+            self.run_scan(collectors, keep_punct=table, description=what)  # only the arc table looks at arcs
+            if table:
+                self._memo["arc-table"] = collectors[2]
+            return collectors[0], collectors[1]
+
+        return self.memo("attention-summary", compute)
 
     def mean_length(self) -> float:
         """Mean number of tokens per model input, for FLOPs budgets."""

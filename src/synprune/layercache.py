@@ -44,8 +44,10 @@ class AblationScorer:
     """The metric of the model with `base` heads removed plus a trial ablation, on prepared calibration data.
 
     `metric(extra)` scores `base | extra`; `accept()` makes the last trial the new base; `assume(heads)` makes
-    `heads` the base without a pass (its metric is known from elsewhere): the cache is brought up to date by
-    the next pass that needs it, from the lowest layer that changed. With `fast=False` every score is a full
+    `heads` the base without a pass (its metric is known from elsewhere). A pass starts at the lowest layer
+    where its removals differ from those the cache holds (the accepted ones, or none: the dense pass's states
+    are kept too), so after `assume` no pass is spent only to bring the cache up to date: the next trial runs
+    from the lowest changed layer and, if accepted, becomes the cache. With `fast=False` every score is a full
     forward pass (the reference the fast path must match). `layers` are the layers ablations may start at;
     only their inputs are cached.
     """
@@ -66,12 +68,16 @@ class AblationScorer:
         self.layer_runs = 0  # layers run, summed over passes and model calls (a start layer counts whole)
         self.dense = self._score(frozenset(), 0, capture=fast)
         self._accept_trial()
+        self._dense_cache = (self._states, dict(self._layout))  # never changed in place: accepts make new dicts
 
     def metric(self, extra: Collection[Head]) -> float:
-        """Metric with `base | extra` removed; only layers from the lowest layer of `extra` run again."""
-        self._sync()
+        """Metric with `base | extra` removed; only layers from the lowest layer where that differs from the
+        cache's removals run again (from the dense states where that starts higher)."""
         heads = self.base | frozenset(extra)
-        return self._score(heads, self._start(extra), capture=self.fast)
+        if self.fast and self._cached_for and self._start(heads) > self._start(heads ^ self._cached_for):
+            self._states, layout = self._dense_cache
+            self._layout, self._cached_for = dict(layout), frozenset()
+        return self._score(heads, self._start(heads ^ self._cached_for), capture=self.fast)
 
     def assume(self, heads: Collection[Head]) -> None:
         """Make `heads` the base without running anything (a caller that already knows their metric)."""
@@ -80,12 +86,6 @@ class AblationScorer:
     def _start(self, changed: Iterable[Head]) -> int:
         start = min((l for l, _ in changed), default=0) if self.fast else 0
         return start if start in self.starts else 0
-
-    def _sync(self) -> None:
-        """After `assume`: recompute the cached states under the base, from the lowest layer that changed."""
-        if self.fast and self._cached_for != self.base:
-            self._score(self.base, self._start(self.base ^ self._cached_for), capture=True)
-            self._accept_trial()
 
     def accept(self) -> None:
         """Keep the last trial's heads removed; its hidden states become the cache."""

@@ -324,6 +324,8 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     metric_names = task_metrics(tm, data)
     split = make_split(data, base.calib_size, base.seed, base.eval_size)
     ctx = Calibration(tm, split.calibration, base, metric_names, glue_dir=glue_dir)
+    if any(s.name == "sapx" for s in plan.specs):
+        ctx.planned_scans.add("arc-table")
     out_dir = Path(out) if out is not None else None
     done = finished_runs(out_dir, plan, tm.describe(), task_record(data, metric_names), overwrite) if out_dir else {}
     rows: list[dict] = []

@@ -12,7 +12,6 @@ import torch
 from ..attention import AttentionBatch
 from . import HeadScores, order_by, register
 
-MEMO_KEY = "attention-stats"
 
 
 class AttentionStats:
@@ -57,8 +56,8 @@ class AttentionStats:
 
 
 def attention_stats(ctx) -> AttentionStats:
-    """The shared scan: entropy and confidence computed together, once per calibration context."""
-    return ctx.memo(MEMO_KEY, lambda: ctx.run_scan([AttentionStats(ctx.tm.grid)], description="attention entropy/confidence")[0])
+    """The shared scan: entropy and confidence computed together (with SAP's thresholds), once per calibration context."""
+    return ctx.attention_summary()[1]
 
 
 @register("entropy", needs=("attention",))

@@ -206,7 +206,11 @@ def variant_scores(table: ArcTable, label_counts: dict[str, int], v: Variant) ->
 
 
 def arc_table(ctx) -> ArcTable:
-    """One scan per calibration context, punctuation arcs included (variants drop them as they say)."""
+    """One scan per calibration context, punctuation arcs included (variants drop them as they say); made with
+    the attention summary's scan where a sweep planned it (`Calibration.planned_scans`)."""
+    if "arc-table" in getattr(ctx, "planned_scans", ()):
+        ctx.attention_summary()
+
     def compute() -> ArcTable:
         labels = ctx.dependency_ranking(1, keep_punct=True).labels
         return ctx.run_scan([ArcTable(ctx.tm.grid, labels)], keep_punct=True, description="arc table")[0]
