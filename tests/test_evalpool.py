@@ -76,3 +76,30 @@ def test_this_process_takes_evaluations_the_worker_has_not_started(tiny_folder):
         got = [evals.result(s) for s in sets]
         assert stolen > 0 and evals.local_seconds > 0 and evals.parallel
     assert got == [evaluate_heads(tm, prepared, ["pearson"], s) for s in sets]
+
+
+def test_a_prestarted_worker_is_taken_and_an_untaken_one_ended(tiny_folder, monkeypatch):
+    """`prestart` spawns the worker ahead (its imports overlap the parent's start-up); the next Evaluations takes
+    that process and its numbers are an in-process evaluation's; one nobody takes is ended at once."""
+    monkeypatch.setattr(EP, "_cores", lambda: 2)
+    tm, splits, prepared = _setup(tiny_folder)
+    EP.prestart()
+    early = EP._EARLY[0]
+    with EP.Evaluations(tm, prepared, splits, ["pearson"], 4, 128, worker=True) as evals:
+        assert evals._pool is early and not EP._EARLY
+        for s in SETS[1:3]:
+            evals.submit(s)
+        for _ in range(600):  # this process takes nothing: the worker must do a job
+            if evals.worker_seconds:
+                break
+            evals.wait(0.1)
+        assert evals.worker_seconds > 0
+        got = [evals.result(s) for s in SETS[1:3]]
+    assert got == [evaluate_heads(tm, prepared, ["pearson"], s) for s in SETS[1:3]]
+    EP.prestart()
+    processes = list(EP._EARLY[0]._processes.values())
+    t0 = time.perf_counter()
+    EP.release_early()  # while it is still importing (seconds): not waited for
+    for p in processes:
+        p.join(10)
+    assert not EP._EARLY and not any(p.is_alive() for p in processes) and time.perf_counter() - t0 < 3

@@ -57,6 +57,38 @@ def _init(path: str, splits: dict, batch_size: int, max_length: int, metric_name
                    calibration=_calibration(tm, calibration, metric_names))
 
 
+_EARLY: list[cf.ProcessPoolExecutor] = []  # a worker process started ahead (`prestart`), for the next Evaluations
+
+
+def _warm() -> None:
+    """A fresh process spends seconds importing torch and transformers' model code: done while the parent starts."""
+    import torch  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
+
+    from . import cf as candidate_filtering, evaluate, models  # noqa: F401
+
+
+def prestart() -> None:
+    """Start the evaluation worker's process now, so that its imports overlap this process's own start-up (model
+    loading, data, parsing); the next `Evaluations` takes it, and `release_early` ends it if none does."""
+    if _cores() >= 2 and not _EARLY:
+        try:
+            pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+            pool.submit(_warm)
+        except (OSError, RuntimeError):  # no processes here: Evaluations will say so and evaluate in this process
+            return
+        _EARLY.append(pool)
+
+
+def release_early() -> None:
+    """End a prestarted worker that no `Evaluations` took (e.g. the sweep stopped on bad input) without waiting."""
+    while _EARLY:
+        pool = _EARLY.pop()
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _calibration(tm, calibration: tuple | None, metric_names: Sequence[str]) -> Callable[[], Any]:
     """The calibration context CF jobs run on, built on first use from (examples, config) as the sweep builds its own."""
     context: list = []
@@ -161,11 +193,11 @@ class Evaluations:
         if worker is None:
             worker = _cores() >= 2 and path is not None and path.is_dir()
         if worker and path is not None:
-            try:
-                self._pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_init,
-                                                    initargs=(str(path), splits, batch_size, max_length,
-                                                              self.metric_names, calibration))
-                checked = self._pool.submit(_fingerprint)
+            try:  # one process runs its jobs in order: _init first
+                pool = _EARLY.pop() if _EARLY else cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+                pool.submit(_init, str(path), splits, batch_size, max_length, self.metric_names, calibration)
+                checked = pool.submit(_fingerprint)
+                self._pool = pool
             except (OSError, RuntimeError) as e:  # no processes here: everything runs in this process
                 log(f"evaluation worker not started ({e}); evaluating in this process")
                 self._pool = None

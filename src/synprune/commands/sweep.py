@@ -50,14 +50,20 @@ def sweep(
     unit_options: UnitOptions = UnitOptions(),
 ) -> None:
     """Compare pruning methods on one model and task under one protocol, and write a report."""
-    from .. import sweep as S
-    from ..report import summarize
+    from ..evalpool import prestart, release_early
 
-    set_quiet(data.quiet)
-    result = S.sweep(data.model, task=str(data.task), methods=split_list(methods, str, "--methods"),
-                     sparsities=split_list(sparsities, float, "--sparsities"), seeds=split_list(seeds, int, "--seeds"),
-                     grid=S.parse_grid(grid), out=out, report=not no_report, overwrite=overwrite, **data.columns(), **data.config(),
-                     **sap.config(), **cf.config(), **unit_options.config())
+    prestart()  # the evaluation worker's process starts importing while this one loads the model and data
+    try:
+        from .. import sweep as S
+        from ..report import summarize
+
+        set_quiet(data.quiet)
+        result = S.sweep(data.model, task=str(data.task), methods=split_list(methods, str, "--methods"),
+                         sparsities=split_list(sparsities, float, "--sparsities"), seeds=split_list(seeds, int, "--seeds"),
+                         grid=S.parse_grid(grid), out=out, report=not no_report, overwrite=overwrite, **data.columns(),
+                         **data.config(), **sap.config(), **cf.config(), **unit_options.config())
+    finally:
+        release_early()
     summary = result.summary
     console.print(summarize(result.rows).rich(
         f"{summary['metric']['name']} of {summary['model']['name']} on {summary['task']['name']} "
