@@ -289,6 +289,12 @@ def test_scorer_passes_run_on_a_copy_without_the_accepted_heads():
     assert kept(fast.sliced.model) == [[0, 2, 3], [0, 1, 3], [1, 2, 3]]
     assert fast.metric([(1, 3)]) == pytest.approx(reference([(0, 1), (1, 2), (1, 3), (2, 0)]), abs=1e-6)
     assert kept(ctx.tm.model) == [[0, 1, 2, 3]] * 3
+    want = reference([(0, 0), (1, 2), (2, 1)])
+    with HeadMask.pruning(ctx.tm.model, [(0, 0)]):  # the caller's hooks would be copied: no slicing, masks only
+        hooked = AblationScorer(ctx.tm, ctx.prepared, ctx.metric_names[0], range(3))
+        hooked.metric([(1, 2)])
+        hooked.accept()
+        assert hooked.sliced is ctx.tm and hooked.metric([(2, 1)]) == pytest.approx(want, abs=1e-6)
 
 
 def test_a_second_cf_run_on_the_same_context_reuses_every_pass():

@@ -15,7 +15,8 @@ scored with full forward passes instead.
 Passes run on a copy of the model with the accepted removals physically sliced away (`remove.remove_units`, kept
 up to date as removals are accepted), so a removed head costs nothing in later passes: the masked model's
 numbers (a removed head only added zeros), at the pruned model's cost. A cached heads' output captured before
-a slicing is narrowed to the heads the layer still has when it is used.
+a slicing is narrowed to the heads the layer still has when it is used. A model that carries its caller's hooks
+(units masked underneath the walk) is not copied: its passes mask the removals instead.
 
 Memory: two hidden-size tensors per model call and per start layer, i.e. about
 2 x calibration examples x tokens x hidden size x 4 bytes per layer (x 2 for sentence-pair embedding models).
@@ -56,6 +57,9 @@ class AblationScorer:
                  fast: bool = True):
         self.tm, self.prepared, self.metric_name = tm, prepared, metric_name
         self.fast = fast
+        # a caller's own hooks (e.g. neurons masked underneath CF) would be copied with the model and index its old
+        # shapes: then passes stay on the masked model itself
+        self.slicing = fast and not any(m._forward_pre_hooks or m._forward_hooks for m in tm.model.modules())
         self.starts = sorted(set(layers) | {0})
         self._run_on(tm, frozenset())  # passes run on `self.sliced`: tm, or a copy with `self.cut` heads removed
         self.base: frozenset[Head] = frozenset()
@@ -100,7 +104,7 @@ class AblationScorer:
             self._states = [{**old, **new} for old, new in zip(self._states, states)] if self._states else states
             self._layout.update(layout)
             self._cached_for = heads
-            if heads - self.cut:  # later passes do not compute the accepted heads at all
+            if self.slicing and heads - self.cut:  # later passes do not compute the accepted heads at all
                 if self.sliced is self.tm:
                     self._run_on(replace(self.tm, model=without_heads(self.tm.model, heads)), heads)
                 else:
