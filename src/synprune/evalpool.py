@@ -62,10 +62,10 @@ _EARLY: list[cf.ProcessPoolExecutor] = []  # a worker process started ahead (`pr
 
 def _warm() -> None:
     """A fresh process spends seconds importing torch and transformers' model code: done while the parent starts."""
-    import torch  # noqa: F401
-    import transformers.modeling_utils  # noqa: F401
+    import importlib
 
-    from . import cf as candidate_filtering, evaluate, models  # noqa: F401
+    for name in ("torch", "transformers.modeling_utils", f"{__package__}.cf", f"{__package__}.models"):
+        importlib.import_module(name)
 
 
 def prestart() -> None:
