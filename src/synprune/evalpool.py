@@ -229,10 +229,11 @@ class Evaluations:
             torch.set_num_threads(want)
 
     def submit(self, pruned: Sequence[Head], first: bool = False) -> None:
-        """Queue the evaluation of `pruned` after every CF job (`first`: before every job)."""
+        """Queue the evaluation of `pruned` after every CF job (`first`: before every job); among evaluations the
+        costliest (fewest heads removed) first, so that the last jobs, which one process may wait on, are short."""
         key = frozenset(map(tuple, pruned))
         if key not in self._evals:
-            self._evals[key] = self._add("evaluate", (sorted(key),), (0,) if first else (2,))
+            self._evals[key] = self._add("evaluate", (sorted(key),), (0,) if first else (2, len(key)))
 
     def cf(self, kind: str, args: tuple, rank: tuple = (), after: Job | None = None) -> Job:
         """A CF job (`_cf`): "alone" with (heads, cfg) or "walk" with (order, n_prune, cfg); ranked before
