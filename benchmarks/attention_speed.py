@@ -1,8 +1,9 @@
 """Attention-statistics throughput against a plain eager forward pass over the same batches.
 
 Bundled all-MiniLM-L6-v2 on a seeded STS-B calibration sample (each pair gives two sentences). For each
-scan the default sweep runs (SAP's threshold and penalties, entropy/confidence, sapx's arc table) this
-times `attention.scan` with that collector, and, in the same process and alternating with it, the model
+scan the default sweep ran (SAP's threshold and penalties, entropy/confidence, sapx's arc table), and for
+the one scan it now makes of all but the penalties (last row), this times `attention.scan` with those
+collectors, and, in the same process and alternating with it, the model
 alone in eager attention over exactly the batches the scan feeds it (same tokenization, order and padding;
 no attention maps requested). Prints each time, sentences per second and the ratio scan / plain
 (1.0 = the statistics cost nothing beyond the forward pass). Best of `--repeats` runs of each.
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         "SAP penalties (Penalty)": (lambda: [Penalty(tau, ranking, cfg.direction)], False),
         "entropy/confidence (AttentionStats)": (lambda: [AttentionStats(grid)], False),
         "sapx arc table (ArcTable)": (lambda: [ArcTable(grid, labels)], True),
+        "the sweep's shared scan (MeanAttention + AttentionStats + ArcTable)":
+            (lambda: [MeanAttention(grid), AttentionStats(grid), ArcTable(grid, labels)], True),
     }
     batches = A.scan_batches(tm, items, cfg.batch_size, cfg.max_length)
 

@@ -1,8 +1,5 @@
 """Ordinary bad input and awkward data: one-line errors, nothing replaced without --overwrite, long rows cut."""
-import json
-
 import pytest
-import torch
 
 from conftest import tiny_model
 from synprune.cli import main

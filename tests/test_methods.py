@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from synprune import evaluate as E
 from synprune.arch import attention_handles
 from synprune.attention import Arcs, AttentionBatch
 from synprune.calibration import Calibration

@@ -27,9 +27,8 @@ import contextlib
 from dataclasses import dataclass, field, replace
 from typing import Collection, Iterable, Iterator
 
-from torch import nn
-
 import torch
+from torch import nn
 
 from .arch import AttentionHandles, attention_handles, get_adapter, out_dim
 from .evaluate import Prepared, evaluate
@@ -67,7 +66,7 @@ class AblationScorer:
         # per model call of a pass: ("out", j) -> layer j's output, ("ctx", j) -> its heads' output (before masking)
         self._states: list[dict[tuple[str, int], object]] = []
         self._layout: dict[int, tuple[int, ...]] = {}  # layer -> the heads its cached output holds (original indices)
-        self._trial: tuple[frozenset[Head], list[dict]] | None = None
+        self._trial: tuple[frozenset[Head], list[dict], dict] | None = None  # heads, states, their layout
         self.passes = 0  # forward passes run (any start layer), for tests and benchmarks
         self.layer_runs = 0  # layers run, summed over passes and model calls (a start layer counts whole)
         self.dense = self._score(frozenset(), 0, capture=fast)
@@ -118,7 +117,7 @@ class AblationScorer:
         self.attn: dict[int, AttentionHandles] = {h.layer: h for h in attention_handles(tm.model)}
 
     def _score(self, heads: frozenset[Head], start: int, capture: bool) -> float:
-        if not self.cut <= heads:  # a pass that needs heads back (after `assume`): a copy without fewer heads
+        if not self.cut <= heads:  # a pass that needs sliced heads back (after `assume`): a copy with fewer removed
             keep_cut = heads & self.cut
             self._run_on(replace(self.tm, model=without_heads(self.tm.model, keep_cut)) if keep_cut else self.tm, keep_cut)
         reuse = bool(self._states) and capture
