@@ -2,6 +2,8 @@
 sets, and falls back to this process when its model is not this one."""
 import time
 
+import pytest
+
 import synprune.evalcache
 import synprune.evalpool as EP
 from synprune.evaluate import prepare
@@ -57,6 +59,10 @@ def test_sweep_results_do_not_depend_on_the_worker(tiny_folder, glue_dir, monkey
                     sparsities=[0.25, 0.5], seeds=[0, 1], out=None, calib_size=6)
         worker = res.summary["timings"].get("worker_stages", {})
         assert set(worker) == ({"cf", "evaluate_pruned"} if cores == 2 else set())  # CF walks made there too
+        if cores == 2:  # the job timeline accounts for every second the worker's stages add up to
+            jobs = [j for j in res.summary["timings"]["jobs"] if j["who"] == "worker"]
+            for stage, seconds in worker.items():
+                assert sum(j["seconds"] for j in jobs if j["stage"] == stage) == pytest.approx(seconds, abs=0.01)
         rows[cores] = [{k: v for k, v in row.items() if k != "seconds"} for row in res.rows]
     assert rows[1] == rows[2]
     assert [(r["method"], r["cf"], r["sparsity"], r["seed"]) for r in rows[2]] == [  # plan order, CF chosen last
