@@ -85,7 +85,7 @@ def release_early() -> None:
     while _EARLY:
         pool = _EARLY.pop()
         for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
+            process.kill()  # it only imports: nothing to clean up, and SIGKILL cannot be blocked
         pool.shutdown(wait=False, cancel_futures=True)
 
 
