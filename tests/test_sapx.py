@@ -7,7 +7,7 @@ from synprune.attention import Arcs, AttentionBatch, CalibItem
 from synprune.calibration import Calibration
 from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
-from synprune.methods import get_method
+from synprune.methods import SCANS, get_method
 from synprune.methods.sapx import SAPX, ArcTable, Variant, label_weights, score_variant, variant_scores
 from synprune.parse import Parse
 from synprune.tasks import Example
@@ -114,7 +114,7 @@ def test_planned_arc_table_shares_the_first_scan_and_changes_no_score(monkeypatc
     real = C.scan
     monkeypatch.setattr(C, "scan", lambda *a, **kw: scans.append(kw.get("description", a[7] if len(a) > 7 else "")) or real(*a, **kw))
     ctx = _ctx(tm)
-    ctx.planned_scans.add("arc-table")
+    ctx.planned_scans.update(SCANS["sapx"])
     shared = {m: get_method(m)(ctx, PruneConfig()) for m in names}
     assert len(scans) == 2, scans
     for m in names:

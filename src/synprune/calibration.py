@@ -36,7 +36,9 @@ class Calibration:
         self.pace: Callable[[], None] = lambda: None
         self.parse_info: dict = {}
         self._memo: dict[Any, Any] = {}
-        self.planned_scans: set[str] = set()  # "arc-table": a later method needs it, so the first scan makes it too
+        # memo key -> new collector (one reading arcs with punctuation) that a later method will read: the first
+        # scan collects it too (a sweep fills this from `methods.SCANS`)
+        self.planned_scans: dict[str, Callable[["Calibration"], Any]] = {}
         if parses is not None:
             self.__dict__["parses"] = parses
             self.parse_info = {"parser": "given", "cached": True}
@@ -131,22 +133,17 @@ class Calibration:
     def attention_summary(self) -> tuple[Any, Any]:
         """SAP's mean attention (its thresholds) and the rows' entropy and maximum (`entropy`, `confidence`):
         neither looks at arcs, and collecting both costs little next to the model's pass, so one scan makes them,
-        and sapx's arc table too where `planned_scans` says a method will want it (one pass instead of two)."""
+        and the collectors in `planned_scans` too (sapx's arc table in a sweep: one pass instead of two)."""
         from .methods.attention_stats import AttentionStats
         from .methods.sap import MeanAttention
 
         def compute() -> tuple[Any, Any]:
             grid = self.tm.grid
-            collectors = [MeanAttention(grid), AttentionStats(grid)]
-            table = "arc-table" in self.planned_scans and "arc-table" not in self._memo
-            if table:
-                from .methods.sapx import ArcTable
-
-                collectors.append(ArcTable(grid, self.dependency_ranking(1, keep_punct=True).labels))
-            what = "attention threshold, entropy and confidence" + (", arc table" if table else "")
-            self.run_scan(collectors, keep_punct=table, description=what)  # only the arc table looks at arcs
-            if table:
-                self._memo["arc-table"] = collectors[2]
+            planned = {key: make(self) for key, make in self.planned_scans.items() if key not in self._memo}
+            what = "attention threshold, entropy and confidence" + "".join(f", {key}" for key in planned)
+            collectors = [MeanAttention(grid), AttentionStats(grid), *planned.values()]
+            self.run_scan(collectors, keep_punct=bool(planned), description=what)  # only planned ones read arcs
+            self._memo.update(planned)
             return collectors[0], collectors[1]
 
         return self.memo("attention-summary", compute)

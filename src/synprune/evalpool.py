@@ -357,10 +357,11 @@ class Evaluations:
 
     def _record(self, who: str, job: Job, start: float, seconds: float) -> None:
         """Add a job to the timeline (`start`: when it was handed out; `seconds`: its own run time)."""
-        what = job.args[0] if job.fn == "cf" else f"{len(job.args[0])} heads removed"
-        if job.fn == "cf":
-            what += f" layer {job.args[1][0][0][0]}" if job.args[0] == "alone" and job.args[1][0] else \
-                f" n={job.args[1][1]}" if job.args[0] == "walk" else ""
+        if job.fn == "evaluate":
+            what = f"{len(job.args[0])} heads removed"
+        else:  # ("alone", (heads of one layer, cfg)) or ("walk", (order, n_prune, cfg))
+            kind, args = job.args
+            what = f"alone layer {args[0][0][0]}" if kind == "alone" else f"walk n={args[1]}"
         self.timeline.append({"who": who, "stage": STAGES[job.fn], "what": what,
                               "start": round(start - self.t0, 3), "seconds": round(seconds, 3)})
 

@@ -60,7 +60,8 @@ class AblationScorer:
         # shapes: then passes stay on the masked model itself
         self.slicing = fast and not any(m._forward_pre_hooks or m._forward_hooks for m in tm.model.modules())
         self.starts = sorted(set(layers) | {0})
-        self._run_on(tm, frozenset())  # passes run on `self.sliced`: tm, or a copy with `self.cut` heads removed
+        self.sliced, self.cut = tm, frozenset()  # passes run on `sliced`: tm, or a copy without the `cut` heads
+        self._bind()
         self.base: frozenset[Head] = frozenset()
         self._cached_for: frozenset[Head] = frozenset()  # the removals the cached states were computed under
         # per model call of a pass: ("out", j) -> layer j's output, ("ctx", j) -> its heads' output (before masking)
@@ -103,23 +104,32 @@ class AblationScorer:
             self._states = [{**old, **new} for old, new in zip(self._states, states)] if self._states else states
             self._layout.update(layout)
             self._cached_for = heads
-            if self.slicing and heads - self.cut:  # later passes do not compute the accepted heads at all
-                if self.sliced is self.tm:
-                    self._run_on(replace(self.tm, model=without_heads(self.tm.model, heads)), heads)
-                else:
-                    remove_heads(self.sliced.model, heads - self.cut)
-                    self._run_on(self.sliced, heads)
+            if self.slicing:  # later passes do not compute the accepted heads at all
+                self._cut_to(heads)
         self._trial = None
 
-    def _run_on(self, tm: TaskModel, cut: frozenset[Head]) -> None:
-        self.sliced, self.cut = tm, frozenset(cut)
-        self.blocks: list[nn.Module] = get_adapter(tm.model).layers(tm.model)
-        self.attn: dict[int, AttentionHandles] = {h.layer: h for h in attention_handles(tm.model)}
+    def _cut_to(self, removed: frozenset[Head]) -> None:
+        """Passes run on a copy without `removed` heads: the current copy sliced further where it lacks only some
+        of them, else a fresh copy (the caller's model itself when nothing is removed)."""
+        if removed == self.cut:
+            return
+        if not removed:
+            self.sliced = self.tm
+        elif self.sliced is not self.tm and self.cut <= removed:
+            remove_heads(self.sliced.model, removed - self.cut)
+        else:
+            self.sliced = replace(self.tm, model=without_heads(self.tm.model, removed))
+        self.cut = removed
+        self._bind()
+
+    def _bind(self) -> None:
+        model = self.sliced.model
+        self.blocks: list[nn.Module] = get_adapter(model).layers(model)
+        self.attn: dict[int, AttentionHandles] = {h.layer: h for h in attention_handles(model)}
 
     def _score(self, heads: frozenset[Head], start: int, capture: bool) -> float:
-        if not self.cut <= heads:  # a pass that needs sliced heads back (after `assume`): a copy with fewer removed
-            keep_cut = heads & self.cut
-            self._run_on(replace(self.tm, model=without_heads(self.tm.model, keep_cut)) if keep_cut else self.tm, keep_cut)
+        if not self.cut <= heads:  # a pass that needs sliced heads back (after `assume`)
+            self._cut_to(heads & self.cut)
         reuse = bool(self._states) and capture
         covered = start not in self.attn or set(self.attn[start].kept_heads) <= set(self._layout.get(start, ()))
         run = _Pass(start, reuse=reuse, shortcut=reuse and covered)

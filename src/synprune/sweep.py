@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, get_type_hin
 from .config import PruneConfig, max_positions
 from .errors import SynpruneError
 from .io import atomic_write_json, atomic_write_text
-from .methods import available, uses
+from .methods import SCANS, available, uses
 from .progress import bar, log
 from .tasks import ALIASES, GLUE, TaskData, load_task, make_split
 
@@ -324,8 +324,8 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     metric_names = task_metrics(tm, data)
     split = make_split(data, base.calib_size, base.seed, base.eval_size)
     ctx = Calibration(tm, split.calibration, base, metric_names, glue_dir=glue_dir)
-    if any(s.name == "sapx" for s in plan.specs):
-        ctx.planned_scans.add("arc-table")
+    for spec in plan.specs:  # what several methods' scans can share is collected in one pass
+        ctx.planned_scans.update(SCANS.get(spec.name, {}))
     out_dir = Path(out) if out is not None else None
     done = finished_runs(out_dir, plan, tm.describe(), task_record(data, metric_names), overwrite) if out_dir else {}
     rows: list[dict] = []

@@ -37,15 +37,20 @@ MethodFn = Callable[["Calibration", "PruneConfig"], HeadScores]
 METHODS: dict[str, MethodFn] = {}
 USES: dict[str, frozenset[str]] = {}
 NEEDS: dict[str, tuple[str, ...]] = {}
+# Collectors of an attention scan a method reads from the calibration context's memo, by memo key: a sweep plans
+# them (`Calibration.planned_scans`) so that the first scan of the run collects them too.
+SCANS: dict[str, dict[str, Callable[["Calibration"], object]]] = {}
 # What a method may need from the calibration run (listed by `synprune methods`).
 NEED_TEXT = {"parser": "dependency parses (spaCy, or --parses)", "attention": "an attention scan",
              "gradients": "backward passes", "activations": "a forward pass over the calibration data", "labels": "labels (without them: the label-free output Fisher)"}
 
 
-def register(name: str, uses: Iterable[str] = (), needs: Iterable[str] = ()) -> Callable[[MethodFn], MethodFn]:
+def register(name: str, uses: Iterable[str] = (), needs: Iterable[str] = (),
+             scans: dict[str, Callable[["Calibration"], object]] | None = None) -> Callable[[MethodFn], MethodFn]:
     """Register a method. `uses`: the PruneConfig options its scores depend on besides the calibration data
     (SAP: k, threshold, ...; random: seed), so a sweep reruns it only when one of those changes. `needs`:
-    keys of `NEED_TEXT`, what it computes or reads."""
+    keys of `NEED_TEXT`, what it computes or reads. `scans`: memo key -> a new collector it reads (one that
+    looks at arcs with punctuation), for `SCANS`."""
     unknown = set(needs) - set(NEED_TEXT)
     if unknown:
         raise ValueError(f"unknown needs {sorted(unknown)}; use {sorted(NEED_TEXT)}")
@@ -54,6 +59,7 @@ def register(name: str, uses: Iterable[str] = (), needs: Iterable[str] = ()) -> 
         METHODS[name] = fn
         USES[name] = frozenset(uses)
         NEEDS[name] = tuple(needs)
+        SCANS[name] = dict(scans or {})
         return fn
 
     return deco

@@ -205,16 +205,20 @@ def variant_scores(table: ArcTable, label_counts: dict[str, int], v: Variant) ->
     return HeadScores(scores, order, details)
 
 
-def arc_table(ctx) -> ArcTable:
-    """One scan per calibration context, punctuation arcs included (variants drop them as they say); made with
-    the attention summary's scan where a sweep planned it (`Calibration.planned_scans`)."""
-    if "arc-table" in getattr(ctx, "planned_scans", ()):
-        ctx.attention_summary()
+ARC_TABLE = "arc-table"  # its key in the calibration context's memo
 
-    def compute() -> ArcTable:
-        labels = ctx.dependency_ranking(1, keep_punct=True).labels
-        return ctx.run_scan([ArcTable(ctx.tm.grid, labels)], keep_punct=True, description="arc table")[0]
-    return ctx.memo("arc-table", compute)
+
+def new_arc_table(ctx) -> ArcTable:
+    """An empty arc table for the context's model and label set (punctuation included)."""
+    return ArcTable(ctx.tm.grid, ctx.dependency_ranking(1, keep_punct=True).labels)
+
+
+def arc_table(ctx) -> ArcTable:
+    """One scan per calibration context, punctuation arcs included (variants drop them as they say); made by
+    the attention summary's scan where a sweep planned it (`Calibration.planned_scans`)."""
+    if ARC_TABLE in ctx.planned_scans:
+        ctx.attention_summary()
+    return ctx.memo(ARC_TABLE, lambda: ctx.run_scan([new_arc_table(ctx)], keep_punct=True, description="arc table")[0])
 
 
 def calibration_label_counts(ctx) -> dict[str, int]:
@@ -242,7 +246,7 @@ def score_variant(ctx, v: Variant) -> HeadScores:
     return ctx.memo(("sapx-variant", v), compute)
 
 
-@register("sapx", uses=(), needs=("parser", "attention", "gradients"))
+@register("sapx", uses=(), needs=("parser", "attention", "gradients"), scans={ARC_TABLE: new_arc_table})
 def sapx(ctx, cfg) -> HeadScores:
     """SAP as the study chose it (`SAPX`); its settings are fixed so that results are comparable across runs."""
     return score_variant(ctx, SAPX)
