@@ -217,6 +217,27 @@ def test_bias_compensation_matches_mean_contributions_on_a_constant_input():
     assert torch.allclose(out, model(**one)[0], atol=1e-5)
 
 
+def test_bias_compensation_at_the_pooled_token_reproduces_that_token():
+    """Units pruned in the last layer only, one example repeated: compensated with the first token's means, the
+    model's last hidden state at that token is the dense one exactly; with the all-token means (the default)
+    it is not."""
+    from synprune.repair.bias import bias_compensation
+
+    model = tiny_model("bert")
+    last = len(get_adapter(model).layers(model)) - 1
+    one = {k: v[:1].repeat(4, 1) for k, v in padded_batch(seed=5, batch=1, length=9).items()}
+    heads, neurons = [(last, 0), (last, 2)], [(last, i) for i in range(0, 36, 2)]
+    with torch.no_grad():
+        dense = model(**one)[0][:, 0]
+    got = {}
+    for name, layers in (("pooled", [last]), ("all tokens", [])):
+        rep = bias_compensation(model, [one], heads, neurons, pooled="first", pooled_layers=layers)
+        with torch.no_grad(), repaired(model, heads, neurons, rep):
+            got[name] = model(**one)[0][:, 0]
+    assert torch.allclose(got["pooled"], dense, atol=1e-5)
+    assert not torch.allclose(got["all tokens"], dense, atol=1e-3)
+
+
 @pytest.mark.parametrize("family,kind", [("bert", "ls"), ("bert", "bias"), ("bert", "ls+bias"), ("llama", "ls"), ("gpt2", "bias")])
 def test_repaired_and_exported_equals_repaired_and_masked(family, kind, tmp_path):
     model = tiny_model(family, "lm" if get_adapter(tiny_model(family)).causal else "base")

@@ -6,6 +6,7 @@ model). A layer whose heads all go loses its whole attention block, so it gets n
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Collection
 
 import torch
 from torch import nn
@@ -16,8 +17,11 @@ from . import Repair, Unit
 
 
 @torch.no_grad()
-def input_means(model: nn.Module, inputs: list[dict], modules: dict) -> dict:
-    """Mean input of each module (keyed as in `modules`) over the non-padding tokens of `inputs`, dense model."""
+def input_means(model: nn.Module, inputs: list[dict], modules: dict, pooled: str | None = None) -> dict:
+    """Mean input of each module (keyed as in `modules`) over the non-padding tokens of `inputs`, dense model;
+    `pooled` ("first" / "last"): over each sequence's pooled token only (`activations.Tap`)."""
+    if not modules:
+        return {}
     total: dict = {}
     count: dict = defaultdict(int)
 
@@ -25,13 +29,16 @@ def input_means(model: nn.Module, inputs: list[dict], modules: dict) -> dict:
         total[key] = total.get(key, 0) + x.sum(0)
         count[key] += x.shape[0]
 
-    with Tap(modules, add) as tap:
+    with Tap(modules, add, pooled=pooled) as tap:
         for batch in inputs:
             tap.run(model, batch)
     return {k: v / max(1, count[k]) for k, v in total.items()}
 
 
-def bias_compensation(model: nn.Module, inputs: list[dict], heads: list[Unit], neurons: list[Unit] | None) -> Repair:
+def bias_compensation(model: nn.Module, inputs: list[dict], heads: list[Unit], neurons: list[Unit] | None,
+                      pooled: str | None = None, pooled_layers: Collection[int] = ()) -> Repair:
+    """FLAP's compensation; the layers in `pooled_layers` take their means at the `pooled` token only (the one a
+    classifier reads), for `benchmarks/bias_classifiers.py` (it does not rescue the classifiers measured there)."""
     pruned_h: dict[int, list[int]] = defaultdict(list)
     for l, h in heads:
         pruned_h[l].append(h)
@@ -42,7 +49,10 @@ def bias_compensation(model: nn.Module, inputs: list[dict], heads: list[Unit], n
             if pruned_h.get(h.layer) and len(set(pruned_h[h.layer]) & set(h.kept_heads)) < h.num_heads}
     ffn = {f.layer: f for f in ffn_handles(model) if pruned_n.get(f.layer)}
     modules = {**{("attn", l): h.out_proj for l, h in attn.items()}, **{("ffn", l): f.down for l, f in ffn.items()}}
-    means = input_means(model, inputs, modules) if modules else {}
+    at_pool = {k for k in modules if pooled and k[1] in set(pooled_layers)}
+    means = input_means(model, inputs, {k: m for k, m in modules.items() if k not in at_pool})
+    if at_pool:
+        means.update(input_means(model, inputs, {k: modules[k] for k in at_pool}, pooled))
     rep = Repair("bias")
     for l, h in attn.items():
         current = h.kept_heads
