@@ -217,6 +217,19 @@ def test_bias_compensation_matches_mean_contributions_on_a_constant_input():
     assert torch.allclose(out, model(**one)[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("labels,warned", [(2, True), (1, False)])
+def test_bias_repair_on_a_classifier_points_to_ls(labels, warned, capsys, monkeypatch):
+    """A classification head gets the measured warning; a regression head (STS-B, where bias helped) does not."""
+    from synprune import progress
+
+    monkeypatch.setitem(progress._state, "quiet", False)
+    model = tiny_model("bert", "cls")
+    model.config.num_labels = labels
+    capsys.readouterr()
+    make_repair("bias", model, [padded_batch(seed=2)], HEADS, NEURONS, pooled="first")
+    assert ("--repair ls" in capsys.readouterr().err) == warned
+
+
 def test_bias_compensation_at_the_pooled_token_reproduces_that_token():
     """Units pruned in the last layer only, one example repeated: compensated with the first token's means, the
     model's last hidden state at that token is the dense one exactly; with the all-token means (the default)

@@ -18,6 +18,7 @@ from torch import nn
 from ..arch import attention_handles, ffn_handles, get_adapter, head_grid, is_conv1d
 from ..errors import SynpruneError
 from ..masking import UnitMask, mask_from_heads, neuron_grid
+from ..progress import log
 
 Unit = tuple[int, int]
 REPAIRS = ("none", "ls", "bias", "ls+bias")
@@ -162,5 +163,8 @@ def make_repair(kind: str, model: nn.Module, inputs: list[dict], heads: list[Uni
     if kind == "bias":
         from .bias import bias_compensation
 
+        if pooled is not None and getattr(model.config, "num_labels", 1) > 1:
+            log("note: --repair bias pushed every fine-tuned classifier measured (SST-2, MRPC, CoLA) towards one label "
+                "(README, 'Half the FLOPs'; benchmarks/bias_classifiers.py); --repair ls is the repair that helped them")
         return bias_compensation(model, inputs, heads, neurons)
     raise SynpruneError(f"--repair {kind!r}: use one of {', '.join(REPAIRS)}")
