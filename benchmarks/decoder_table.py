@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("sap", "random", "magnitude", "entropy", "confidence", "fisher", "output-fisher", "flap", "attn-drop")
+METHODS = ("sap", "random", "magnitude", "entropy", "confidence", "fisher", "output-fisher", "flap", "attn-drop", "sapx")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -120,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         res = sweep(tm, None, out=args.out / f"sweep_{name}", **common, **options)
         seconds[name] = time.perf_counter() - t0
         parts.append((label, res.rows))
-        text = render(parts, args, seconds)
-        atomic_write_text(args.out / "table.md", text)
-        print(text, flush=True)
+        atomic_write_text(args.out / "table.md", render(parts, args, seconds))  # what is done so far
+    text = render(parts, args, seconds)  # with the sweeps read back after the last one run
+    atomic_write_text(args.out / "table.md", text)
+    print(text, flush=True)
     return 0
 
 
