@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -33,9 +31,10 @@ def main(argv=None) -> None:
 
     from ffn_table import context
     from synprune.activations import model_inputs
-    from synprune.evaluate import outputs
+    from synprune.fidelity import outputs
     from synprune.io import atomic_write_text
-    from synprune.pipeline import choose_heads, evaluate_heads, evaluation_inputs
+    from synprune.metrics import compute
+    from synprune.pipeline import choose_heads, evaluation_inputs
     from synprune.progress import set_quiet
     from synprune.repair import Repair, pooled_token, repaired
     from synprune.repair.bias import bias_compensation
@@ -47,8 +46,7 @@ def main(argv=None) -> None:
     cfg = base.replace(method=args.method, units="heads,neurons", budget=f"flops:{args.budget:g}").validate()
     chosen = choose_heads(ctx, cfg)
     heads, neurons = chosen.selection.pruned, chosen.selection.neurons
-    prepared = evaluation_inputs(ctx, split)
-    dev = next(iter(prepared.values()))
+    dev = next(iter(evaluation_inputs(ctx, split).values()))
     metric = ctx.metric_names[0]
     inputs = list(model_inputs(tm, ctx.prepared.batches))
     last = tm.grid[0] - 1
@@ -57,26 +55,27 @@ def main(argv=None) -> None:
     def compensation(pooled_layers=()):
         return bias_compensation(tm.model, inputs, heads, neurons, pool, pooled_layers)
 
+    def layer_alone(rep, l):
+        return Repair("bias", attn_bias={k: v for k, v in rep.attn_bias.items() if k == l},
+                      ffn_bias={k: v for k, v in rep.ffn_bias.items() if k == l})
+
     flap = compensation()
-    variants = [("dense", None), ("no repair", None), ("bias: means over all tokens (FLAP)", flap),
-                ("bias: last layer's means at [CLS]", compensation([last])),
-                ("bias: every layer's means at [CLS]", compensation(range(last + 1)))]
-    variants += [(f"bias: layer {l}'s compensation alone", Repair("bias", attn_bias={k: v for k, v in flap.attn_bias.items() if k == l},
-                                                                   ffn_bias={k: v for k, v in flap.ffn_bias.items() if k == l}))
+    pruned = (heads, neurons)
+    variants = [("dense", ([], None), None), ("no repair", pruned, None),
+                ("bias: means over all tokens (FLAP)", pruned, flap),
+                ("bias: last layer's means at [CLS]", pruned, compensation([last])),
+                ("bias: every layer's means at [CLS]", pruned, compensation(range(last + 1)))]
+    variants += [(f"bias: layer {l}'s compensation alone", pruned, layer_alone(flap, l))
                  for l in range(last + 1) if l in flap.attn_bias or l in flap.ffn_bias]
     lines = [f"{args.task} task model, {args.method} on heads and neurons at FLOPs {args.budget:g} ({len(heads)} heads, "
              f"{len(neurons)} neurons pruned), {len(ctx.examples)} calibration examples; dev, {dev.n} examples", "",
              f"| repair | {metric} | predicted label 1 | logit margin mean | logit margin sd |", "|---|---|---|---|---|"]
-    for name, rep in variants:
-        dense = name == "dense"
-        units = ([], None) if dense else (heads, neurons)
-        score = evaluate_heads(tm, prepared, ctx.metric_names, *units, repair=rep)
-        logits = np.zeros((dev.n, tm.model.config.num_labels))
+    for name, units, rep in variants:
         with torch.no_grad(), repaired(tm.model, *units, rep):
-            for batch in dev.batches:
-                logits[batch.index] = outputs(tm, batch).float().numpy()
+            logits = outputs(tm, dev)  # per dev example; the metric scores their argmax, as `evaluate` does
+        predicted = logits.argmax(1)
         margin = logits[:, 1] - logits[:, 0]
-        row = (f"| {name} | {next(iter(score.values()))[metric]:.2f} | {(logits.argmax(1) == 1).mean():.3f} | "
+        row = (f"| {name} | {compute([metric], predicted, dev.labels)[metric]:.2f} | {(predicted == 1).mean():.3f} | "
                f"{margin.mean():+.2f} | {margin.std():.2f} |")
         lines.append(row)
         print(row, flush=True)
