@@ -49,7 +49,8 @@ def bias_compensation(model: nn.Module, inputs: list[dict], heads: list[Unit], n
             if pruned_h.get(h.layer) and len(set(pruned_h[h.layer]) & set(h.kept_heads)) < h.num_heads}
     ffn = {f.layer: f for f in ffn_handles(model) if pruned_n.get(f.layer)}
     modules = {**{("attn", l): h.out_proj for l, h in attn.items()}, **{("ffn", l): f.down for l, f in ffn.items()}}
-    at_pool = {k for k in modules if k[1] in set(pooled_layers)} if pooled else set()
+    layers = set(pooled_layers) if pooled else set()
+    at_pool = {k for k in modules if k[1] in layers}
     means = input_means(model, inputs, {k: m for k, m in modules.items() if k not in at_pool})
     if at_pool:
         means.update(input_means(model, inputs, {k: modules[k] for k in at_pool}, pooled))
