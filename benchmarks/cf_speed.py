@@ -2,10 +2,12 @@
 and every walk step, nothing reused), side by side in one process, on the same calibration batches.
 
 For each sparsity a fresh calibration context is built (nothing carried over from another sparsity, as in a
-single `synprune prune --cf`), the method's order is computed, and CF runs once each way. Prints wall and CPU
-times (CPU time is steadier on a shared machine) and their ratios, the passes and layer runs each way made
+single `synprune prune --cf`), the method's order is computed, and CF runs twice each way, in the order naive,
+fast, fast, naive, each run on a fresh calibration context (a machine whose speed drifts evenly over the four
+moves both ways' means alike). Prints the mean wall and CPU times (CPU time is steadier on a shared machine),
+each run's wall time, their ratios, the passes and layer runs each way made
 (load-independent counts), and whether both ways made the same decisions (same selection, same log,
-metrics equal to float tolerance). What the fast path does: it re-runs only the layers from an ablation's
+metrics equal to float tolerance, in all four runs). What the fast path does: it re-runs only the layers from an ablation's
 layer up, on cached hidden states of the accepted removals, and never scores a removed set twice (a walk
 step whose earlier steps were all put back is the head's single score).
 
@@ -18,6 +20,17 @@ run on its own; fast, as the sweep does (heads scored alone once for every run, 
 run already scored); same decisions for every run.
 
 `--task sst2` without `--model` uses the cached SST-2 task model (`synprune finetune --task sst2` builds it).
+
+The floor of an exact CF (single runs): a trial's metric needs the model's output under its own removed set.
+A layer's input depends only on the heads removed below it, so a trial may take its input to layer j from any
+set scored before it (the dense model, a head alone, an earlier walk step) that removes the same heads below
+j, and must run every layer from the highest such j up, on every token the output reads (all of them for a
+mean-pooled embedding; one per example in a classifier's last layer, whose keys and values still need every
+token). "min layer runs" counts those layers (any earlier set's hidden states kept, however much memory that
+takes); "products floor s" is the time of their matrix products alone: the feed-forward up and down
+projections, and above the trial's first layer the query/key/value/output projections of the heads it keeps,
+timed on the calibration batches' real tokens (no padding) and summed over the trials. naive s / floor s bounds the speedup of
+any exact CF on this run, even one whose activations, layer norms and attention cost nothing.
 """
 from __future__ import annotations
 
@@ -43,8 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 HEADER = ("| model | task | calib | order | sparsity | pool | tried | naive passes | fast passes | naive s | fast s "
-          "| wall speedup | CPU speedup | layer-run ratio | same decisions | max metric diff |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+          "| wall speedup | CPU speedup | layer-run ratio | same decisions | max metric diff | min layer runs ratio "
+          "| products floor s | exact bound |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 
 def _model(args):
@@ -91,35 +105,130 @@ def main(argv: list[str] | None = None) -> None:
     for sparsity in [float(s) for s in args.sparsities.split(",")]:
         cfg = PruneConfig(method=args.method, sparsity=sparsity, calib_size=args.calib_size,
                           batch_size=args.batch_size, tolerance=args.tolerance, cf=True).validate()
-        ctx = Calibration(tm, make_split(data, cfg.calib_size, cfg.seed).calibration, cfg, task_metrics(tm, data))
+        examples, metrics = make_split(data, cfg.calib_size, cfg.seed).calibration, task_metrics(tm, data)
+        ctx = Calibration(tm, examples, cfg, metrics)
         order = score(ctx, cfg).order
         n = n_to_prune(cfg.sparsity, tm.n_heads)
-        ctx.prepared  # tokenize before timing
-        runs = {}
-        for fast in (False, True):
+
+        def run(fast: bool) -> tuple:
+            context = Calibration(tm, examples, cfg, metrics)  # fresh: nothing scored yet
+            context.prepared  # tokenize before timing
             t0, c0 = time.perf_counter(), time.process_time()
-            selection, log = cf.candidate_filter(ctx, order, n, cfg, fast=fast)
-            runs[fast] = (time.perf_counter() - t0, time.process_time() - c0, selection, log, scorers[-1])
-        (t_fast, c_fast, sel_f, log_f, sc_f), (t_plain, c_plain, sel_p, log_p, sc_p) = runs[True], runs[False]
+            selection, log = cf.candidate_filter(context, order, n, cfg, fast=fast)
+            return time.perf_counter() - t0, time.process_time() - c0, selection, log, scorers[-1], context
+
+        # naive, fast, floor, fast, naive: a machine that speeds up or slows down evenly over the run moves
+        # every way's mean alike
+        first = {False: run(False), True: run(True)}
+        _, _, sel_f, log_f, sc_f, ctx_f = first[True]
+        _, _, sel_p, log_p, sc_p, _ = first[False]
+        runs_min, floor = exact_floor(ctx_f, log_f, sc_p.layer_runs // (sc_p.passes * tm.grid[0]))
+        second = {True: run(True), False: run(False)}
+        mean = lambda fast, i: (first[fast][i] + second[fast][i]) / 2
+        t_fast, c_fast, t_plain, c_plain = mean(True, 0), mean(True, 1), mean(False, 0), mean(False, 1)
         same, diffs = _same(sel_f, log_f, sel_p, log_p)
+        same = same and all(_same(*second[fast][2:4], sel_p, log_p)[0] for fast in (True, False))
         summary = cf.summarize(log_f)
         pool_layers = [sum(1 for e in log_f if e["stage"] == "single" and e["layer"] == l) for l in range(tm.grid[0])]
         print(f"model {tm.name}, {data.name} calibration {len(ctx.examples)} examples, batch {cfg.batch_size}, "
               f"{args.threads} thread(s), order: {cfg.method}, sparsity {cfg.sparsity} ({n} heads), "
               f"pool {summary['pool']} (per layer {pool_layers}), walk tried {summary['tried']} "
               f"(removed {summary['removed']}), fill {summary['fill']}")
-        print(f"  naive {t_plain:8.1f} s wall, {c_plain:8.1f} s CPU  ({sc_p.passes} passes, {sc_p.layer_runs} layer runs)")
-        print(f"  fast  {t_fast:8.1f} s wall, {c_fast:8.1f} s CPU  ({sc_f.passes} passes, {sc_f.layer_runs} layer runs)")
+        print(f"  naive {t_plain:8.1f} s wall, {c_plain:8.1f} s CPU  ({sc_p.passes} passes, {sc_p.layer_runs} layer runs; "
+              f"the two runs {first[False][0]:.1f} / {second[False][0]:.1f} s)")
+        print(f"  fast  {t_fast:8.1f} s wall, {c_fast:8.1f} s CPU  ({sc_f.passes} passes, {sc_f.layer_runs} layer runs; "
+              f"the two runs {first[True][0]:.1f} / {second[True][0]:.1f} s)")
         print(f"  speedup {t_plain / t_fast:.2f}x wall, {c_plain / c_fast:.2f}x CPU (layer runs "
               f"{sc_p.layer_runs / sc_f.layer_runs:.2f}x); same decisions: {same} (max metric difference "
               f"{max(diffs, default=0.0):.2e})", flush=True)
+        print(f"  exact floor: {runs_min} layer runs at best ({sc_p.layer_runs / runs_min:.2f}x fewer than naive; "
+              f"at the fast path's own cost per layer run, {t_fast * runs_min / sc_f.layer_runs:.1f} s, "
+              f"{t_plain * sc_f.layer_runs / (t_fast * runs_min):.2f}x, by arithmetic); their matrix products alone "
+              f"take {floor:.1f} s, so no exact CF, however fast its other operations, beats naive by more than "
+              f"{t_plain / floor:.2f}x here", flush=True)
         if args.out:
             row = (f"| {tm.name} | {data.name} | {len(ctx.examples)} | {cfg.method} | {cfg.sparsity} | {summary['pool']} | "
                    f"{summary['tried']} | {sc_p.passes} | {sc_f.passes} | {t_plain:.1f} | {t_fast:.1f} | "
                    f"{t_plain / t_fast:.2f}x | {c_plain / c_fast:.2f}x | {sc_p.layer_runs / sc_f.layer_runs:.2f}x | "
-                   f"{same} | {max(diffs, default=0.0):.1e} |\n")
+                   f"{same} | {max(diffs, default=0.0):.1e} | {sc_p.layer_runs / runs_min:.2f}x | {floor:.1f} | "
+                   f"{t_plain / floor:.2f}x |\n")
             old = args.out.read_text() if args.out.exists() else HEADER
             atomic_write_text(args.out, old + row)
+
+
+def exact_floor(ctx, log: list[dict], calls: int, repeats: int = 3) -> tuple[int, float]:
+    """(layer runs, seconds) that any exact CF must spend on the trials of `log` (see the module's docstring).
+
+    A trial runs its layers from the highest layer below which some earlier scored set removes the same heads.
+    Counted as time: in each of those layers the feed-forward up and down projections (no activation), and
+    above its first layer the query, key, value and output projections of the heads the trial keeps there (in
+    its first layer they are cached); all on the calibration batches' shapes, except a classifier's last layer,
+    where only the keys and values are needed for every token (the head reads one token per example). Layer
+    norms, the attention itself and the activation are left out, so the true floor is higher."""
+    import torch
+    import torch.nn.functional as F
+
+    from synprune.arch import attention_handles, ffn_handles, in_dim
+
+    tm = ctx.tm
+    n_layers, n_heads = tm.grid
+    masks = call_masks(ctx.prepared)
+    if len(masks) != calls:
+        raise RuntimeError(f"the calibration batches make {len(masks)} model calls, the CF passes {calls}")
+    d = tm.model.config.hidden_size
+    xs = [torch.randn(int(m.sum()), d) for m in masks]  # the real tokens of each call, no padding
+    firsts = [torch.randn(m.shape[0], d) for m in masks]  # one token per example
+    attn = {h.layer: h for h in attention_handles(tm.model)}
+
+    def timed(products, tokens=xs) -> float:
+        best = float("inf")
+        with torch.no_grad():
+            for _ in range(repeats):
+                t = time.perf_counter()
+                for x in tokens:
+                    products(x)
+                best = min(best, time.perf_counter() - t)
+        return best
+
+    def ffn(layer: int) -> float:
+        f = ffn_handles(tm.model)[layer]
+        one = tm.kind == "classifier" and layer == n_layers - 1  # its output is read at one token per example
+        up = (lambda x: f.up[0](x)) if len(f.up) == 1 else (lambda x: torch.cat([u(x) for u in f.up], -1))
+        return timed(lambda x: f.down(up(x)[..., :in_dim(f.down)]), firsts if one else xs)
+
+    def projections(layer: int, kept: int) -> float:
+        a = attn.get(layer)
+        if a is None or a.fused or a.n_kv != a.n_heads or kept == 0:
+            return 0.0  # fused or grouped projections: not counted (the floor only gets lower)
+        rows = kept * a.head_dim
+        q, k, v, o = (m.weight for m in (a.q, a.k, a.v, a.out_proj))
+        if tm.kind == "classifier" and layer == n_layers - 1:
+            return timed(lambda x: (F.linear(x, k[:rows]), F.linear(x, v[:rows])))
+        return timed(lambda x: (F.linear(F.linear(x, q[:rows]), o[:, :rows]), F.linear(x, k[:rows]), F.linear(x, v[:rows])))
+
+    ffn_s = [ffn(j) for j in range(n_layers)]
+    proj_s = [[projections(j, kept) for kept in range(n_heads + 1)] for j in range(n_layers)]
+    prefix = lambda heads, j: frozenset(h for h in heads if h[0] < j)
+    seen, state, runs, total = [frozenset()], frozenset(), 0, 0.0
+    for e in log:
+        if e["metric"] is None:
+            continue
+        removed = frozenset(tuple(h) for h in e["heads"]) | (state if e["stage"] == "walk" else frozenset())
+        start = max(max(j for j in range(n_layers + 1) if prefix(s, j) == prefix(removed, j)) for s in seen)
+        runs += calls * (n_layers - start)
+        total += sum(ffn_s[start:]) + sum(proj_s[j][n_heads - sum(1 for l, _ in removed if l == j)]
+                                          for j in range(start + 1, n_layers))
+        seen.append(removed)
+        if e["stage"] == "walk" and e["removed"]:
+            state = removed
+    return runs, total
+
+
+def call_masks(prepared) -> list:
+    """The attention mask of each model call a pass over `prepared` makes, in order."""
+    if prepared.sentences is not None:
+        return [b.inputs["attention_mask"] for b in prepared.sentences]
+    return [b_inputs["attention_mask"] for b in prepared.batches for b_inputs in (b.inputs, b.inputs_b) if b_inputs is not None]
 
 
 def _same(sel_f, log_f, sel_p, log_p) -> tuple[bool, list[float]]:
