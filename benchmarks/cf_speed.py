@@ -5,11 +5,11 @@ For each sparsity a fresh calibration context is built (nothing carried over fro
 single `synprune prune --cf`), the method's order is computed, and CF runs twice each way, in the order naive,
 fast, fast, naive, each run on a fresh calibration context (a machine whose speed drifts evenly over the four
 moves both ways' means alike). Prints the mean wall and CPU times (CPU time is steadier on a shared machine),
-each run's wall time, their ratios, the passes and layer runs each way made
-(load-independent counts), and whether both ways made the same decisions (same selection, same log,
-metrics equal to float tolerance, in all four runs). What the fast path does: it re-runs only the layers from an ablation's
-layer up, on cached hidden states of the accepted removals, and never scores a removed set twice (a walk
-step whose earlier steps were all put back is the head's single score).
+each run's wall time, their ratios, the passes and layer runs each way made (load-independent counts), and
+whether both ways made the same decisions (same selection, same log, metrics equal to float tolerance, in all
+four runs). What the fast path does: it re-runs only the layers from an ablation's layer up, on cached hidden
+states of the accepted removals, and never scores a removed set twice (a walk step whose earlier steps were
+all put back is the head's single score).
 
     python benchmarks/cf_speed.py [--task stsb] [--model DIR] [--sparsities 0.5,0.75] [--calib-size 512] [--out FILE]
     python benchmarks/cf_speed.py --sweep sap,fisher --sparsities 0.25,0.5,0.75 --calib-size 48
@@ -29,8 +29,9 @@ mean-pooled embedding; one per example in a classifier's last layer, whose keys 
 token). "min layer runs" counts those layers (any earlier set's hidden states kept, however much memory that
 takes); "products floor s" is the time of their matrix products alone: the feed-forward up and down
 projections, and above the trial's first layer the query/key/value/output projections of the heads it keeps,
-timed on the calibration batches' real tokens (no padding) and summed over the trials. naive s / floor s bounds the speedup of
-any exact CF on this run, even one whose activations, layer norms and attention cost nothing.
+timed on the calibration batches' real tokens (no padding) and summed over the trials. naive s / floor s
+("exact bound") bounds the speedup of any exact CF on this run, even one whose activations, layer norms and
+attention cost nothing.
 """
 from __future__ import annotations
 
@@ -162,9 +163,10 @@ def exact_floor(ctx, log: list[dict], calls: int, repeats: int = 3) -> tuple[int
     A trial runs its layers from the highest layer below which some earlier scored set removes the same heads.
     Counted as time: in each of those layers the feed-forward up and down projections (no activation), and
     above its first layer the query, key, value and output projections of the heads the trial keeps there (in
-    its first layer they are cached); all on the calibration batches' shapes, except a classifier's last layer,
-    where only the keys and values are needed for every token (the head reads one token per example). Layer
-    norms, the attention itself and the activation are left out, so the true floor is higher."""
+    its first layer they are cached); all on the calibration batches' real tokens (no padding), except in a
+    classifier's last layer, where only the keys and values are needed for every token (the head reads one
+    token per example). Layer norms, the attention itself and the activation are left out, so the true floor is
+    higher."""
     import torch
     import torch.nn.functional as F
 
