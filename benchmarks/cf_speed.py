@@ -181,6 +181,7 @@ def exact_floor(ctx, log: list[dict], calls: int, repeats: int = 3) -> tuple[int
     xs = [torch.randn(int(m.sum()), d) for m in masks]  # the real tokens of each call, no padding
     firsts = [torch.randn(m.shape[0], d) for m in masks]  # one token per example
     attn = {h.layer: h for h in attention_handles(tm.model)}
+    ffns = ffn_handles(tm.model)
 
     def timed(products, tokens=xs) -> float:
         best = float("inf")
@@ -193,7 +194,7 @@ def exact_floor(ctx, log: list[dict], calls: int, repeats: int = 3) -> tuple[int
         return best
 
     def ffn(layer: int) -> float:
-        f = ffn_handles(tm.model)[layer]
+        f = ffns[layer]
         one = tm.kind == "classifier" and layer == n_layers - 1  # its output is read at one token per example
         up = (lambda x: f.up[0](x)) if len(f.up) == 1 else (lambda x: torch.cat([u(x) for u in f.up], -1))
         return timed(lambda x: f.down(up(x)[..., :in_dim(f.down)]), firsts if one else xs)

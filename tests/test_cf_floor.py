@@ -4,26 +4,16 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 
 from synprune import cf
 from synprune.config import PruneConfig
 from synprune.methods import order_by
 
-from test_cf import _calibration
+from test_cf import _calibration, one_thread  # noqa: F401 (autouse: many tiny passes run faster on one thread)
 
 spec = importlib.util.spec_from_file_location("cf_speed", Path(__file__).parents[1] / "benchmarks" / "cf_speed.py")
 CS = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(CS)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _entry(stage, heads, removed=False, metric=1.0):
