@@ -43,11 +43,11 @@ class TaskRuns:
 
     @cached_property
     def context(self):
-        from synprune.calibration import Calibration
-        from synprune.evaluate import task_metrics
-        from synprune.pipeline import as_task_model
-        from synprune.sweep import task_model_for
-        from synprune.tasks import load_task, make_split
+        from synprune.calibrate.context import Calibration
+        from synprune.evaluation.evaluate import task_metrics
+        from synprune.run.prune import as_task_model
+        from synprune.run.sweep import task_model_for
+        from synprune.data.tasks import load_task, make_split
 
         tm = as_task_model(task_model_for(self.task, self.glue_dir))
         data = load_task(self.task, self.glue_dir)
@@ -64,7 +64,7 @@ class TaskRuns:
         if deadline.passed:
             self.skipped.append(str(folder))
             return None
-        from synprune.pipeline import run
+        from synprune.run.prune import run
 
         ctx, data, split = self.context
         t0 = time.perf_counter()

@@ -31,12 +31,12 @@ def _status(field: str) -> int:
 def child(n_sentences: int, largest: int, glue_dir: str | None) -> dict:
     import torch
 
-    from synprune.calibration import Calibration
+    from synprune.calibrate.context import Calibration
     from synprune.config import PruneConfig
-    from synprune.models import load_model
-    from synprune.pipeline import score
+    from synprune.model.load import load_model
+    from synprune.run.prune import score
     from synprune.progress import set_quiet
-    from synprune.tasks import load_task, make_split
+    from synprune.data.tasks import load_task, make_split
 
     torch.set_num_threads(2)
     set_quiet(True)

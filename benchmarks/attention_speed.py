@@ -31,16 +31,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 
-    from synprune import attention as A
-    from synprune.calibration import Calibration
+    from synprune.calibrate import attention as A
+    from synprune.calibrate.context import Calibration
     from synprune.config import PruneConfig
     from synprune.io import atomic_write_text
     from synprune.methods.attention_stats import AttentionStats
     from synprune.methods.sap import MeanAttention, Penalty
     from synprune.methods.sapx import ArcTable
-    from synprune.models import load_model
+    from synprune.model.load import load_model
     from synprune.progress import set_quiet
-    from synprune.tasks import load_task, make_split
+    from synprune.data.tasks import load_task, make_split
 
     torch.set_num_threads(args.threads)
     set_quiet(True)

@@ -30,11 +30,11 @@ def main(argv=None) -> None:
     import torch
 
     from ffn_table import context
-    from synprune.activations import model_inputs
-    from synprune.fidelity import outputs
+    from synprune.model.activations import model_inputs
+    from synprune.evaluation.fidelity import outputs
     from synprune.io import atomic_write_text
-    from synprune.metrics import compute
-    from synprune.pipeline import choose_heads, evaluation_inputs
+    from synprune.data.metrics import compute
+    from synprune.run.prune import choose_heads, evaluation_inputs
     from synprune.progress import set_quiet
     from synprune.repair import Repair, pooled_token, repaired
     from synprune.repair.bias import bias_compensation

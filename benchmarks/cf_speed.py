@@ -64,7 +64,7 @@ HEADER = ("| model | task | calib | order | sparsity | pool | tried | naive pass
 
 def _model(args):
     from synprune.errors import SynpruneError
-    from synprune.finetune import RECORD_FILE, cached_model_dir
+    from synprune.train.finetune import RECORD_FILE, cached_model_dir
 
     if args.model or args.task == "stsb":
         return args.model
@@ -78,16 +78,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 
-    from synprune import cf
-    from synprune.calibration import Calibration
+    from synprune.cf import filter as cf
+    from synprune.calibrate.context import Calibration
     from synprune.config import PruneConfig
-    from synprune.evaluate import task_metrics
+    from synprune.evaluation.evaluate import task_metrics
     from synprune.io import atomic_write_text
-    from synprune.models import load_model
-    from synprune.pipeline import score
+    from synprune.model.load import load_model
+    from synprune.run.prune import score
     from synprune.progress import set_quiet
-    from synprune.select import n_to_prune
-    from synprune.tasks import load_task, make_split
+    from synprune.selection.select import n_to_prune
+    from synprune.data.tasks import load_task, make_split
 
     torch.set_num_threads(args.threads)
     set_quiet(True)
@@ -246,14 +246,14 @@ def _same(sel_f, log_f, sel_p, log_p) -> tuple[bool, list[float]]:
 
 def _sweep(args, tm, data, scorers) -> None:
     """Every CF run of `--sweep` methods x `--sparsities`, naive (each alone) then fast (sharing, as a sweep)."""
-    from synprune import cf
-    from synprune.calibration import Calibration
+    from synprune.cf import filter as cf
+    from synprune.calibrate.context import Calibration
     from synprune.config import PruneConfig
-    from synprune.evaluate import task_metrics
+    from synprune.evaluation.evaluate import task_metrics
     from synprune.io import atomic_write_text
-    from synprune.pipeline import score
-    from synprune.select import n_to_prune
-    from synprune.tasks import make_split
+    from synprune.run.prune import score
+    from synprune.selection.select import n_to_prune
+    from synprune.data.tasks import make_split
 
     methods, sparsities = args.sweep.split(","), [float(s) for s in args.sparsities.split(",")]
     base = PruneConfig(calib_size=args.calib_size, batch_size=args.batch_size, tolerance=args.tolerance, cf=True).validate()

@@ -1,6 +1,6 @@
 """Does SAP respond to syntactic alignment when everything else is fixed? (the SAP paper's third open check)
 
-Chosen heads of a real model get synthetic attention (`synprune.controlled`): each word's row attends to its
+Chosen heads of a real model get synthetic attention (`synprune.calibrate.controlled`): each word's row attends to its
 syntactic head with probability p, otherwise it follows the head's own map (or the previous token with
 --otherwise previous). Weights, inputs, calibration sample and parses stay fixed. For each p the harness
 scores every method on the manipulated model and reports, for the chosen heads: SAP's penalty (split into
@@ -24,17 +24,17 @@ from typing import Sequence
 
 import numpy as np
 
-from synprune.calibration import Calibration
+from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
-from synprune.controlled import OTHERWISE, controlled_attention, syntactic_targets
+from synprune.calibrate.controlled import OTHERWISE, controlled_attention, syntactic_targets
 from synprune.errors import SynpruneError
-from synprune.evaluate import task_metrics
+from synprune.evaluation.evaluate import task_metrics
 from synprune.io import atomic_write_json, atomic_write_text, write_png
 from synprune.methods import HeadScores, get_method
 from synprune.methods.sap import Penalty
-from synprune.pipeline import as_task_model
-from synprune.select import n_to_prune
-from synprune.tasks import load_task, make_split
+from synprune.run.prune import as_task_model
+from synprune.selection.select import n_to_prune
+from synprune.data.tasks import load_task, make_split
 
 Head = tuple[int, int]
 DEFAULT_METHODS = ("sap", "entropy", "confidence", "magnitude", "fisher")

@@ -2,7 +2,7 @@
 
 For each variant: parameters, KV-cache bytes after a prefill of batch x length tokens, prefill tokens/s
 (batch 8 x 256 tokens by default), greedy decode tokens/s (batch 1, after a short prompt), and the FLOPs
-prediction (synprune.budget's attention + feed-forward MACs at the prefill length; also the whole model's,
+prediction (synprune.selection.budget's attention + feed-forward MACs at the prefill length; also the whole model's,
 LM head included, which pruning does not shrink). Pruned variants come from `--results` (result.json files of
 `synprune prune`/`sweep` runs on this model) or, by default, from the data-free `magnitude` order: 0.25 and 0.5
 of the query heads, and 0.5 counted in whole key/value groups (`--units kv-groups`, which also shrinks the
@@ -58,7 +58,7 @@ def magnitude_variants(tm) -> list[tuple[str, list[tuple[int, int]]]]:
     from synprune.arch import group_size
     from synprune.methods import order_by
     from synprune.methods.magnitude import out_proj_norms
-    from synprune.select import group_order, n_to_prune, select
+    from synprune.selection.select import group_order, n_to_prune, select
 
     grid = tm.grid
     order = order_by(out_proj_norms(tm.model, grid), highest_first=False)
@@ -95,9 +95,9 @@ def lm_head_macs(model: torch.nn.Module) -> int:
 
 
 def build(args: argparse.Namespace, workdir: Path) -> list[Variant]:
-    from synprune.budget import CostModel
-    from synprune.export import export_pruned, load_pruned
-    from synprune.models import load_model
+    from synprune.selection.budget import CostModel
+    from synprune.export.checkpoint import export_pruned, load_pruned
+    from synprune.model.load import load_model
 
     tm = load_model(args.model)
     dense = tm.model
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "median time / pruned median time; dense = the model exported and reloaded with nothing pruned (every timed "
         "model takes that path), 'dense as loaded' = the model as load_model returns it, for contrast",
         "predicted = dense / pruned multiply-accumulates at the prefill length: attention + feed-forward "
-        "(synprune.budget.CostModel), and the whole model with the LM head (embeddings are look-ups)",
+        "(synprune.selection.budget.CostModel), and the whole model with the LM head (embeddings are look-ups)",
         f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; build {t_built - t_start:.0f} s, "
         f"total {time.perf_counter() - t_start:.0f} s",
     ]

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def render(parts: list[tuple[str, list[dict]]], args: argparse.Namespace, seconds: dict[str, float]) -> str:
-    from synprune.metrics import best, direction_text
+    from synprune.data.metrics import best, direction_text
 
     rows = [r for _, rs in parts for r in rs]
     sparsities = sorted({float(r["sparsity"]) for r in rows})
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from synprune.io import atomic_write_text
-    from synprune.models import load_model
-    from synprune.sweep import sweep
+    from synprune.model.load import load_model
+    from synprune.run.sweep import sweep
 
     if not set("ABC") - set(args.skip.split(",")):
         raise SystemExit("--skip A,B,C leaves nothing to run")

@@ -25,9 +25,9 @@ from speedup import Variant, time_all  # noqa: E402  (benchmarks/ is not a packa
 
 def build(args, workdir: Path) -> list[Variant]:
     from ffn_table import context
-    from synprune.budget import CostModel
-    from synprune.export import export_pruned, load_pruned
-    from synprune.pipeline import run
+    from synprune.selection.budget import CostModel
+    from synprune.export.checkpoint import export_pruned, load_pruned
+    from synprune.run.prune import run
 
     tm, data, split, ctx, base = context(args.task, args.model, args.calib_size, 32)
     cost = CostModel.from_model(tm.model)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"task {args.task}, model {args.model or 'cached task model'}, calibration {args.calib_size} examples; "
              f"float32, sequence {args.seq}, no padding, torch.set_num_threads({args.threads}), torch {torch.__version__}",
              "masks searched at the task's mean length (FLOPs kept: first figure); the prediction is dense / pruned "
-             f"attention + feed-forward MACs at sequence {args.seq} (second figure), synprune.budget",
+             f"attention + feed-forward MACs at sequence {args.seq} (second figure), synprune.selection.budget",
              "rounds: " + ", ".join(f"batch {b}: {r}" for b, r in rounds.items()) + "; medians",
              f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; total {time.perf_counter() - t0:.0f} s",
              "command: python " + " ".join(sys.argv)]

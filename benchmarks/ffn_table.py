@@ -40,14 +40,14 @@ SCORING = {"kwon": ("gradients",), "fisher": ("gradients",), "output-fisher": ("
 
 def context(task: str, model: str | None, calib_size: int, eval_size: int | None, seed: int = 0):
     """(task model, task data, split, calibration context) as `synprune prune` builds them."""
-    from synprune.calibration import Calibration
+    from synprune.calibrate.context import Calibration
     from synprune.config import PruneConfig
-    from synprune.evaluate import task_metrics
-    from synprune.pipeline import as_task_model, model_data
-    from synprune.tasks import load_task, make_split
+    from synprune.evaluation.evaluate import task_metrics
+    from synprune.run.prune import as_task_model, model_data
+    from synprune.data.tasks import load_task, make_split
 
     if model is None:
-        from synprune.finetune import cached_model_dir
+        from synprune.train.finetune import cached_model_dir
 
         folder = cached_model_dir(task)
         if not (folder / "finetune.json").is_file():
@@ -62,8 +62,8 @@ def context(task: str, model: str | None, calib_size: int, eval_size: int | None
 
 
 def run_task(args) -> dict:
-    from synprune.budget import CostModel
-    from synprune.pipeline import run
+    from synprune.selection.budget import CostModel
+    from synprune.run.prune import run
 
     tm, data, split, ctx, base = context(args.task, args.model, args.calib_size, args.eval_size, args.seed)
     cost = CostModel.from_model(tm.model)

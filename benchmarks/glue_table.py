@@ -18,7 +18,7 @@ from pathlib import Path
 
 from synprune.io import atomic_write_text
 from synprune.report.table import summarize
-from synprune.sweep import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SPARSITIES, sweep, task_model_for
+from synprune.run.sweep import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SPARSITIES, sweep, task_model_for
 
 TASKS = ("sst2", "cola", "mrpc", "stsb")
 

@@ -30,18 +30,18 @@ import numpy as np
 import torch
 from scipy.stats import hypergeom, spearmanr
 
-from synprune.attention import AttentionBatch, batch_arcs
-from synprune.calibration import Calibration
+from synprune.calibrate.attention import AttentionBatch, batch_arcs
+from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
-from synprune.conllu import read_conllu
-from synprune.evaluate import prepare, task_metrics
+from synprune.syntax.conllu import read_conllu
+from synprune.evaluation.evaluate import prepare, task_metrics
 from synprune.io import atomic_write_json, atomic_write_text, write_png
-from synprune.models import load_model
-from synprune.parse import Parse, parse_texts
-from synprune.pipeline import choose, evaluate_heads, score
+from synprune.model.load import load_model
+from synprune.syntax.parse import Parse, parse_texts
+from synprune.run.prune import choose, evaluate_heads, score
 from synprune.progress import bar, log
-from synprune.select import select
-from synprune.tasks import Example, load_task
+from synprune.selection.select import select
+from synprune.data.tasks import Example, load_task
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONLLU = REPO.parent / "shared" / "data" / "ud" / "en_ewt" / "en_ewt-ud-dev.conllu"

@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from synprune.calibration import Calibration
+from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
-from synprune.evaluate import task_metrics
-from synprune.explain import compute
+from synprune.evaluation.evaluate import task_metrics
+from synprune.explain.heads import compute
 from synprune.io import atomic_write_json, atomic_write_text, write_png
-from synprune.layercache import AblationScorer
-from synprune.pipeline import as_task_model, score
+from synprune.cf.layercache import AblationScorer
+from synprune.run.prune import as_task_model, score
 from synprune.progress import bar
-from synprune.tasks import load_task, make_split
+from synprune.data.tasks import load_task, make_split
 
 METHODS = ("sap", "fisher", "entropy")
 

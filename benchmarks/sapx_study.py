@@ -35,18 +35,18 @@ from typing import Sequence
 
 import numpy as np
 
-from synprune.calibration import Calibration
+from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
-from synprune.evaluate import prepare, task_metrics
+from synprune.evaluation.evaluate import prepare, task_metrics
 from synprune.io import atomic_write_bytes, atomic_write_json, atomic_write_text, png_bytes
 from synprune.methods import HeadScores, fuse_orders, get_method
 from synprune.methods.sapx import SAPX, Variant, score_variant
-from synprune.models import load_model
-from synprune.pipeline import choose, evaluate_heads
+from synprune.model.load import load_model
+from synprune.run.prune import choose, evaluate_heads
 from synprune.progress import log
-from synprune.select import n_to_prune, select
-from synprune.sweep import task_model_for
-from synprune.tasks import load_task, make_split
+from synprune.selection.select import n_to_prune, select
+from synprune.run.sweep import task_model_for
+from synprune.data.tasks import load_task, make_split
 
 AXES: dict[str, list] = {
     "score": ["penalty", "accuracy"],

@@ -5,7 +5,7 @@ first round(s * N) heads of one permutation, so the pruned sets are nested. Each
 `export_pruned` and is loaded back with `load_pruned`: what is timed is the exported model. Dense and pruned
 models run interleaved (each round runs every model once, in a shuffled order) and medians are reported, so
 load on the machine hits all models alike. The prediction is the ratio of attention + feed-forward MACs
-(Kwon et al. 2022 counts, synprune.budget) at the benchmark's sequence length.
+(Kwon et al. 2022 counts, synprune.selection.budget) at the benchmark's sequence length.
 
     python benchmarks/speedup.py --out benchmarks/speedup.md
 """
@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_variants(args: argparse.Namespace, workdir: Path) -> list[Variant]:
     from safetensors.torch import save_model
 
-    from synprune.budget import CostModel
-    from synprune.export import export_pruned, load_pruned, load_source_model
+    from synprune.selection.budget import CostModel
+    from synprune.export.checkpoint import export_pruned, load_pruned, load_source_model
 
     args.model_label = args.model
     if args.model is None:
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "interleaved rounds (every model once per round, shuffled order), medians reported; rounds: "
         + ", ".join(f"batch {b}: {r}" for b, r in rounds.items()),
         "speedup = dense median latency / pruned median latency (equal to the throughput ratio at a fixed "
-        "batch); predicted = attention+FFN MACs dense / pruned at the sequence length (synprune.budget)",
+        "batch); predicted = attention+FFN MACs dense / pruned at the sequence length (synprune.selection.budget)",
         "target: measured >= 90% of predicted at sparsity 0.5 and 0.75, for every batch size",
         f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
         f"build {t_built - t_start:.0f} s, total {time.perf_counter() - t_start:.0f} s",

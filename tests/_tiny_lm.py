@@ -10,14 +10,14 @@ import functools
 import pytest
 import torch
 
-from synprune.models import TaskModel, with_bos
+from synprune.model.load import TaskModel, with_bos
 
 
 @functools.cache
 def smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    from synprune.models import SMOLLM2_FILE, smollm2_path
+    from synprune.model.load import SMOLLM2_FILE, smollm2_path
 
     try:
         path = smollm2_path()

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
-from synprune.models import TaskModel, bundled_model_path  # noqa: E402
+from synprune.model.load import TaskModel, bundled_model_path  # noqa: E402
 from synprune.progress import set_quiet  # noqa: E402
 
 set_quiet(True)

@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synprune.align import (
+from synprune.syntax.align import (
     _WHITESPACE,
     Alignment,
     align,

@@ -10,10 +10,10 @@ import torch
 
 from _tiny_models import ALL_FAMILIES, DECODERS, PRUNED, n_params, padded_batch, tiny_model
 from synprune.arch import adapters, attention_handles, ffn_handles, get_adapter, head_grid, kv_grid
-from synprune.budget import CostModel
-from synprune.export import export_pruned, load_pruned
-from synprune.masking import UnitMask
-from synprune.remove import remove_units
+from synprune.selection.budget import CostModel
+from synprune.export.checkpoint import export_pruned, load_pruned
+from synprune.model.masking import UnitMask
+from synprune.export.remove import remove_units
 
 # every neuron of layer 2, every third of layer 0
 NEURONS = [(0, i) for i in range(0, 37, 3)] + [(2, i) for i in range(37)]
@@ -165,7 +165,7 @@ def test_every_family_declares_what_it_is():
 
 def test_kv_group_units_select_whole_groups():
     from synprune.arch import removed_kv_groups
-    from synprune.select import group_order, select
+    from synprune.selection.select import group_order, select
 
     # 2 layers x 4 heads in groups of 2; group (0, 1) = heads 2, 3 has mean position 1.5, group (1, 0) 2.5
     order = [(0, 2), (1, 0), (0, 3), (1, 1), (0, 0), (1, 3), (0, 1), (1, 2)]
@@ -211,7 +211,7 @@ def test_real_smollm2_sliced_equals_masked_and_generates(smollm2, tmp_path):
 
 
 def removed_kv(model) -> list[tuple[int, int]]:
-    from synprune.remove import pruning_state
+    from synprune.export.remove import pruning_state
 
     state = pruning_state(model)
     return [(l, g) for l, kept in enumerate(state["kept_kv_groups"]) for g in range(3) if g not in kept]

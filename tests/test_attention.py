@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from synprune import attention as A
-from synprune.calibration import Calibration
+from synprune.calibrate import attention as A
+from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
-from synprune.explain import HeadProfile, RelationAccuracy, _MapCollector
+from synprune.explain.heads import HeadProfile, RelationAccuracy, _MapCollector
 from synprune.methods.attention_stats import AttentionStats
 from synprune.methods.sap import MeanAttention, Penalty
 from synprune.methods.sapx import ArcTable
-from synprune.tasks import Example
+from synprune.data.tasks import Example
 
 from conftest import STSB_ROWS, tiny_model
 

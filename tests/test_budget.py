@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import transformers as tf
 
-from synprune.budget import CostModel, heads_to_prune, parse_budget
+from synprune.selection.budget import CostModel, heads_to_prune, parse_budget
 from synprune.errors import SynpruneError
 
 CFG = tf.BertConfig(hidden_size=8, num_attention_heads=2, num_hidden_layers=2, intermediate_size=16, vocab_size=10)
@@ -51,7 +51,7 @@ def test_flops_depend_on_sequence_length():
 
 
 def test_pipeline_name_is_the_same_function():
-    from synprune.budget import heads_for_budget
+    from synprune.selection.budget import heads_for_budget
 
     assert heads_for_budget(CFG, RANKED, "flops:0.6", 10) == 3
 
@@ -104,7 +104,7 @@ def test_unreachable_budget_and_missing_length():
 
 
 def test_mean_sequence_length(tmp_path):
-    from synprune.budget import mean_sequence_length
+    from synprune.selection.budget import mean_sequence_length
 
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "green"]) + "\n")
@@ -118,7 +118,7 @@ def test_mean_sequence_length(tmp_path):
 
 
 def test_heads_budget_rounds_halves_up_like_sparsity():
-    from synprune.select import n_to_prune
+    from synprune.selection.select import n_to_prune
 
     one_layer = tf.BertConfig(hidden_size=8, num_attention_heads=4, num_hidden_layers=1, intermediate_size=16, vocab_size=10)
     ranked = [(0, h) for h in range(4)]
@@ -128,7 +128,7 @@ def test_heads_budget_rounds_halves_up_like_sparsity():
 
 
 def test_budget_report_says_what_a_selection_keeps():
-    from synprune.budget import budget_report
+    from synprune.selection.budget import budget_report
 
     report = budget_report(CFG, [(0, 0), (0, 1)], "params:0.76", mean_seq_len=10)
     assert report["params_kept"] == pytest.approx(848 / 1136) and report["met"]  # layer 0 gone with its bias
@@ -138,7 +138,7 @@ def test_budget_report_says_what_a_selection_keeps():
 
 def _pipeline_run(glue_dir, **options):
     from conftest import tiny_model
-    from synprune.pipeline import prune
+    from synprune.run.prune import prune
 
     return prune(tiny_model("bert"), task="stsb", glue_dir=glue_dir, calib_size=4, method="magnitude", **options)
 
@@ -155,8 +155,8 @@ def test_budget_through_prune_records_what_was_pruned(glue_dir):
 
 
 def test_budget_sizes_the_cf_pool_from_its_own_head_count(glue_dir, monkeypatch):
-    import synprune.cf as cf
-    from synprune.select import Selection
+    import synprune.cf.filter as cf
+    from synprune.selection.select import Selection
 
     seen = {}
 

@@ -6,13 +6,13 @@ import numpy as np
 import torch
 
 from _tiny_lm import tiny_lm
-from synprune.attention import AttentionBatch, Arcs, calibration_items, scan
-from synprune.calibration import Calibration
+from synprune.calibrate.attention import AttentionBatch, Arcs, calibration_items, scan
+from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
 from synprune.methods import get_method
 from synprune.methods.sap import MeanAttention
-from synprune.parse import Parse
-from synprune.tasks import Example
+from synprune.syntax.parse import Parse
+from synprune.data.tasks import Example
 
 # "Dogs chase cats ." : chase is the root; dogs (0) <- chase (1) -> cats (2); punct (3) <- chase
 TEXT = "Dogs chase cats."
@@ -80,7 +80,7 @@ def test_sap_runs_on_a_decoder_with_given_parses():
 
 
 def test_explain_runs_on_a_decoder_and_sees_the_attention_sink(tmp_path):
-    from synprune.explain import explain_model
+    from synprune.explain.heads import explain_model
 
     f = tmp_path / "t.txt"
     f.write_text("\n".join([TEXT, "The old man saw a dog in the park.", "Birds sing loudly at dawn."] * 4), encoding="utf-8")

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from synprune import cf
-from synprune import evaluate as E
-from synprune.calibration import Calibration
+from synprune.cf import filter as cf
+from synprune.evaluation import evaluate as E
+from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
-from synprune.evaluate import evaluate
-from synprune.layercache import AblationScorer
-from synprune.masking import HeadMask
+from synprune.evaluation.evaluate import evaluate
+from synprune.cf.layercache import AblationScorer
+from synprune.model.masking import HeadMask
 from synprune.methods import order_by
-from synprune.pipeline import prune
-from synprune.tasks import Example
+from synprune.run.prune import prune
+from synprune.data.tasks import Example
 
 from _tiny_models import DECODERS, tiny_model as tiny_decoder
 from conftest import STSB_ROWS, tiny_model
@@ -323,7 +323,7 @@ def _lm_prepared(seed: int = 0) -> E.Prepared:
 def test_fast_scorer_matches_full_forward_on_decoders(family):
     """Decoder families (rotary positions, grouped-query attention, fused q/k/v in GPT-2 and Phi-3): the
     layer-reusing scorer gives the full forward pass's perplexity, or falls back to full passes."""
-    from synprune.models import TaskModel
+    from synprune.model.load import TaskModel
 
     tm = TaskModel(tiny_decoder(family, "lm"), None, "lm", family, "", None)
     prepared = _lm_prepared()

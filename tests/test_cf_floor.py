@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synprune import cf
+from synprune.cf import filter as cf
 from synprune.config import PruneConfig
 from synprune.methods import order_by
 

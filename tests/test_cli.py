@@ -45,7 +45,7 @@ def test_model_without_known_heads(capsys, tmp_path, glue_dir):
 
     path = tmp_path / "opt"
     OPTModel(OPTConfig(num_hidden_layers=1, num_attention_heads=2, hidden_size=8, ffn_dim=16, word_embed_proj_dim=8, vocab_size=30522)).save_pretrained(path)
-    from synprune.models import bundled_model_path
+    from synprune.model.load import bundled_model_path
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(bundled_model_path()).save_pretrained(path)

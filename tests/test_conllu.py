@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from synprune.conllu import read_conllu
+from synprune.syntax.conllu import read_conllu
 from synprune.errors import SynpruneError
 from synprune.io import sha256_file
-from synprune.pipeline import prune
+from synprune.run.prune import prune
 
 from conftest import tiny_model
 

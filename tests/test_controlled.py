@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from synprune.calibration import Calibration
+from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
-from synprune.controlled import controlled_attention, syntactic_targets
+from synprune.calibrate.controlled import controlled_attention, syntactic_targets
 from synprune.errors import SynpruneError
-from synprune.tasks import load_task, make_split
+from synprune.data.tasks import load_task, make_split
 
 from conftest import tiny_model
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from _tiny_lm import tiny_lm
-from synprune.calibration import Calibration
-from synprune.cf import candidate_filter
+from synprune.calibrate.context import Calibration
+from synprune.cf.filter import candidate_filter
 from synprune.config import PruneConfig
 from synprune.methods import get_method
-from synprune.metrics import goodness
-from synprune.tasks import Example
+from synprune.data.metrics import goodness
+from synprune.data.tasks import Example
 
 TEXTS = [f"The {w} number {i} walked slowly across the wide yard." for i, w in enumerate(["dog", "cat", "man", "kid"] * 2)]
 
@@ -22,7 +22,7 @@ def _ctx(tm, n: int = 8) -> Calibration:
 
 
 def test_flap_with_bias_repair_runs_end_to_end_on_a_decoder(tmp_path):
-    from synprune.pipeline import prune
+    from synprune.run.prune import prune
 
     f = tmp_path / "t.txt"
     f.write_text("\n".join(TEXTS * 3), encoding="utf-8")

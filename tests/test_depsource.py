@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from synprune.calibration import Calibration
+from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
-from synprune.pipeline import prune
-from synprune.sweep import sweep
-from synprune.tasks import load_task, make_split
+from synprune.run.prune import prune
+from synprune.run.sweep import sweep
+from synprune.data.tasks import load_task, make_split
 
 from conftest import STSB_ROWS, tiny_model
 

@@ -2,10 +2,10 @@
 and any change to the weights, the examples or the labels computes them again."""
 import torch
 
-import synprune.pipeline as P
-from synprune.evalcache import cached_dense
-from synprune.evaluate import evaluate, prepare
-from synprune.tasks import Example
+import synprune.run.prune as P
+from synprune.evaluation.evalcache import cached_dense
+from synprune.evaluation.evaluate import evaluate, prepare
+from synprune.data.tasks import Example
 
 from conftest import STSB_ROWS, tiny_model
 

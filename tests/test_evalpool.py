@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-import synprune.evalcache
-import synprune.evalpool as EP
-from synprune.evaluate import prepare
-from synprune.models import load_model
-from synprune.pipeline import evaluate_heads
-from synprune.sweep import sweep
-from synprune.tasks import Example
+import synprune.evaluation.evalcache
+import synprune.run.evalpool as EP
+from synprune.evaluation.evaluate import prepare
+from synprune.model.load import load_model
+from synprune.run.prune import evaluate_heads
+from synprune.run.sweep import sweep
+from synprune.data.tasks import Example
 
 from conftest import STSB_ROWS
 
@@ -37,7 +37,7 @@ def test_each_removed_set_is_evaluated_once(tiny_folder):
 
 def test_a_worker_whose_model_differs_is_dropped(tiny_folder, monkeypatch):
     tm, splits, prepared = _setup(tiny_folder)
-    monkeypatch.setattr(synprune.evalcache, "model_fingerprint", lambda model: "not the worker's")
+    monkeypatch.setattr(synprune.evaluation.evalcache, "model_fingerprint", lambda model: "not the worker's")
     with EP.Evaluations(tm, prepared, splits, ["pearson"], 4, 128, worker=True) as evals:
         for s in SETS[:2]:
             evals.submit(s)

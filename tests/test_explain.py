@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from synprune.attention import Arcs, AttentionBatch, CalibItem
+from synprune.calibrate.attention import Arcs, AttentionBatch, CalibItem
 from synprune.errors import SynpruneError
-from synprune.explain import (CSV_COLUMNS, OFFSETS, Explanation, HeadProfile, RelationAccuracy, parse_heads,
+from synprune.explain.heads import (CSV_COLUMNS, OFFSETS, Explanation, HeadProfile, RelationAccuracy, parse_heads,
                               relations_csv, retention)
-from synprune.parse import Parse
+from synprune.syntax.parse import Parse
 
 from conftest import tiny_model
 from test_conllu import SAMPLE

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 import synprune
 import synprune.commands.export  # noqa: F401  (registers the subcommand)
-import synprune.export as export_mod
+import synprune.export.checkpoint as export_mod
 from _tiny_models import n_params, padded_batch, tiny_model
 from synprune.cli import app, main
 from synprune.errors import SynpruneError
 from synprune.io import sha256_dir
-from synprune.masking import HeadMask
+from synprune.model.masking import HeadMask
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [f"tok{a}{b}" for a in "abcdefghij" for b in "abcdefghij"][:95]

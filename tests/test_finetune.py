@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from synprune import finetune as F
+from synprune.train import finetune as F
 from synprune.errors import SynpruneError
 from synprune.io import sha256_file
 
@@ -94,7 +94,7 @@ def test_learns_and_saves_a_classifier_folder(tmp_path: Path, tiny_base: Path, g
     assert on_disk["metrics"] == record["metrics"]
     assert not (out / ".checkpoint").exists()
 
-    from synprune.models import load_model
+    from synprune.model.load import load_model
 
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]

@@ -5,7 +5,7 @@ from conftest import tiny_model
 from synprune.cli import main
 from synprune.config import PruneConfig, max_positions
 from synprune.errors import SynpruneError
-from synprune.tasks import Example, align_labels, load_file, load_glue
+from synprune.data.tasks import Example, align_labels, load_file, load_glue
 
 
 def run_cli(args, capsys):
@@ -145,7 +145,7 @@ def test_glue_nli_labels_follow_a_model_with_another_order(glue_dir):
 
 
 def test_long_rows_are_cut_to_the_kept_tokens_before_parsing_and_alignment():
-    from synprune.calibration import Calibration
+    from synprune.calibrate.context import Calibration
 
     tm = tiny_model("bert")
     long_text = " ".join(["word"] * 2500) + "."
@@ -164,7 +164,7 @@ def test_long_rows_are_cut_to_the_kept_tokens_before_parsing_and_alignment():
 
 
 def test_cut_keeps_a_pairs_both_sides_as_the_model_reads_them():
-    from synprune.truncation import cut_to_kept
+    from synprune.data.truncation import cut_to_kept
 
     tok = tiny_model("bert").tokenizer
     a, b = " ".join(["alpha"] * 200), "a short second text"
@@ -176,7 +176,7 @@ def test_cut_keeps_a_pairs_both_sides_as_the_model_reads_them():
 
 
 def test_a_text_beyond_spacys_length_limit_is_a_one_line_error(monkeypatch):
-    import synprune.parse as P
+    import synprune.syntax.parse as P
 
     class TinyLimit:
         meta = {"lang": "en", "name": "tiny", "version": "0"}

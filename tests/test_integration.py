@@ -4,8 +4,8 @@ import pytest
 import torch
 from scipy import stats
 
-from synprune.parse import parse_texts
-from synprune.pipeline import prune
+from synprune.syntax.parse import parse_texts
+from synprune.run.prune import prune
 
 from conftest import STSB_ROWS
 
@@ -33,7 +33,7 @@ def test_dense_metric_matches_plain_embedding_evaluation(glue_dir):
     """Our evaluation against an independent mean-pooling + cosine computation with plain transformers."""
     from transformers import AutoModel, AutoTokenizer
 
-    from synprune.models import bundled_model_path
+    from synprune.model.load import bundled_model_path
 
     res = prune(None, task="stsb", sparsity=0.25, glue_dir=glue_dir, calib_size=4)
     tok = AutoTokenizer.from_pretrained(bundled_model_path())

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from _tiny_lm import smollm2_tokenizer, tiny_lm
-from synprune import metrics as M
-from synprune.cf import metric_floor
+from synprune.data import metrics as M
+from synprune.cf.filter import metric_floor
 from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
-from synprune.evaluate import evaluate, loss, predict, prepare, task_metrics
-from synprune.lm import PROMPTS
-from synprune.models import load_model, with_bos
+from synprune.evaluation.evaluate import evaluate, loss, predict, prepare, task_metrics
+from synprune.evaluation.lm import PROMPTS
+from synprune.model.load import load_model, with_bos
 from synprune.report.table import summarize
-from synprune.tasks import Example, TaskData, load_task, make_split
+from synprune.data.tasks import Example, TaskData, load_task, make_split
 
 CONLLU = """# text = {text}
 1\t{w1}\t_\tNOUN\t_\t_\t2\tnsubj\t_\t_
@@ -133,7 +133,7 @@ def test_zero_shot_scores_are_label_word_log_likelihoods():
     prompt = PROMPTS["sst2"]
     prepared = prepare(tm, data.splits["dev"], batch_size=8)
     (batch,) = prepared.batches
-    from synprune.evaluate import outputs
+    from synprune.evaluation.evaluate import outputs
 
     with torch.no_grad():
         scores = outputs(tm, batch)
@@ -158,7 +158,7 @@ def test_lm_on_a_task_without_a_prompt_or_an_encoder_on_text_is_refused():
     with pytest.raises(SynpruneError, match="zero-shot only on sst2"):
         task_metrics(tm, cola)
     text = TaskData("notes", {"all": [Example("a"), Example("b")]}, 0, ("perplexity",), "mem", lm=True)
-    from synprune.models import TaskModel
+    from synprune.model.load import TaskModel
 
     encoder = TaskModel(tm.model, tm.tokenizer, "embedding", "enc", "", None)
     with pytest.raises(SynpruneError, match="needs a causal LM"):
@@ -232,7 +232,7 @@ def test_cli_prunes_and_sweeps_a_causal_lm_folder_on_a_text_file(tmp_path):
 
 
 def test_ewt_with_gold_trees_calibrates_on_the_same_dev_sentences_and_cf_may_run(ud_dir):
-    from synprune.pipeline import prune
+    from synprune.run.prune import prune
 
     tm = tiny_lm(layers=2)
     r = prune(tm, None, "ewt", 0.25, method="sap", parses_file=str(ud_dir / "en_ewt-ud-dev.conllu"), cf=True,
@@ -240,7 +240,7 @@ def test_ewt_with_gold_trees_calibrates_on_the_same_dev_sentences_and_cf_may_run
     assert r.metric["name"] == "perplexity" and len(r.pruned_heads) == 2 and r.cf_log
     assert r.split["calibration"] == 6 and r.split["evaluation_test"] == 5
     assert r.details["parse_cache"]["parser"].startswith("gold:") and r.details["n_arcs"] == 6  # nsubj per sentence
-    from synprune.conllu import read_conllu
+    from synprune.syntax.conllu import read_conllu
 
     gold = read_conllu(ud_dir / "en_ewt-ud-dev.conllu").sample(6, 0).texts
     assert gold == [e.text_a for e in make_split(load_task("ewt"), 6, 0).calibration]  # the same dev sentences

@@ -3,7 +3,7 @@ import torch
 
 from synprune.arch import attention_handles, get_adapter, head_grid
 from synprune.errors import SynpruneError
-from synprune.masking import HeadMask
+from synprune.model.masking import HeadMask
 
 from conftest import FAMILIES, tiny_model
 

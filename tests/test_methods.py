@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from synprune.arch import attention_handles
-from synprune.attention import Arcs, AttentionBatch
-from synprune.calibration import Calibration
+from synprune.calibrate.attention import Arcs, AttentionBatch
+from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
-from synprune.masking import HeadMask, mask_from_heads
+from synprune.model.masking import HeadMask, mask_from_heads
 from synprune.methods import get_method
 from synprune.methods import gradient as G
 from synprune.methods.attention_stats import AttentionStats, confidence, entropy
-from synprune.pipeline import prune
-from synprune.tasks import Example
+from synprune.run.prune import prune
+from synprune.data.tasks import Example
 
 from conftest import STSB_ROWS, tiny_model
 

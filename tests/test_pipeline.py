@@ -7,7 +7,7 @@ import torch
 
 import synprune
 from synprune.errors import SynpruneError
-from synprune.pipeline import prune
+from synprune.run.prune import prune
 
 from conftest import STSB_ROWS, tiny_model
 
@@ -73,8 +73,8 @@ def test_sdpa_model_scores_like_eager_and_keeps_its_implementation(glue_dir):
 
 def test_pair_embeddings_scored_per_distinct_sentence_match_pair_batches():
     """Scoring embeds each distinct sentence once in its own length order; cosines must equal the pair batches'."""
-    from synprune.evaluate import outputs, predict, prepare
-    from synprune.tasks import Example
+    from synprune.evaluation.evaluate import outputs, predict, prepare
+    from synprune.data.tasks import Example
 
     tm = tiny_model("bert")
     rows = STSB_ROWS + [(STSB_ROWS[0][0], STSB_ROWS[2][1], 1.0)]  # a repeated sentence is embedded once
@@ -102,7 +102,7 @@ def test_run_without_cf_removes_an_older_cf_log(glue_dir, tmp_path):
 
 
 def test_failed_export_leaves_the_previous_output_set(glue_dir, tmp_path, monkeypatch):
-    import synprune.export as E
+    import synprune.export.checkpoint as E
 
     out = tmp_path / "run"
     _quick(glue_dir, out)
@@ -118,7 +118,7 @@ def test_failed_export_leaves_the_previous_output_set(glue_dir, tmp_path, monkey
 
 
 def test_failure_while_writing_leaves_no_result_beside_a_new_cf_log(glue_dir, tmp_path, monkeypatch):
-    import synprune.result as R
+    import synprune.run.result as R
 
     out = tmp_path / "run"
     _quick(glue_dir, out)
@@ -152,7 +152,7 @@ def test_parses_switching_fisher_to_the_output_fisher_is_said(glue_dir, tmp_path
 
 
 def test_label_free_scores_for_a_classifier_on_unlabeled_text():
-    from synprune.tasks import Example, TaskData
+    from synprune.data.tasks import Example, TaskData
 
     texts = ["A cat sat on the mat.", "Dogs run fast.", "The sun is warm today.", "Birds sing at dawn.",
              "Rain fell all night.", "She reads a book."]
@@ -165,7 +165,7 @@ def test_label_free_scores_for_a_classifier_on_unlabeled_text():
 
 
 def test_fidelity_metrics_by_hand():
-    from synprune.fidelity import compute
+    from synprune.evaluation.fidelity import compute
 
     ref = np.array([[1.0, 0.0], [0.0, 2.0]])
     out = np.array([[1.0, 1.0], [0.0, -1.0]])
@@ -178,7 +178,7 @@ def test_fidelity_metrics_by_hand():
 
 
 def test_long_rows_are_counted_in_the_run_record(tmp_path):
-    from synprune.tasks import Example, TaskData
+    from synprune.data.tasks import Example, TaskData
 
     long = " ".join(["word"] * 400) + "."
     rows = [Example(t, t, 2.0 + i % 3) for i, t in enumerate(
@@ -190,7 +190,7 @@ def test_long_rows_are_counted_in_the_run_record(tmp_path):
 
 
 def test_a_written_result_reads_back_whole(glue_dir, tmp_path):
-    from synprune.result import PruneResult
+    from synprune.run.result import PruneResult
 
     res = _quick(glue_dir, tmp_path / "run", cf=True, pool_ratio=0.5)
     back = PruneResult.read(tmp_path / "run")
@@ -202,10 +202,10 @@ def test_a_written_result_reads_back_whole(glue_dir, tmp_path):
 def test_pruned_heads_are_scored_on_a_physically_pruned_copy(family, labels, monkeypatch):
     """evaluate_heads scores heads alone on a copy with them removed: the masked model's numbers, a smaller
     model, and the caller's model untouched."""
-    import synprune.pipeline as P
-    from synprune.evaluate import prepare
+    import synprune.run.prune as P
+    from synprune.evaluation.evaluate import prepare
     from synprune.repair import repaired
-    from synprune.tasks import Example
+    from synprune.data.tasks import Example
 
     tm = tiny_model(family, labels)
     rows = [Example(a, b, (s if labels is None else int(s) % labels)) for a, b, s in STSB_ROWS]

@@ -18,7 +18,7 @@ def test_sweep_time_split(tmp_path):
 
 
 def test_explain_figures(tmp_path):
-    from synprune.explain import best_heads_markdown
+    from synprune.explain.heads import best_heads_markdown
 
     heads = [{"layer": l, "head": h, "sap_penalty": float(p), "entropy": float(p), "syntactic_alignment": float(-p)}
              for (l, h), p in zip([(0, 0), (0, 1), (1, 0), (1, 1)], [1, 2, 3, 4])]

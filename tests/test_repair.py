@@ -11,11 +11,11 @@ import torch
 from _tiny_models import padded_batch, tiny_model
 from synprune.arch import attention_handles, ffn_handles, get_adapter
 from synprune.errors import SynpruneError
-from synprune.export import export_pruned, load_pruned
+from synprune.export.checkpoint import export_pruned, load_pruned
 from synprune.repair import Repair, make_repair, repaired
-from synprune.activations import Tap, pooled_rows
+from synprune.model.activations import Tap, pooled_rows
 from synprune.repair.ls import LSOptions, _fit, least_squares
-from synprune.search import greedy_set, rearrange, search
+from synprune.selection.search import greedy_set, rearrange, search
 
 HEADS = [(0, 1), (1, 0), (1, 2), (2, 3)]  # no layer loses every head
 NEURONS = [(0, i) for i in range(0, 37, 3)] + [(2, i) for i in range(20)]

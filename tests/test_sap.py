@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from synprune.attention import Arcs, AttentionBatch
-from synprune.dependencies import DependencyRanking, arcs, label_counts
+from synprune.calibrate.attention import Arcs, AttentionBatch
+from synprune.syntax.dependencies import DependencyRanking, arcs, label_counts
 from synprune.methods import order_by
 from synprune.methods.sap import MeanAttention, Penalty, parse_threshold
-from synprune.parse import Parse
+from synprune.syntax.parse import Parse
 
 OFF = 0.1  # every off-diagonal value not named below
 

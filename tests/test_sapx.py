@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from synprune.attention import Arcs, AttentionBatch, CalibItem
-from synprune.calibration import Calibration
+from synprune.calibrate.attention import Arcs, AttentionBatch, CalibItem
+from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
 from synprune.methods import SCANS, get_method
 from synprune.methods.sapx import SAPX, ArcTable, Variant, label_weights, score_variant, variant_scores
-from synprune.parse import Parse
-from synprune.tasks import Example
+from synprune.syntax.parse import Parse
+from synprune.data.tasks import Example
 
 from conftest import STSB_ROWS, tiny_model
 
@@ -105,7 +105,7 @@ def test_sapx_method_is_registered_and_bad_variants_fail():
 def test_planned_arc_table_shares_the_first_scan_and_changes_no_score(monkeypatch):
     """A sweep that runs sapx plans its arc table: SAP's thresholds, entropy/confidence and the table then come
     from one pass over the calibration data (SAP's penalties from a second), with the scores of separate scans."""
-    import synprune.calibration as C
+    import synprune.calibrate.context as C
 
     tm = tiny_model("bert")
     names = ("sap", "entropy", "confidence", "sapx")

@@ -7,11 +7,11 @@ import torch
 
 from _tiny_lm import smollm2_tokenizer
 from conftest import tiny_model
-from synprune.attention import calibration_items, scan
-from synprune.dependencies import DependencyRanking
+from synprune.calibrate.attention import calibration_items, scan
+from synprune.syntax.dependencies import DependencyRanking
 from synprune.methods.attention_stats import AttentionStats
 from synprune.methods.sap import MeanAttention, Penalty
-from synprune.parse import Parse
+from synprune.syntax.parse import Parse
 
 TEXTS = ["Dogs chase cats.", "The old man saw a dog in the park.", "Birds sing."]
 PARSES = [Parse(((0, 4), (5, 10), (11, 15), (15, 16)), (1, 1, 1, 1), ("nsubj", "ROOT", "dobj", "punct")),
@@ -42,7 +42,7 @@ def _decoder(family: str):
     from transformers import AutoModelForCausalLM
 
     from synprune.arch import adapters
-    from synprune.models import TaskModel, with_bos
+    from synprune.model.load import TaskModel, with_bos
 
     tok = smollm2_tokenizer()
     cfg = adapters()[family].tiny_config()

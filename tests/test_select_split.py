@@ -4,9 +4,9 @@ import torch
 
 from conftest import tiny_model
 from synprune.errors import SynpruneError
-from synprune.parse import Parse
-from synprune.select import n_to_prune, select
-from synprune.tasks import Example, TaskData, load_file, make_split
+from synprune.syntax.parse import Parse
+from synprune.selection.select import n_to_prune, select
+from synprune.data.tasks import Example, TaskData, load_file, make_split
 
 
 @pytest.mark.parametrize("sparsity, n, expected", [
@@ -116,7 +116,7 @@ def _parse(text: str) -> Parse:
 
 
 def test_a_pair_classifier_reads_both_texts_as_one_input():
-    from synprune.attention import calibration_items, scan
+    from synprune.calibrate.attention import calibration_items, scan
 
     tm = tiny_model("bert", num_labels=2)
     a, b = "the cat sat", "a dog ran home"

@@ -6,9 +6,9 @@ import torch
 
 from conftest import tiny_config
 from synprune.cli import main
-from synprune.export import load_pruned
-from synprune.masking import HeadMask
-from synprune.models import bundled_model_path
+from synprune.export.checkpoint import load_pruned
+from synprune.model.masking import HeadMask
+from synprune.model.load import bundled_model_path
 
 PRUNED = [[0, 1], [1, 0], [1, 1], [1, 2], [1, 3]]
 

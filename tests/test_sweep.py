@@ -15,14 +15,14 @@ import types
 import numpy as np
 import pytest
 
-import synprune.calibration
+import synprune.calibrate.context
 import synprune.cli
-import synprune.pipeline
+import synprune.run.prune
 from synprune import methods as M
 from synprune.errors import SynpruneError
 from synprune.report.table import summarize
 from synprune.config import PruneConfig
-from synprune.sweep import RESULT_COLUMNS, parse_grid, plan_sweep, sweep
+from synprune.run.sweep import RESULT_COLUMNS, parse_grid, plan_sweep, sweep
 
 from conftest import tiny_model, write_stsb
 
@@ -59,10 +59,10 @@ def _run_counted(mp, tmp, **kwargs):
     _register_fake(mp)
     mp.setenv("SYNPRUNE_CACHE", str(tmp / "cache"))
     counters = {name: Counter(getattr(mod, name)) for mod, name in
-                ((synprune.calibration, "parse_texts"), (synprune.calibration, "scan"), (synprune.pipeline, "evaluate_heads"))}
-    mp.setattr(synprune.calibration, "parse_texts", counters["parse_texts"])
-    mp.setattr(synprune.calibration, "scan", counters["scan"])
-    mp.setattr(synprune.pipeline, "evaluate_heads", counters["evaluate_heads"])
+                ((synprune.calibrate.context, "parse_texts"), (synprune.calibrate.context, "scan"), (synprune.run.prune, "evaluate_heads"))}
+    mp.setattr(synprune.calibrate.context, "parse_texts", counters["parse_texts"])
+    mp.setattr(synprune.calibrate.context, "scan", counters["scan"])
+    mp.setattr(synprune.run.prune, "evaluate_heads", counters["evaluate_heads"])
     result = sweep(tiny_model("bert"), task="stsb", glue_dir=write_stsb(tmp / "glue"), out=tmp / "sweep", calib_size=6,
                    **kwargs)
     return result, {k: c.calls for k, c in counters.items()}, list(fake_random.calls)
@@ -200,7 +200,7 @@ def test_plan_checks_everything_before_work(monkeypatch):
         plan_sweep(["sap"], [0.5], [0], parse_grid(["threshold=global-mean,bogus"]), base)
     with pytest.raises(SynpruneError, match="sparsity 1.0"):
         plan_sweep(["sap"], [0.5, 1.0], [0], {}, base)
-    monkeypatch.setitem(sys.modules, "synprune.cf", None)
+    monkeypatch.setitem(sys.modules, "synprune.cf.filter", None)
     with pytest.raises(SynpruneError, match=r"sap\+cf: Candidate Filtering"):
         plan_sweep(["sap+cf"], [0.5], [0], {}, base)
     plan = plan_sweep(["sap", FAKE], [0.5, 0.25], [3, 4], parse_grid(["threshold=head-mean,layer-mean", "layer_fraction=1,0.5"]), base)
@@ -215,7 +215,7 @@ def test_plan_checks_everything_before_work(monkeypatch):
 
 
 def test_unknown_method_fails_before_loading_anything(tmp_path, monkeypatch):
-    monkeypatch.setattr("synprune.sweep.load_task", lambda *a, **k: pytest.fail("data loaded before the check"))
+    monkeypatch.setattr("synprune.run.sweep.load_task", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(SynpruneError, match="available: "):
         sweep(tiny_model("bert"), task="stsb", methods=["sap", "nope"], out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
@@ -237,7 +237,7 @@ def _capture(monkeypatch, target: str) -> dict:
 
 
 def test_cli_sweep_parses_lists_grids_and_shared_options(monkeypatch, tmp_path):
-    seen = _capture(monkeypatch, "synprune.sweep.sweep")
+    seen = _capture(monkeypatch, "synprune.run.sweep.sweep")
     with pytest.raises(Stop):
         synprune.cli.main(["sweep", "--methods", "sap,random+cf", "--sparsities", "0.1,0.3", "--seeds", "3,4",
                            "--grid", "k=1,2", "--grid", "threshold=head-mean,layer-mean", "--k", "7", "--calib-size", "10",
@@ -251,7 +251,7 @@ def test_cli_sweep_parses_lists_grids_and_shared_options(monkeypatch, tmp_path):
 
 
 def test_cli_prune_still_takes_the_shared_options(monkeypatch):
-    seen = _capture(monkeypatch, "synprune.pipeline.prune")
+    seen = _capture(monkeypatch, "synprune.run.prune.prune")
     with pytest.raises(Stop):
         synprune.cli.main(["prune", "--sparsity", "0.3", "--k", "3", "--threshold", "head-mean", "--calib-size", "9",
                            "--text-col", "t", "-q"])
@@ -273,7 +273,7 @@ def test_cli_reports_bad_input_in_one_line(argv, message, capsys):
 
 
 def test_other_glue_tasks_need_a_fine_tuned_model(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "synprune.finetune", None)
+    monkeypatch.setitem(sys.modules, "synprune.train.finetune", None)
     with pytest.raises(SynpruneError, match="pass --model a classifier fine-tuned on sst2"):
         sweep(task="sst2", methods=["sap"], out=tmp_path)
     asked = []
@@ -282,9 +282,9 @@ def test_other_glue_tasks_need_a_fine_tuned_model(monkeypatch, tmp_path):
         asked.append((task, glue_dir))
         raise Stop
 
-    fake = types.ModuleType("synprune.finetune")
+    fake = types.ModuleType("synprune.train.finetune")
     fake.task_model = task_model
-    monkeypatch.setitem(sys.modules, "synprune.finetune", fake)
+    monkeypatch.setitem(sys.modules, "synprune.train.finetune", fake)
     with pytest.raises(Stop):
         sweep(task="sst2", methods=["sap"], out=tmp_path, glue_dir=tmp_path)
     assert asked == [("sst2", tmp_path)]
@@ -315,8 +315,8 @@ def test_stages_do_not_overlap_and_the_breakdown_adds_up(monkeypatch):
     """Nested stages count only as themselves (a fake clock: each call advances it one second)."""
     import itertools
 
-    import synprune.calibration as C
-    from synprune.sweep import stage_breakdown
+    import synprune.calibrate.context as C
+    from synprune.run.sweep import stage_breakdown
 
     clock = itertools.count()
     monkeypatch.setattr(C.time, "perf_counter", lambda: float(next(clock)))
@@ -352,7 +352,7 @@ def _small_sweep(tmp, **kwargs):
 
 def test_interrupted_sweep_resumes_with_the_finished_runs(monkeypatch, tmp_path):
     _register_fake(monkeypatch)
-    real_run = synprune.pipeline.choose_heads
+    real_run = synprune.run.prune.choose_heads
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -361,15 +361,15 @@ def test_interrupted_sweep_resumes_with_the_finished_runs(monkeypatch, tmp_path)
             raise KeyboardInterrupt  # Ctrl-C during the third run
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(synprune.pipeline, "choose_heads", interrupted)
+    monkeypatch.setattr(synprune.run.prune, "choose_heads", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _small_sweep(tmp_path)
     finished = sorted(p.parent.name for p in (tmp_path / "sweep" / "runs").glob("*/result.json"))
     assert len(finished) == 2
     calls.clear()
-    monkeypatch.setattr(synprune.pipeline, "choose_heads", Counter(real_run))
+    monkeypatch.setattr(synprune.run.prune, "choose_heads", Counter(real_run))
     resumed = _small_sweep(tmp_path)
-    assert synprune.pipeline.choose_heads.calls == len(resumed.rows) - 2 == 4  # 2 magnitude + 4 fake runs, 2 reused
+    assert synprune.run.prune.choose_heads.calls == len(resumed.rows) - 2 == 4  # 2 magnitude + 4 fake runs, 2 reused
     assert resumed.summary["reused_runs"] == finished
     fresh = _small_sweep(tmp_path / "fresh")
     assert [(r["method"], r["sparsity"], r["seed"], r["pruned"], r["n_pruned"]) for r in resumed.rows] == \

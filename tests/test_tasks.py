@@ -9,10 +9,10 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from synprune import metrics as M
+from synprune.data import metrics as M
 from synprune.errors import SynpruneError
 from synprune.io import sha256_file
-from synprune.tasks import GLUE, load_task
+from synprune.data.tasks import GLUE, load_task
 
 MNLI_COLS = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
              "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"]

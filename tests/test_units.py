@@ -6,24 +6,24 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from synprune.budget import CostModel
+from synprune.selection.budget import CostModel
 from synprune.errors import SynpruneError
-from synprune.evaluate import prepare
-from synprune.export import load_pruned
-from synprune.masking import UnitMask
+from synprune.evaluation.evaluate import prepare
+from synprune.export.checkpoint import load_pruned
+from synprune.model.masking import UnitMask
 from synprune.methods.gradient import TASK_LOSS, mask_gradients
-from synprune.pipeline import prune
+from synprune.run.prune import prune
 
 
 def test_neuron_mask_gradient_matches_a_finite_difference():
     tm = tiny_model("bert")
     tm.model.double()  # a float32 difference quotient is mostly rounding
-    from synprune.tasks import Example
+    from synprune.data.tasks import Example
 
     ex = [Example("a cat sat on the mat", "a dog sat", 3.0), Example("hello there", "hi", 1.0)]
     batch = prepare(tm, ex, batch_size=2).batches[0]
     _, ng = mask_gradients(tm, [batch], torch.ones(tm.grid), TASK_LOSS, neurons=True)
-    from synprune import evaluate as E
+    from synprune.evaluation import evaluate as E
 
     def loss_at(eps):
         n = torch.ones(3, 37, dtype=torch.float64)
@@ -108,7 +108,7 @@ def test_export_command_folds_the_recorded_repair(glue_dir, tmp_path):
 
     import synprune.commands.export  # noqa: F401  (registers the subcommand)
     from synprune.cli import app
-    from synprune.export import export_pruned
+    from synprune.export.checkpoint import export_pruned
 
     tm = tiny_model("bert")
     tm.model.save_pretrained(tmp_path / "dense")
@@ -129,7 +129,7 @@ def test_export_command_folds_the_recorded_repair(glue_dir, tmp_path):
 
 def test_cf_with_neurons_walks_heads_with_the_neurons_pruned(glue_dir, monkeypatch):
     """CF re-chooses as many heads as the search pruned, with the searched neurons as its background."""
-    from synprune import cf as cf_mod
+    from synprune.cf import filter as cf_mod
 
     seen = {}
     real = cf_mod.candidate_filter
@@ -149,7 +149,7 @@ def test_cf_with_neurons_walks_heads_with_the_neurons_pruned(glue_dir, monkeypat
 
 def test_a_written_result_reads_back_with_its_neurons_and_repair(glue_dir, tmp_path):
     from synprune.repair import repaired
-    from synprune.result import PruneResult
+    from synprune.run.result import PruneResult
 
     tm = tiny_model("bert")
     res = prune(tm, task="stsb", glue_dir=glue_dir, calib_size=6, method="kwon", budget="flops:0.6", out=tmp_path / "run")

@@ -11,11 +11,11 @@ __version__ = "0.1.0"
 __all__ = ["prune", "PruneConfig", "PruneResult", "load_model", "load_pruned", "methods"]
 
 _LAZY = {
-    "prune": ("synprune.pipeline", "prune"),
+    "prune": ("synprune.run.prune", "prune"),
     "PruneConfig": ("synprune.config", "PruneConfig"),
-    "PruneResult": ("synprune.result", "PruneResult"),
-    "load_model": ("synprune.models", "load_model"),
-    "load_pruned": ("synprune.export", "load_pruned"),
+    "PruneResult": ("synprune.run.result", "PruneResult"),
+    "load_model": ("synprune.model.load", "load_model"),
+    "load_pruned": ("synprune.export.checkpoint", "load_pruned"),
     "methods": ("synprune.methods", "available"),
 }
 

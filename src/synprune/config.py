@@ -32,12 +32,12 @@ class PruneConfig:
     budget: str | None = None
     units: str = "heads"  # what is pruned: "heads" (query heads), "kv-groups" (whole key/value groups), "heads,neurons"
     dependencies_from: str | None = None  # SAP: rank dependency labels on this dataset instead of the calibration data
-    neuron_score: str = "auto"  # --units heads,neurons: how neurons are scored (synprune.neurons)
+    neuron_score: str = "auto"  # --units heads,neurons: how neurons are scored (synprune.methods.neurons)
     repair: str = "none"  # retrain-free repair after pruning: none, ls, bias (synprune.repair)
     rearrange: bool = True  # budgeted neuron search: Kwon et al.'s mask rearrangement
 
     def validate(self) -> "PruneConfig":
-        from .attention import DIRECTIONS
+        from synprune.calibrate.attention import DIRECTIONS
         from .methods.sap import parse_threshold
 
         for f in fields(self):  # nan passes every range check written as `not lo <= x <= hi`... or none at all
@@ -75,11 +75,11 @@ class PruneConfig:
         if self.units == "kv-groups" and self.cf:
             raise SynpruneError("--units kv-groups prunes whole key/value groups, but CF walks single heads; drop +cf or use --units heads")
         if self.dependencies_from is not None:
-            from .depsource import check_source
+            from synprune.syntax.depsource import check_source
 
             check_source(self.dependencies_from)
         if self.budget is not None:
-            from .budget import parse_budget
+            from synprune.selection.budget import parse_budget
 
             parse_budget(self.budget)
         from .repair import REPAIRS
@@ -87,7 +87,7 @@ class PruneConfig:
         if self.repair not in REPAIRS:
             raise SynpruneError(f"--repair {self.repair!r}: use one of {', '.join(REPAIRS)}")
         if self.neuron_score != "auto":
-            from .neurons import SCORERS
+            from synprune.methods.neurons import SCORERS
 
             if self.neuron_score not in SCORERS:
                 raise SynpruneError(f"--neuron-score {self.neuron_score!r}: use auto or one of {', '.join(sorted(SCORERS))}")

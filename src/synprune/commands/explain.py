@@ -55,7 +55,7 @@ def explain(
     sap: SapOptions = SapOptions(),
 ) -> None:
     """Write, for every head, its accuracy per dependency relation, attention profile and SAP penalty to OUT."""
-    from ..explain import explain_model
+    from synprune.explain.heads import explain_model
 
     set_quiet(data.quiet)
     _, written = explain_model(data.model, str(data.task), out, parses_file=parses, **data.columns(), results=result or (),

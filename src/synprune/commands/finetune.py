@@ -35,8 +35,8 @@ def finetune(
     Rerun the same command: it resumes from OUT/.checkpoint. Different options against an existing
     checkpoint are refused (pass --fresh to restart).
     """
-    from ..finetune import cached_model_dir, default_options, finetune as run
-    from ..tasks import load_task
+    from synprune.train.finetune import cached_model_dir, default_options, finetune as run
+    from synprune.data.tasks import load_task
 
     given = dict(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, train_size=train_size,
                  warmup=warmup, weight_decay=weight_decay, seed=seed)

@@ -28,7 +28,7 @@ def print_summary(result) -> None:
     console.print(f"{m['name']} on {m['split']}: dense [bold]{m['dense']:.2f}[/] -> pruned [bold]{m['pruned']:.2f}[/] "
                   f"({m['pruned'] - m['dense']:+.2f})")
     if result.cf:
-        from ..cf import summarize
+        from synprune.cf.filter import summarize
 
         c = summarize(result.cf_log)
         console.print(f"CF: {c['pool']} candidates scored alone; walk tried {c['tried']}, removed {c['removed']}, "
@@ -56,7 +56,7 @@ def prune(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --export folder if it already holds files."),
 ) -> None:
     """Prune attention heads of MODEL on TASK and write OUT/result.json."""
-    from ..pipeline import prune as run_prune
+    from synprune.run.prune import prune as run_prune
 
     set_quiet(data.quiet)
     result = run_prune(data.model, task=str(data.task), sparsity=sparsity, out=out, **data.columns(), method=method,

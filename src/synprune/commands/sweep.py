@@ -9,7 +9,7 @@ import typer
 from ..cli import app
 from ..errors import SynpruneError
 from ..progress import console, set_quiet
-from ..sweep import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SPARSITIES
+from synprune.run.sweep import DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_SPARSITIES
 from ._options import CfOptions, DataOptions, SapOptions, UnitOptions, option_sets
 
 T = TypeVar("T")
@@ -50,11 +50,11 @@ def sweep(
     unit_options: UnitOptions = UnitOptions(),
 ) -> None:
     """Compare pruning methods on one model and task under one protocol, and write a report."""
-    from ..evalpool import prestart, release_early
+    from synprune.run.evalpool import prestart, release_early
 
     prestart()  # the evaluation worker's process starts importing while this one loads the model and data
     try:
-        from .. import sweep as S
+        from synprune.run import sweep as S
         from ..report import summarize
 
         set_quiet(data.quiet)

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import SynpruneError
 
 if TYPE_CHECKING:
-    from ..calibration import Calibration
+    from synprune.calibrate.context import Calibration
     from ..config import PruneConfig
 
 Head = tuple[int, int]

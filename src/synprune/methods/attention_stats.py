@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import AttentionBatch
+from synprune.calibrate.attention import AttentionBatch
 from . import HeadScores, order_by, register
 
 

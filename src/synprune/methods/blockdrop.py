@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..arch import attention_handles, get_adapter
-from ..activations import model_inputs
+from synprune.model.activations import model_inputs
 from . import HeadScores, order_by, register
 from .magnitude import out_proj_norms
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..activations import Tap, model_inputs
+from synprune.model.activations import Tap, model_inputs
 from ..arch import attention_handles, weight_rows
 from . import HeadScores, order_by, register
 

@@ -19,9 +19,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .. import evaluate as E
-from ..masking import UnitMask, mask_from_heads, neuron_grid
-from ..models import TaskModel
+from synprune.evaluation import evaluate as E
+from synprune.model.masking import UnitMask, mask_from_heads, neuron_grid
+from synprune.model.load import TaskModel
 from ..progress import bar
 from . import Head, HeadScores, order_by, register
 

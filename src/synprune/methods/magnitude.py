@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..arch import attention_handles
-from ..masking import kept_heads
+from synprune.model.masking import kept_heads
 from . import HeadScores, order_by, register
 
 

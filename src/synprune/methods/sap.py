@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..attention import AttentionBatch
-from ..dependencies import DependencyRanking
+from synprune.calibrate.attention import AttentionBatch
+from synprune.syntax.dependencies import DependencyRanking
 from ..errors import SynpruneError
 from . import HeadScores, order_by, register
 

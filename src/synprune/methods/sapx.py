@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..attention import AttentionBatch, most_attended, punct_words
-from ..dependencies import PUNCT
+from synprune.calibrate.attention import AttentionBatch, most_attended, punct_words
+from synprune.syntax.dependencies import PUNCT
 from ..errors import SynpruneError
 from . import HeadScores, fuse_orders, get_method, order_by, register
 from .sap import HIST_BINS, parse_threshold, tau_from

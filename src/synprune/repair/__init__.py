@@ -17,7 +17,7 @@ from torch import nn
 
 from ..arch import attention_handles, ffn_handles, get_adapter, head_grid, is_conv1d
 from ..errors import SynpruneError
-from ..masking import UnitMask, mask_from_heads, neuron_grid
+from synprune.model.masking import UnitMask, mask_from_heads, neuron_grid
 from ..progress import log
 
 Unit = tuple[int, int]

@@ -11,7 +11,7 @@ from typing import Collection
 import torch
 from torch import nn
 
-from ..activations import Tap
+from synprune.model.activations import Tap
 from ..arch import attention_handles, ffn_handles, weight_rows
 from . import Repair, Unit
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..activations import Resume, StopForward, Tap
+from synprune.model.activations import Resume, StopForward, Tap
 from ..arch import attention_handles, ffn_handles, get_adapter, weight_rows
 from . import Repair, Unit, masks, repaired
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any, Sequence
 
-from ..metrics import direction_text
+from synprune.data.metrics import direction_text
 from .table import DENSE, SummaryTable
 
 CSS = """

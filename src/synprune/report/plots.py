@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..io import png_bytes
-from ..metrics import direction_text
+from synprune.data.metrics import direction_text
 from .table import group_label, spec_label
 
 SPREAD = "min-max over seeds"  # what the bands show (stated in captions)

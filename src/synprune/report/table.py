@@ -8,7 +8,7 @@ from typing import Sequence
 
 from rich.table import Table
 
-from ..metrics import best, direction_text
+from synprune.data.metrics import best, direction_text
 
 DENSE = "dense (unpruned)"
 

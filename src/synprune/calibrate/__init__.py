@@ -1,0 +1,1 @@
+"""Calibration: the shared context (parses, attention statistics, tokenized batches) every method reads."""

@@ -1,0 +1,1 @@
+"""Candidate Filtering: re-check the top of a method's ranking against the task metric."""

@@ -1,0 +1,1 @@
+"""Tasks and splits: GLUE, custom files and language-modelling text; truncation; metrics."""

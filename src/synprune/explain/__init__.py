@@ -1,0 +1,1 @@
+"""Explain: what each head does next to its SAP penalty, with figures."""

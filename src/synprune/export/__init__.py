@@ -1,0 +1,1 @@
+"""Export: physical removal of units, checkpoint folders, ONNX and sentence-transformers."""

@@ -1,0 +1,297 @@
+"""Save a physically pruned model as a standard checkpoint folder, and load it back with one call.
+
+The folder holds `config.json` (the unpruned architecture), `model.safetensors` (the sliced weights, with
+the model's own state-dict keys), the tokenizer, and `synprune_pruning.json` (kept heads per layer, removed
+layers, the model class and its Auto class, provenance). Loading builds the full-size architecture from the
+config, shapes it with the kept heads, then loads the weights strictly: any mismatch is an error.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from synprune import __version__
+from synprune.arch import head_grid, kv_grid
+from synprune.errors import SynpruneError
+from synprune.io import atomic_write_json, sha256_dir
+from synprune.export.remove import apply_state, remove_units, validate_heads, validate_neurons
+
+PRUNING_FILE = "synprune_pruning.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 2  # 2: kept key/value groups and neurons (format 1 folders still load)
+
+# Auto classes tried in this order to name the one a model class belongs to (bare encoder first).
+_AUTO_MAPPINGS = (
+    ("MODEL_MAPPING_NAMES", "AutoModel"),
+    ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "AutoModelForCausalLM"),
+    ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "AutoModelForSequenceClassification"),
+    ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "AutoModelForTokenClassification"),
+    ("MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", "AutoModelForQuestionAnswering"),
+    ("MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES", "AutoModelForMultipleChoice"),
+    ("MODEL_FOR_MASKED_LM_MAPPING_NAMES", "AutoModelForMaskedLM"),
+    ("MODEL_FOR_PRETRAINING_MAPPING_NAMES", "AutoModelForPreTraining"),
+    ("MODEL_FOR_NEXT_SENTENCE_PREDICTION_MAPPING_NAMES", "AutoModelForNextSentencePrediction"),
+)
+
+
+def auto_class_name(model: nn.Module) -> str | None:
+    """The transformers Auto class that builds `model`'s class for its model type (None if none does)."""
+    from transformers.models.auto import modeling_auto
+
+    model_type, name = model.config.model_type, type(model).__name__
+    for mapping_name, auto in _AUTO_MAPPINGS:
+        value = getattr(modeling_auto, mapping_name, {}).get(model_type)
+        if value == name or (isinstance(value, (tuple, list)) and name in value):
+            return auto
+    return None
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def probe_inputs(model: nn.Module, batch: int = 2, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A small random batch whose second row is padded, to check outputs where padding matters."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = int(getattr(model.config, "vocab_size", 100))
+    ids = torch.randint(min(5, vocab - 1), vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1:, length // 2:] = 0
+    device = next(model.parameters()).device
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+@torch.no_grad()
+def _first_output(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**inputs)[0]
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace `out_dir` by the finished `tmp` folder with renames only, so readers never see half a model."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
+    os.replace(out_dir, trash / "old")
+    os.replace(tmp, out_dir)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _source(model: nn.Module) -> dict[str, Any]:
+    path = getattr(model.config, "_name_or_path", "") or ""
+    weights_hash = sha256_dir(path) if path and Path(path).is_dir() else None
+    return {"path": path or None, "hash": weights_hash}
+
+
+def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, int]], out_dir: str | Path,
+                  meta: dict | None = None, *, overwrite: bool = False, in_place: bool = False,
+                  verify: bool = True, onnx: bool = False, neurons: Iterable[tuple[int, int]] = (),
+                  repair: Any = None) -> Path:
+    """Remove `pruned` heads from (a copy of) `model` and write the smaller model to `out_dir`, atomically.
+
+    With `verify`, a padded probe batch must give the same first output (last hidden state or logits) as
+    the masked model, else nothing is written. `meta` is stored under "meta" in synprune_pruning.json
+    (its "source" key, if any, replaces the provenance read from the model's config). With `onnx`, the folder
+    also gets `model.onnx`, checked with onnxruntime against torch. `in_place` slices `model` itself instead
+    of a deep copy (half the memory; the model stays sliced even if the check fails). A `repair`
+    (synprune.repair.Repair) is folded into the weights first, so the folder holds an ordinary smaller model
+    that computes what the repaired masked model does. Returns `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise SynpruneError(f"{out_dir} already exists and is not empty; choose another folder or overwrite it")
+    pruned = validate_heads(model, pruned)
+    neurons = validate_neurons(model, neurons)
+    meta = dict(meta or {})
+    source = meta.pop("source", None) or _source(model)
+    was_training = model.training
+    model.eval()
+    n_dense = _n_params(model)
+    try:
+        small, state, max_diff = _slice_checked(model, pruned, neurons, verify, in_place, repair)
+    finally:
+        if was_training and not in_place:
+            model.train()
+    info = {
+        "format_version": FORMAT_VERSION,
+        "synprune_version": __version__,
+        "model_type": small.config.model_type,
+        "model_class": type(small).__name__,
+        "auto_class": auto_class_name(small),
+        "n_layers": len(state["kept_heads"]),
+        "n_heads": head_grid(small)[1],
+        "n_kv_groups": kv_grid(small)[1],
+        "kept_heads": state["kept_heads"],
+        "kept_kv_groups": state["kept_kv_groups"],
+        "kept_neurons": state["kept_neurons"],
+        "removed_layers": state["removed_layers"],
+        "heads_per_layer": [len(k) for k in state["kept_heads"]],
+        "kv_groups_per_layer": [len(k) for k in state["kept_kv_groups"]],
+        "units": state["counts"],
+        "pruned_heads": [list(h) for h in pruned],
+        "pruned_neurons": len(neurons),
+        "repair": None if repair is None else repair.summary(),
+        "parameters": {"dense": n_dense, "pruned": _n_params(small)},
+        "verified_max_abs_diff": max_diff,
+        "source": source,
+        "meta": meta,
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp."))
+    try:
+        if onnx:
+            from synprune.export.onnx import export_onnx
+
+            info["onnx"] = export_onnx(small, tmp)
+        from synprune.export.st import carry_sentence_transformers
+
+        info["sentence_transformers"] = carry_sentence_transformers(source.get("path"), tmp)
+        _write_folder(small, tokenizer, info, tmp)
+        _usual_permissions(tmp)
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _slice_checked(model: nn.Module, pruned: list[tuple[int, int]], neurons: list[tuple[int, int]], verify: bool,
+                   in_place: bool, repair: Any = None) -> tuple[nn.Module, dict, float | None]:
+    """Fold the repair into and slice (a copy of) the model; with `verify` (float32 only), compare with the
+    (repaired) masked model on a probe."""
+    from synprune.repair import fold, repaired
+
+    check = verify and next(model.parameters()).dtype == torch.float32
+    if check:
+        probe = probe_inputs(model)
+        with repaired(model, pruned, neurons or None, repair):
+            reference = _first_output(model, probe)
+    small = model if in_place else copy.deepcopy(model)
+    fold(small, repair)
+    state = remove_units(small, pruned, neurons)
+    if not check:
+        return small, state, None
+    max_diff = _max_diff(_first_output(small, probe), reference)
+    tol = 1e-4 * (1.0 + float(reference.abs().max()))
+    if not max_diff <= tol:
+        raise SynpruneError(f"the pruned model's outputs differ from the masked model's by {max_diff:.3g} "
+                            f"(tolerance {tol:.3g}); nothing was written")
+    return small, state, max_diff
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Temp files and folders are private (0600/0700); a saved model should be as readable as any other file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def _write_folder(small: nn.Module, tokenizer: Any, info: dict, folder: Path) -> None:
+    from safetensors.torch import save_model
+
+    config = copy.deepcopy(small.config)
+    config.architectures = [type(small).__name__]
+    config.save_pretrained(folder)
+    save_model(small, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})  # drops tied duplicates
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    atomic_write_json(folder / PRUNING_FILE, info)
+
+
+def read_pruning_info(path: str | Path) -> dict:
+    f = Path(path) / PRUNING_FILE
+    if not f.is_file():
+        raise SynpruneError(f"{path} is not a synprune export: {PRUNING_FILE} is missing")
+    info = json.loads(f.read_text())
+    if info.get("format_version", 0) > FORMAT_VERSION:
+        raise SynpruneError(f"{f} has format {info['format_version']}; this synprune reads up to {FORMAT_VERSION}")
+    return info
+
+
+def _model_class(info: dict) -> Any:
+    import transformers
+
+    cls = getattr(transformers, info.get("model_class") or "", None)
+    if cls is None and info.get("auto_class"):
+        cls = getattr(transformers, info["auto_class"], None)
+    if cls is None:
+        raise SynpruneError(f"transformers has neither {info.get('model_class')!r} nor {info.get('auto_class')!r}")
+    return cls
+
+
+def load_pruned(path: str | Path, *, device: str | torch.device | None = None,
+                attn_implementation: str | None = None) -> tuple[nn.Module, Any]:
+    """Load a folder written by `export_pruned`: (model in eval mode, tokenizer or None)."""
+    import transformers
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    info = read_pruning_info(path)
+    config = transformers.AutoConfig.from_pretrained(path)
+    cls = _model_class(info)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = cls.from_config(config, **kwargs) if hasattr(cls, "from_config") else cls._from_config(config, **kwargs)
+    apply_state(model, info)
+    try:
+        load_model(model, str(path / WEIGHTS_FILE), strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise SynpruneError(f"weights in {path / WEIGHTS_FILE} do not fit the pruned shape: {first}") from None
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, _load_tokenizer(path)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def _load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer saved with a model, or None: a local folder without tokenizer files has none (transformers
+    would otherwise build an empty one)."""
+    import transformers
+
+    local = Path(path)
+    if local.is_dir() and not any((local / f).exists() for f in TOKENIZER_FILES):
+        return None
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
+# Heads that pretraining left in a checkpoint and that no synprune task scores: a sentence encoder whose config
+# names `MPNetForMaskedLM` is used (and pruned) as the bare encoder.
+_PRETRAINING_HEADS = ("ForMaskedLM", "ForPreTraining", "ForNextSentencePrediction")
+
+
+def load_source_model(path: str, kind: str | None = None) -> tuple[nn.Module, Any]:
+    """Load an original checkpoint as its task used it: a classifier with its head, an embedding model (`kind`
+    "embedding", or a config naming only a pretraining head) as the bare encoder."""
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise SynpruneError(f"cannot load model {path!r}: {str(e).strip().splitlines()[0]}") from None
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    if kind == "embedding" or (arch and arch.endswith(_PRETRAINING_HEADS)):
+        arch = None
+    cls = getattr(transformers, arch, None) if arch else None
+    transformers.utils.logging.disable_progress_bar()
+    model = (cls or transformers.AutoModel).from_pretrained(path)
+    return model.eval(), _load_tokenizer(path)

