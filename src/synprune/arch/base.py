@@ -21,8 +21,9 @@ from torch import nn
 
 
 def is_conv1d(module: nn.Module) -> bool:
-    """transformers' Conv1D (GPT-2) stores its weight as (in, out), the transpose of nn.Linear."""
-    return type(module).__name__ == "Conv1D"
+    """transformers' Conv1D (GPT-2) stores its weight as (in, out), the transpose of nn.Linear (so does its
+    zero-safe subclass, which a sliced Conv1D becomes)."""
+    return type(module).__name__ in ("Conv1D", "ZeroSafeConv1D")
 
 
 def out_dim(module: nn.Module) -> int:

@@ -54,11 +54,25 @@ def prune(
     export: Optional[Path] = typer.Option(None, help="Also write the physically pruned model to this folder (load with synprune.load_pruned)."),
     onnx: bool = typer.Option(False, "--onnx", help="With --export: also write model.onnx, checked with onnxruntime."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --export folder if it already holds files."),
+    stream: bool = typer.Option(False, "--stream", help="Decoders: read, prune, repair and export one layer at a time from the model's files (layer-local scores, per-layer budget; docs/big-models.md)."),
+    layerwise: bool = typer.Option(False, "--layerwise", help="The --stream recipe on the model loaded whole (for comparison)."),
 ) -> None:
     """Prune attention heads of MODEL on TASK and write OUT/result.json."""
     from synprune.run.prune import prune as run_prune
 
     set_quiet(data.quiet)
+    if stream or layerwise:
+        from synprune.errors import SynpruneError
+        from synprune.run.stream import prune_layerwise
+
+        if onnx or parses is not None or cf:
+            raise SynpruneError("--stream/--layerwise take neither --onnx, --parses nor --cf (docs/big-models.md)")
+        result = prune_layerwise(data.model, str(data.task), stream=stream, out=out, export=export, overwrite=overwrite,
+                                 glue_dir=data.glue_dir, text_col=data.text_col, sparsity=sparsity, method=method,
+                                 **data.config(), **sap.config(), budget=budget, **unit_options.config())
+        print_summary(result)
+        console.print(f"wrote {out / 'result.json'}" + (f"; pruned model in {export}" if export else ""))
+        return
     result = run_prune(data.model, task=str(data.task), sparsity=sparsity, out=out, **data.columns(), method=method,
                        **data.config(), **sap.config(), cf=cf, **cf_options.config(), budget=budget, **unit_options.config(),
                        export=export, onnx=onnx, parses_file=parses, overwrite=overwrite)

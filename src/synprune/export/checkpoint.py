@@ -26,6 +26,7 @@ from synprune.export.remove import apply_state, remove_units, validate_heads, va
 
 PRUNING_FILE = "synprune_pruning.json"
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # a sharded export (layer-streamed)
 FORMAT_VERSION = 2  # 2: kept key/value groups and neurons (format 1 folders still load)
 
 # Auto classes tried in this order to name the one a model class belongs to (bare encoder first).
@@ -124,30 +125,7 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     finally:
         if was_training and not in_place:
             model.train()
-    info = {
-        "format_version": FORMAT_VERSION,
-        "synprune_version": __version__,
-        "model_type": small.config.model_type,
-        "model_class": type(small).__name__,
-        "auto_class": auto_class_name(small),
-        "n_layers": len(state["kept_heads"]),
-        "n_heads": head_grid(small)[1],
-        "n_kv_groups": kv_grid(small)[1],
-        "kept_heads": state["kept_heads"],
-        "kept_kv_groups": state["kept_kv_groups"],
-        "kept_neurons": state["kept_neurons"],
-        "removed_layers": state["removed_layers"],
-        "heads_per_layer": [len(k) for k in state["kept_heads"]],
-        "kv_groups_per_layer": [len(k) for k in state["kept_kv_groups"]],
-        "units": state["counts"],
-        "pruned_heads": [list(h) for h in pruned],
-        "pruned_neurons": len(neurons),
-        "repair": None if repair is None else repair.summary(),
-        "parameters": {"dense": n_dense, "pruned": _n_params(small)},
-        "verified_max_abs_diff": max_diff,
-        "source": source,
-        "meta": meta,
-    }
+    info = pruning_info(small, state, pruned, neurons, repair, n_dense, max_diff, source, meta)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp."))
     try:
@@ -165,6 +143,35 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def pruning_info(small: nn.Module, state: dict, pruned: list, neurons: list, repair: Any, n_dense: int,
+                 max_diff: float | None, source: dict, meta: dict) -> dict:
+    """What synprune_pruning.json says about a pruned model (`small`, shaped as `state` says)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "synprune_version": __version__,
+        "model_type": small.config.model_type,
+        "model_class": type(small).__name__,
+        "auto_class": auto_class_name(small),
+        "n_layers": len(state["kept_heads"]),
+        "n_heads": head_grid(small)[1],
+        "n_kv_groups": kv_grid(small)[1],
+        "kept_heads": state["kept_heads"],
+        "kept_kv_groups": state["kept_kv_groups"],
+        "kept_neurons": state["kept_neurons"],
+        "removed_layers": state["removed_layers"],
+        "heads_per_layer": [len(k) for k in state["kept_heads"]],
+        "kv_groups_per_layer": [len(k) for k in state["kept_kv_groups"]],
+        "units": state["counts"],
+        "pruned_heads": [list(h) for h in pruned],
+        "pruned_neurons": len(neurons),
+        "repair": None if repair is None else repair if isinstance(repair, dict) else repair.summary(),
+        "parameters": {"dense": n_dense, "pruned": _n_params(small)},
+        "verified_max_abs_diff": max_diff,
+        "source": source,
+        "meta": meta,
+    }
 
 
 def _slice_checked(model: nn.Module, pruned: list[tuple[int, int]], neurons: list[tuple[int, int]], verify: bool,
@@ -246,7 +253,10 @@ def load_pruned(path: str | Path, *, device: str | torch.device | None = None,
     model = cls.from_config(config, **kwargs) if hasattr(cls, "from_config") else cls._from_config(config, **kwargs)
     apply_state(model, info)
     try:
-        load_model(model, str(path / WEIGHTS_FILE), strict=True)
+        if (path / INDEX_FILE).is_file():
+            _load_shards(model, path)
+        else:
+            load_model(model, str(path / WEIGHTS_FILE), strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()
         raise SynpruneError(f"weights in {path / WEIGHTS_FILE} do not fit the pruned shape: {first}") from None
@@ -254,6 +264,30 @@ def load_pruned(path: str | Path, *, device: str | torch.device | None = None,
     if device is not None:
         model.to(device)
     return model, _load_tokenizer(path)
+
+
+def _load_shards(model: nn.Module, path: Path) -> None:
+    """Load the shards an index names (a layer-streamed export: one shard per layer); every parameter and
+    persistent buffer must be given, a tied one through its partner."""
+    from safetensors.torch import load_file
+
+    files = sorted(set(json.loads((path / INDEX_FILE).read_text())["weight_map"].values()))
+    own = model.state_dict()
+    given: set[int] = set()
+    for f in files:
+        tensors = load_file(str(path / f))
+        unexpected = set(tensors) - set(own)
+        if unexpected:
+            raise RuntimeError(f"unexpected key(s) in {f}: {', '.join(sorted(unexpected)[:3])}")
+        for k, v in tensors.items():
+            if tuple(v.shape) != tuple(own[k].shape):
+                raise RuntimeError(f"size mismatch for {k}: {tuple(v.shape)} in {f}, {tuple(own[k].shape)} in the model")
+            with torch.no_grad():
+                own[k].copy_(v)
+            given.add(own[k].data_ptr())
+    missing = [k for k, v in own.items() if v.data_ptr() not in given and v.numel()]
+    if missing:
+        raise RuntimeError(f"missing key(s): {', '.join(missing[:3])}")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",

@@ -135,3 +135,6 @@ def wanda(ctx, cfg) -> NeuronScores:
     stats = down_input_stats(ctx)
     scores = np.sqrt(stats["sq"]) * down_column_norms(ctx.tm.model)
     return NeuronScores(scores, "wanda", details={"scores": "||x_i|| over calibration tokens x ||down column i||"})
+
+
+from . import layerlocal as _layerlocal  # noqa: E402,F401  (registers the `layer-fisher` scorer)

@@ -1,0 +1,140 @@
+"""Layer-streamed pruning (`--stream`): read from files one layer at a time, it prunes the same units and
+scores the same perplexities as the same layer-local recipe on the model loaded whole (every decoder
+family), its export loads and computes what the recipe scored, and what cannot stream is refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+from _tiny_models import DECODERS, padded_batch, tiny_model
+from synprune.errors import SynpruneError
+from synprune.model.layers import FileLayers, ModelLayers
+from synprune.run.stream import Recipe, prune_layers
+from synprune.selection.budget import CostModel, parse_budget
+
+CALIB = [padded_batch(s) for s in (1, 2, 3, 4)]
+EVALS = [padded_batch(s) for s in (5, 6)]
+
+
+def _saved(family: str, folder) -> str:
+    model = tiny_model(family, "lm", attn="eager")
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def _loaded(folder: str) -> torch.nn.Module:
+    return tf.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+def _recipe(family: str, repair: str) -> Recipe:
+    s = CostModel.from_model(tiny_model(family, "lm").config)
+    if repair == "bias" and not (s.out_bias and s.down_bias):
+        repair = "ls"  # families whose config cannot switch biases on refuse `bias` (tested below)
+    return Recipe("flap", "wanda", parse_budget("params:0.6"), 0.5, repair)
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_streamed_equals_in_memory(family, tmp_path):
+    folder = _saved(family, tmp_path / family)
+    for repair in ("none", "ls"):
+        recipe = _recipe(family, repair)
+        streamed = prune_layers(FileLayers(folder, attn_implementation="eager"), CALIB, EVALS, recipe)
+        memory = prune_layers(ModelLayers(_loaded(folder)), CALIB, EVALS, recipe)
+        assert streamed.pruned_heads == memory.pruned_heads and streamed.pruned_neurons == memory.pruned_neurons
+        assert streamed.pruned_heads or streamed.pruned_neurons
+        assert streamed.metrics == memory.metrics  # bit for bit: the same functions on the same float32 weights
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt2"])
+def test_dense_perplexity_is_the_models_own(family, tmp_path):
+    """The carried states end where the model's own forward does: the recipe's dense perplexity is the
+    model's, and a sparsity of 0 changes nothing."""
+    from synprune.evaluation.lm import perplexity, token_nll
+
+    folder = _saved(family, tmp_path / family)
+    run = prune_layers(FileLayers(folder, attn_implementation="eager"), CALIB, EVALS, Recipe("flap", None, None, 0.0))
+    model = _loaded(folder)
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for b in EVALS:
+            v, c = token_nll(model(**b).logits, b["input_ids"], b["attention_mask"])
+            nll, n = nll + float(v), n + int(c)
+    assert run.metrics["dense"] == pytest.approx(perplexity(nll, n), rel=1e-5)
+    assert run.metrics["pruned"] == pytest.approx(run.metrics["dense"], rel=1e-6)
+    assert run.pruned_heads == [] and run.pruned_neurons == []
+
+
+@pytest.mark.parametrize("family,repair", [("llama", "bias"), ("qwen2", "ls"), ("gemma3", "none")])
+def test_sharded_export_loads_and_computes_the_recipe(family, repair, tmp_path):
+    """The export (one shard per layer) loads with load_pruned and its perplexity is the recipe's."""
+    from synprune.evaluation.lm import perplexity, token_nll
+    from synprune.export.checkpoint import load_pruned
+    from synprune.export.shards import ShardedExport
+
+    folder = _saved(family, tmp_path / family)
+    source = FileLayers(folder, attn_implementation="eager")
+    writer = ShardedExport(tmp_path / "out", source.n_layers + 1)
+    run = prune_layers(source, CALIB, EVALS, Recipe("flap", "wanda", parse_budget("params:0.6"), 0.5, repair),
+                       write=writer.write)
+    from synprune.export.checkpoint import pruning_info
+    from synprune.export.remove import pruning_state
+
+    writer.write(source.n_layers, source.outside_tensors())
+    state = pruning_state(source.model)
+    writer.finish(source.model, None, pruning_info(source.model, state, run.pruned_heads, run.pruned_neurons,
+                                                   None, 0, None, {}, {}))
+    small, _ = load_pruned(tmp_path / "out", attn_implementation="eager")
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in _loaded(folder).parameters())
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for b in EVALS:
+            v, c = token_nll(small(**b).logits, b["input_ids"], b["attention_mask"])
+            nll, n = nll + float(v), n + int(c)
+    assert perplexity(nll, n) == pytest.approx(run.metrics["pruned"], rel=1e-5)
+
+
+def test_states_spill_to_disk_and_agree(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNPRUNE_CACHE", str(tmp_path / "cache"))
+    folder = _saved("llama", tmp_path / "llama")
+    recipe = Recipe("layer-fisher", "layer-fisher", parse_budget("params:0.6"), 0.5, "ls")
+    memory = prune_layers(FileLayers(folder, attn_implementation="eager"), CALIB, EVALS, recipe)
+    spilled = prune_layers(FileLayers(folder, attn_implementation="eager"), CALIB, EVALS, recipe, memory_bound=0,
+                           spill_key="k")
+    assert spilled.spilled and not memory.spilled
+    assert (spilled.pruned_heads, spilled.pruned_neurons, spilled.metrics) == (memory.pruned_heads, memory.pruned_neurons, memory.metrics)
+    assert not (tmp_path / "cache" / "stream" / "k").exists()  # removed after the run
+
+
+def test_every_layer_meets_the_budget(tmp_path):
+    from synprune.selection.budget import budget_report
+
+    folder = _saved("qwen2", tmp_path / "q")
+    for heads in ("flap", "layer-fisher"):
+        neurons = "wanda" if heads == "flap" else "layer-fisher"
+        run = prune_layers(FileLayers(folder, attn_implementation="eager"), CALIB, [], Recipe(heads, neurons, parse_budget("params:0.5")))
+        model = _loaded(folder)
+        for layer in range(3):
+            rep = budget_report(model, [(0, h) for l, h in run.pruned_heads if l == layer], "params:0.5",
+                                neurons=[(0, u) for l, u in run.pruned_neurons if l == layer])
+            assert rep["params_kept"] <= 1 - 0.5 / 3 + 1e-9  # the layer, a third of the cost, saves at least half of it
+        assert budget_report(model, run.pruned_heads, "params:0.5", neurons=run.pruned_neurons)["met"]
+
+
+@pytest.mark.parametrize("method,word", [("fisher", "backward"), ("sap", "parses"), ("kwon", "backward"),
+                                         ("attn-drop", "blocks")])
+def test_methods_that_cannot_stream_are_refused(method, word):
+    from synprune.config import PruneConfig
+
+    with pytest.raises(SynpruneError, match=word):
+        Recipe.of(PruneConfig(method=method, units="heads,neurons", budget="params:0.5"))
+    with pytest.raises(SynpruneError, match="cannot stream"):
+        Recipe.of(PruneConfig(method="flap", units="heads,neurons", neuron_score="fisher"))
+    with pytest.raises(SynpruneError, match="--cf"):
+        Recipe.of(PruneConfig(method="flap", cf=True))
+
+
+def test_bias_refused_where_the_family_cannot_hold_it(tmp_path):
+    folder = _saved("mistral", tmp_path / "m")
+    with pytest.raises(SynpruneError, match="--repair ls"):
+        prune_layers(FileLayers(folder), CALIB, [], Recipe("flap", "wanda", None, 0.5, "bias"))
