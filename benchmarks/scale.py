@@ -102,7 +102,8 @@ def run_one(model: str, mode: str, calib: int, layers: int | None, out: Path) ->
 
 
 def measure(model: str, mode: str, calib: int, layers: int | None, scratch: Path) -> dict:
-    cmd = [sys.executable, __file__, "run", model, "--mode", mode, "--calib", str(calib), "--out", str(scratch)]
+    out = scratch / f"{Path(model).name}-{mode}-{calib}"
+    cmd = [sys.executable, __file__, "run", model, "--mode", mode, "--calib", str(calib), "--out", str(out)]
     if layers:
         cmd += ["--layers", str(layers)]
     t0 = time.perf_counter()

@@ -76,7 +76,10 @@ class ModelLayers(LayerSource):
 
     def __init__(self, model: nn.Module, save_dtype: torch.dtype | None = None):
         self.save_dtype = save_dtype or next(model.parameters()).dtype
-        self.model = model.float().eval()
+        for p in model.parameters():  # not model.float(): transformers refuses it on a model loaded from GGUF
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
+        self.model = model.eval()
         self._prefix = _prefixes(model)
 
     def layer(self, i: int) -> nn.Module:
