@@ -159,7 +159,7 @@ def main() -> None:
         for model in a.models:
             for mode in a.modes.split(","):
                 for calib in (int(c) for c in a.calib.split(",")):
-                    rows.append(measure(model, mode, calib, a.layers if mode == "stream" else None, Path("/tmp/synprune-scale")))
+                    rows.append(measure(model, mode, calib, a.layers, Path("/tmp/synprune-scale")))
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         print(table(rows))
 

@@ -138,3 +138,51 @@ def test_bias_refused_where_the_family_cannot_hold_it(tmp_path):
     folder = _saved("mistral", tmp_path / "m")
     with pytest.raises(SynpruneError, match="--repair ls"):
         prune_layers(FileLayers(folder), CALIB, [], Recipe("flap", "wanda", None, 0.5, "bias"))
+
+
+@pytest.fixture(scope="module")
+def lm_folder(tmp_path_factory):
+    from _tiny_lm import smollm2_tokenizer, tiny_llama
+
+    folder = tmp_path_factory.mktemp("tinylm") / "model"
+    model = tiny_llama(seed=0, layers=2)
+    model.config.architectures = ["LlamaForCausalLM"]
+    model.save_pretrained(folder)
+    smollm2_tokenizer().save_pretrained(folder)
+    text = tmp_path_factory.mktemp("text") / "corpus.txt"
+    text.write_text("".join(f"The {w} dog runs to the park number {i} today.\n" for i, w in
+                            enumerate(["red", "big", "old", "new", "fast", "slow", "small", "tall"] * 3)))
+    return folder, text
+
+
+def test_prune_layerwise_end_to_end(lm_folder, tmp_path):
+    """`prune_layerwise` from the files and in memory: the same units, the same perplexities, a result.json,
+    and an export that synprune loads and that scores what the streamed run said."""
+    from synprune.evaluation.evaluate import evaluate, prepare
+    from synprune.data.tasks import load_task, make_split
+    from synprune.model.load import load_model
+    from synprune.run.stream import prune_layerwise
+
+    folder, text = lm_folder
+    kw = dict(calib_size=8, eval_size=8, max_length=32, batch_size=4, method="flap", units="heads,neurons",
+              budget="params:0.7", repair="ls")
+    s = prune_layerwise(str(folder), str(text), stream=True, export=tmp_path / "exp", out=tmp_path / "s", **kw)
+    m = prune_layerwise(str(folder), str(text), stream=False, out=tmp_path / "m", **kw)
+    assert (s.pruned_heads, s.pruned_neurons) == (m.pruned_heads, m.pruned_neurons) and s.pruned_neurons
+    assert s.metric["dense"] == m.metric["dense"] and s.metric["pruned"] == m.metric["pruned"]
+    assert s.details["budget"]["met"] and (tmp_path / "s" / "result.json").is_file()
+    tm = load_model(str(tmp_path / "exp"))
+    split = make_split(load_task(str(text)), 8, 0, 8)
+    got = evaluate(tm, prepare(tm, split.evaluation[next(iter(split.evaluation))], 64, 32), ("perplexity",))
+    assert got["perplexity"] == pytest.approx(s.metric["pruned"], rel=1e-4)
+
+
+def test_cli_refuses_what_cannot_stream(lm_folder, capsys):
+    from synprune.cli import main
+
+    folder, text = lm_folder
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["prune", "--model", str(folder), "--task", str(text), "--method", "fisher", "--stream"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "cannot stream" in err[0]
