@@ -13,7 +13,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import importlib.util
 import torch
@@ -99,8 +99,6 @@ def _resolve(model: str | Path | None) -> tuple[str, str, bool]:
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "sentencepiece.bpe.model")
 DAMAGED = "the file is damaged or incomplete (an interrupted download or copy?): download or export the model again"
 
 
@@ -245,12 +243,14 @@ def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"
     if path.lower().endswith(".gguf"):
         net, tok = _load_gguf(path, device_map)
     elif local and (Path(path) / "synprune_pruning.json").is_file():
-        from synprune.export.checkpoint import load_pruned  # a checkpoint with sliced heads needs its own loader
+        from synprune.model.pruned import load_pruned  # a checkpoint with sliced heads needs its own loader
 
         check_model_files(path)
         with reading(f"the pruned model in {path}", "export it again from its result.json (`synprune export`)"):
             net, tok = load_pruned(path)
     elif local:
+        from synprune.model.pruned import TOKENIZER_FILES
+
         folder = Path(path)
         check_model_files(folder)
         with reading(folder / "config.json", "fix or replace it; a model type this transformers "
@@ -287,3 +287,17 @@ def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"
     net.eval()
     weights = (sha256_file(path) if Path(path).is_file() else sha256_dir(path)) if local else None
     return TaskModel(net, tok, detected, name, path, weights)
+
+
+def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
+    """Accept a TaskModel, a (model, tokenizer) pair of objects, or a folder / hub id / None (bundled)."""
+    if isinstance(model, TaskModel):
+        return model
+    if isinstance(model, nn.Module):
+        if tokenizer is None:
+            raise ValueError("pass the model's tokenizer with a model object")
+        kind = model_kind(model)
+        model.eval()
+        return TaskModel(model, with_bos(tokenizer) if kind == "lm" else tokenizer, kind, type(model).__name__,
+                         getattr(model, "name_or_path", ""), None)
+    return load_model(model)
