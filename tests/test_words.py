@@ -14,7 +14,7 @@ import synprune
 from synprune import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
 # What synprune once was and is no more: attention heads only.
 STALE = re.compile(r"(prune|pruning) (transformer )?attention heads( of MODEL)? (without|on TASK)", re.I)
 
@@ -96,7 +96,7 @@ def _synprune_lines(page: Path):
 
 
 def _docs_commands():
-    return [pytest.param(page, line, id=f"{page.name}:{line[:40]}") for page in PAGES if page.is_file()
+    return [pytest.param(page, line, id=f"{page.relative_to(ROOT)}:{line[:40]}") for page in PAGES if page.is_file()
             for line in _synprune_lines(page)]
 
 
@@ -133,7 +133,7 @@ def pruned_model(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if p.is_file() and any(m for _, _, m in _blocks(p))],
-                         ids=lambda p: p.name)
+                         ids=lambda p: str(p.relative_to(ROOT)))
 def test_marked_docs_python_blocks_run(page, pruned_model):
     """The marked blocks of a page run in order in one namespace (a later block uses an earlier one's names)."""
     namespace: dict = {"__name__": "__docs__"}
@@ -159,7 +159,7 @@ OUTDATED_CLAIMS = [r"SentenceTransformer\(\"[^\"]*\"\)` does not work", r"Feed-f
                    r"prunes? (only )?attention heads without retraining"]
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if p.is_file()], ids=lambda p: p.name)
+@pytest.mark.parametrize("page", [p for p in PAGES if p.is_file()], ids=lambda p: str(p.relative_to(ROOT)))
 def test_docs_make_no_outdated_claims(page):
     text = " ".join(page.read_text(encoding="utf-8").split())
     for claim in OUTDATED_CLAIMS:
