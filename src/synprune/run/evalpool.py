@@ -65,7 +65,17 @@ def _ignore_interrupt() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# A worker killed on Ctrl-C leaves a semaphore that multiprocessing's resource tracker removes at exit, with a
+# "leaked semaphore" warning after the sweep's one line. The tracker takes its warning options from this process
+# when it starts (with the first pool), so it is told to skip that one warning.
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
+
+
 def _pool() -> cf.ProcessPoolExecutor:
+    import sys
+
+    if _QUIET_TRACKER not in sys.warnoptions:
+        sys.warnoptions.append(_QUIET_TRACKER)
     return cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_ignore_interrupt)
 
 
@@ -393,7 +403,7 @@ class Evaluations:
             self._closing = True
             self._cond.notify_all()
         if pool is not None:
-            if kill:  # its job's result is no longer wanted: do not wait for it (at exit, either)
+            if kill:  # its job's result is no longer wanted: do not wait for it
                 _kill(pool)
             pool.shutdown(wait=False, cancel_futures=True)
 
