@@ -69,7 +69,7 @@ def test_dense_perplexity_is_the_models_own(family, tmp_path):
 def test_sharded_export_loads_and_computes_the_recipe(family, repair, tmp_path):
     """The export (one shard per layer) loads with load_pruned and its perplexity is the recipe's."""
     from synprune.evaluation.lm import perplexity, token_nll
-    from synprune.export.checkpoint import load_pruned
+    from synprune.model.pruned import load_pruned
     from synprune.export.shards import ShardedExport
 
     folder = _saved(family, tmp_path / family)
@@ -78,7 +78,7 @@ def test_sharded_export_loads_and_computes_the_recipe(family, repair, tmp_path):
     run = prune_layers(source, CALIB, EVALS, Recipe("flap", "wanda", parse_budget("params:0.6"), 0.5, repair),
                        write=writer.write)
     from synprune.export.checkpoint import pruning_info
-    from synprune.export.remove import pruning_state
+    from synprune.model.remove import pruning_state
 
     writer.write(source.n_layers, source.outside_tensors())
     state = pruning_state(source.model)

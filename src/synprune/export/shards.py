@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from synprune.io import atomic_write_json
-from synprune.export.checkpoint import INDEX_FILE, PRUNING_FILE, _swap_in, _usual_permissions
+from synprune.export.checkpoint import _swap_in, _usual_permissions
+from synprune.model.pruned import INDEX_FILE, PRUNING_FILE
 
 
 class ShardedExport:

@@ -6,7 +6,7 @@ For each layer i, with only layer i's weights in memory (float32; the checkpoint
 1. run the dense layer on the dense model's calibration hidden states (carried from layer i-1), reading its
    attention output projection's and down projection's inputs (scores, bias means) and outputs (ls targets);
 2. score its heads and neurons (synprune.methods.layerlocal), select under the layer's share of the budget
-   (synprune.selection.layerwise), slice them out (synprune.export.remove);
+   (synprune.selection.layerwise), slice them out (synprune.model.remove);
 3. repair the sliced layer against the dense layer's outputs (synprune.repair.layerwise);
 4. run the pruned layer on the pruned model's hidden states, and both layers on the evaluation texts;
 5. write the pruned layer into the export (one safetensors shard per layer) and drop it.
@@ -178,7 +178,7 @@ def prune_layers(source: LayerSource, calib: list[dict], evals: list[dict], reci
                  write=None, memory_bound: float = 2e9, spill_key: str = "") -> LayerwiseRun:
     """Run the layer-local recipe (module doc) over `source`'s layers on calibration inputs `calib` and
     evaluation inputs `evals` (model input dicts); `write(i, tensors)` receives each pruned layer's weights."""
-    from synprune.export.remove import remove_units
+    from synprune.model.remove import remove_units
 
     model, adapter = source.model, get_adapter(source.model)
     if recipe.repair in ("bias", "ls+bias"):
@@ -371,7 +371,7 @@ def prune_layerwise(model: Any = None, task: str = "ewt", *, stream: bool = True
     from synprune.data.tasks import load_task, make_split
     from synprune.evaluation.evaluate import prepare, task_metrics
     from synprune.export.checkpoint import pruning_info
-    from synprune.export.remove import pruning_state
+    from synprune.model.remove import pruning_state
     from synprune.io import refuse_to_replace, sha256_texts
     from synprune.run.prune import task_record
     from synprune.run.result import PruneResult, versions
