@@ -27,9 +27,7 @@ import torch
 
 from synprune.arch import AttentionHandles, FFNHandles, attention_handles, ffn_handles, weight_rows
 from synprune.model.activations import Tap, model_inputs
-from synprune.model.masking import neuron_grid
 from . import HeadScores, order_by, register
-from .neurons import NeuronScores, register as register_neurons
 
 HEAD_SCORES = ("flap", "magnitude", "layer-fisher")
 NEURON_SCORES = ("wanda", "magnitude", "layer-fisher")
@@ -102,7 +100,7 @@ def neuron_scores(kind: str, f: FFNHandles, m: Moments | None) -> np.ndarray:
     raise ValueError(kind)
 
 
-def _dense_moments(ctx, key: str) -> dict[int, Moments]:
+def dense_moments(ctx, key: str) -> dict[int, Moments]:
     """Every layer's output-projection input ("attn") or down-projection input ("ffn") moments, dense model."""
 
     def compute():
@@ -121,19 +119,10 @@ def _dense_moments(ctx, key: str) -> dict[int, Moments]:
 
 @register("layer-fisher", needs=("activations",))
 def layer_fisher(ctx, cfg) -> HeadScores:
-    moments = _dense_moments(ctx, "attn")
+    moments = dense_moments(ctx, "attn")
     scores = np.zeros(ctx.tm.grid)
     for h in attention_handles(ctx.tm.model):
         scores[h.layer, h.kept_heads] = head_scores("layer-fisher", h, moments[h.layer])
     return HeadScores(scores, order_by(scores, highest_first=False), {
         "scores": "sum over calibration tokens of ||W_h z_h||^2: the Fisher diagonal of the attention output's "
                   "reconstruction error w.r.t. the head mask"})
-
-
-@register_neurons("layer-fisher")
-def layer_fisher_neurons(ctx, cfg) -> NeuronScores:
-    moments = _dense_moments(ctx, "ffn")
-    out = np.zeros(neuron_grid(ctx.tm.model))
-    for f in ffn_handles(ctx.tm.model):
-        out[f.layer, f.kept] = neuron_scores("layer-fisher", f, moments[f.layer])
-    return NeuronScores(out, "layer-fisher", details={"scores": "sum over tokens of x_i^2 ||down column i||^2"})
