@@ -186,3 +186,15 @@ def test_cli_refuses_what_cannot_stream(lm_folder, capsys):
         main(["prune", "--model", str(folder), "--task", str(text), "--method", "fisher", "--stream"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "cannot stream" in err[0]
+
+
+def test_export_command_refuses_a_layerwise_result(tmp_path, capsys):
+    import json
+
+    from synprune.cli import main
+
+    (tmp_path / "result.json").write_text(json.dumps({"pruned_heads": [], "details": {"layerwise": "stream"}}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(tmp_path / "result.json"), "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2 and "--export" in capsys.readouterr().err
