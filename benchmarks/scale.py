@@ -8,8 +8,8 @@ safetensors shards (random weights say nothing about quality, only about memory 
     python benchmarks/scale.py table DIR [--shapes ...] [--calib 16,32] > benchmarks/results/scale.md
 
 Every measured run is its own process (`/usr/bin/time -v` style: the child's peak RSS from getrusage), with the
-recipe `flap` heads + `wanda` neurons, `--budget params:0.7`, `--repair none`, 128-token calibration texts of
-EWT (evaluation on 16 texts, so that most of the time is the pruning). `--layers K` stops a streamed run
+recipe `flap` heads + `wanda` neurons, `--budget params:0.7`, `--repair none`, EWT sentences (at most 128
+tokens, about 15 on average) for calibration (evaluation on 16 sentences, so that most of the time is the pruning). `--layers K` stops a streamed run
 after K layers (to time a model whose whole run does not fit the time; the table says so where it did).
 A checkpoint is written shard by shard (one layer per shard), never holding the model in memory.
 """
