@@ -71,8 +71,10 @@ class TaskModel:
         return layers * heads
 
     def describe(self) -> dict:
+        placed = getattr(self.model, "hf_device_map", None)
         return {"name": self.name, "path": self.path, "kind": self.kind, "weights_sha256": self.weights_hash,
-                "model_type": self.model.config.model_type, "layers": self.grid[0], "heads_per_layer": self.grid[1]}
+                "model_type": self.model.config.model_type, "layers": self.grid[0], "heads_per_layer": self.grid[1],
+                **({"device_map": {k: str(v) for k, v in placed.items()}} if placed else {})}
 
 
 def _resolve(model: str | Path | None) -> tuple[str, str, bool]:
@@ -104,7 +106,7 @@ def _from_pretrained(cls, path: str, **kwargs) -> nn.Module:
         return cls.from_pretrained(path, attn_implementation="eager", **kwargs)
 
 
-def _load_gguf(path: str, device_map: str | None) -> tuple[nn.Module, object]:
+def _load_gguf(path: str, placed: dict) -> tuple[nn.Module, object]:
     """A causal LM and its tokenizer from a GGUF file, dequantized to float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -113,8 +115,7 @@ def _load_gguf(path: str, device_map: str | None) -> tuple[nn.Module, object]:
     folder, name = str(Path(path).parent), Path(path).name
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        net = _from_pretrained(AutoModelForCausalLM, folder, gguf_file=name,
-                               **({"device_map": device_map} if device_map else {}))
+        net = _from_pretrained(AutoModelForCausalLM, folder, gguf_file=name, **placed)
     except (OSError, ValueError, KeyError) as e:
         raise SynpruneError(f"could not load {path} as a causal LM from GGUF: {str(e).splitlines()[0]}") from None
     return net, tok
@@ -162,16 +163,23 @@ def with_bos(tok):
 
 
 def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"] = "auto",
-               device: str | torch.device = "cpu") -> TaskModel:
+               device: str | torch.device = "cpu", device_map: str | dict | None = None,
+               max_memory: dict | None = None) -> TaskModel:
     """Load `model` (folder, hub id, .gguf file, "smollm2", or None for the bundled MiniLM) in eval mode.
-    `device="auto"` uses accelerate's device_map over the GPUs when there are any (else the CPU)."""
+    `device="auto"` uses accelerate's device_map over the GPUs when there are any (else the CPU); `device_map`
+    ("auto", "balanced", or {module name: device}, devices including "cpu" and "disk") and `max_memory` place
+    the model explicitly (`synprune.devices`)."""
+    from synprune.devices import placement
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     name, path, local = _resolve(model)
-    device_map = device_map_for(device)
+    device_map = device_map if device_map is not None else device_map_for(device)
+    placed = placement(device_map, max_memory)
     if path.lower().endswith(".gguf"):
-        net, tok = _load_gguf(path, device_map)
+        net, tok = _load_gguf(path, placed)
     elif local and (Path(path) / "synprune_pruning.json").is_file():
+        if device_map is not None:
+            raise SynpruneError(f"{name} is a synprune export, which loads whole; drop --device-map")
         from synprune.export.checkpoint import load_pruned  # a checkpoint with sliced heads needs its own loader
 
         net, tok = load_pruned(path)
@@ -186,7 +194,7 @@ def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"
         is_cls = any("ForSequenceClassification" in a for a in archs)
         is_lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
         cls = AutoModelForSequenceClassification if is_cls else AutoModelForCausalLM if is_lm else AutoModel
-        net = _from_pretrained(cls, path, **({"device_map": device_map} if device_map else {}))
+        net = _from_pretrained(cls, path, **placed)
     if not getattr(tok, "is_fast", False):
         raise SynpruneError(f"model {name} has no fast tokenizer; synprune needs character offsets (tokenizer.json)")
     get_adapter(net)  # fails early, with the list of supported types, for models without known heads

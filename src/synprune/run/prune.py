@@ -22,8 +22,13 @@ from synprune.selection.select import Selection, group_order, n_to_prune, select
 from synprune.data.tasks import Split, TaskData, align_labels, load_task, make_split
 
 
-def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
-    """Accept a TaskModel, a (model, tokenizer) pair of objects, or a folder / hub id / None (bundled)."""
+def as_task_model(model: Any = None, tokenizer: Any = None, device_map: str | dict | None = None,
+                  max_memory: dict | None = None) -> TaskModel:
+    """Accept a TaskModel, a (model, tokenizer) pair of objects, or a folder / hub id / None (bundled); the
+    latter loaded by `device_map` / `max_memory` (`synprune.devices`) when given."""
+    if device_map is not None and isinstance(model, (TaskModel, nn.Module)):
+        raise SynpruneError("device_map places a model that synprune loads: pass the model's folder or hub id, "
+                            "or dispatch the model object with accelerate yourself")
     if isinstance(model, TaskModel):
         return model
     if isinstance(model, nn.Module):
@@ -33,7 +38,7 @@ def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
         model.eval()
         return TaskModel(model, with_bos(tokenizer) if kind == "lm" else tokenizer, kind, type(model).__name__,
                          getattr(model, "name_or_path", ""), None)
-    return load_model(model)
+    return load_model(model, device_map=device_map, max_memory=max_memory)
 
 
 def refuse_unused_options(cfg: PruneConfig) -> None:
@@ -131,9 +136,10 @@ def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned, neurons=
     """Metrics per split with `pruned` heads (and `neurons`) masked, `repair` applied. Heads alone are scored on
     a copy of the model with them physically removed: the masked model's numbers (a removed head's slice only
     added zeros), at the pruned model's cost."""
+    from synprune.devices import dispatched
     from synprune.repair import repaired
 
-    if pruned and neurons is None and repair is None:
+    if pruned and neurons is None and repair is None and not dispatched(tm.model):  # a device map's weights stay put
         from synprune.export.remove import without_heads
 
         small = replace(tm, model=without_heads(tm.model, pruned))
@@ -146,12 +152,15 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           out: str | Path | None = None, config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
           export: str | Path | None = None, onnx: bool = False, parses_file: str | Path | None = None,
-          overwrite: bool = False, **options) -> PruneResult:
+          overwrite: bool = False, device_map: str | dict | None = None, max_memory: dict | None = None,
+          **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
 
     Returns the result; with `out`, also writes DIR/result.json atomically; with `export`, also writes the
     physically pruned model there (reload it with `synprune.load_pruned`); an existing non-empty `export`
-    folder is replaced (atomically) only with `overwrite`. With `parses_file` (CoNLL-U),
+    folder is replaced (atomically) only with `overwrite`. `device_map` ("auto", "balanced" or {module: device},
+    "cpu" and "disk" included) and `max_memory` spread a model loaded by name over several devices
+    (`synprune.devices`); the export is gathered on the CPU. With `parses_file` (CoNLL-U),
     SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
     sample; evaluation stays on the task.
     """
@@ -168,7 +177,7 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     if parses_file is not None and cfg.cf and not data.lm:
         raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
     refuse_cf_without_labels(data, cfg.cf)
-    tm = as_task_model(model, tokenizer)
+    tm = as_task_model(model, tokenizer, device_map, max_memory)
     cfg.check_model(max_positions(tm.model))
     data = model_data(tm, data)
     metric_names = task_metrics(tm, data)
