@@ -297,7 +297,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           seeds: Sequence[int] = DEFAULT_SEEDS, grid: Mapping[str, Sequence] | None = None,
           out: str | Path | None = "runs/sweep", config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
-          report: bool = True, overwrite: bool = False, **options) -> SweepResult:
+          report: bool = True, overwrite: bool = False, executor: Any = None, **options) -> SweepResult:
     """Run every method x sparsity (x seed for seeded methods, x grid values for the methods they affect)
     on one calibration context; with `out`, write results.csv/json, runs/*/result.json, plots and report.html.
 
@@ -306,13 +306,18 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
 
     Rerun into the same `out` (e.g. after an interruption), runs already finished there with the same options,
     model and data are read back, not recomputed; a run folder of other options is refused unless `overwrite`.
+
+    `executor` ("inline", "ray", "ray:ADDRESS", or an `executors.Executor`) computes each run as a job of its
+    own instead of in this machine's two-process pool (the default), e.g. spread over a Ray cluster.
     """
+    from synprune.run.executors import check_executor, run_on, run_specs
     from synprune.calibrate.context import Calibration
     from synprune.evaluation.evaluate import task_metrics
     from synprune.run.prune import as_task_model, model_data, refuse_cf_without_labels, task_record
     from synprune.run.result import PruneResult
 
     base = (config or PruneConfig()).replace(**options).validate()
+    executor = check_executor(executor)
     plan = plan_sweep(methods, sparsities, seeds, grid, base)
     if model is None and tokenizer is None and _is_other_glue_task(task):
         model = task_model_for(task.name if isinstance(task, TaskData) else task, glue_dir)
@@ -333,7 +338,13 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     t0 = time.perf_counter()
     log(f"sweep: {len(plan.runs)} runs ({', '.join(s.label for s in plan.specs)}) on {tm.name} / {data.name}"
         + (f"; {len(done)} already finished in {out_dir} are reused" if done else ""))
-    worker, timeline = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+    if executor is None:
+        worker, timeline = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+    else:  # one job per run, e.g. on a Ray cluster
+        columns = {"glue_dir": glue_dir, "text_col": text_col, "text_pair_col": text_pair_col, "label_col": label_col}
+        run_on(executor, run_specs(plan.runs, base, model, task, columns), out_dir, done, tm.describe(),
+               task_record(data, metric_names), results)
+        worker, timeline = {}, []
     for r in plan.runs:
         res = results[r.name]
         rows.append(_row(r, res, float(res.details.get("run_seconds", 0.0)), list(plan.grid)))
