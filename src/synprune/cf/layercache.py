@@ -176,7 +176,7 @@ class AblationScorer:
             def hook(module, args):
                 if run.shortcut and j == run.start:
                     cached = self._states[run.calls - 1][("ctx", j)]
-                    args = (cached if pos is None else cached.index_select(-1, pos), *args[1:])
+                    args = (cached if pos is None else cached.index_select(-1, pos.to(cached.device)), *args[1:])
                 run.states[-1][("ctx", j)] = args[0]
                 return args
             return hook

@@ -44,15 +44,21 @@ class RunSpec:
 def execute(spec: RunSpec) -> dict:
     """Compute one run (what a Ray task runs): {"result": PruneResult.to_json(), "cf_log": [...]}."""
     from synprune.config import PruneConfig
-    from synprune.progress import set_quiet
     from synprune.run.prune import prune
 
-    set_quiet(True)  # many jobs' progress bars would interleave
     t = time.perf_counter()
     cfg = PruneConfig(**spec.config)
     result = prune(spec.model, task=spec.task, sparsity=cfg.sparsity, config=cfg, **spec.columns)
     result.details["run_seconds"] = round(time.perf_counter() - t, 3)
     return {"result": result.to_json(), "cf_log": list(result.cf_log)}
+
+
+def execute_quietly(spec: RunSpec) -> dict:
+    """`execute` without progress bars (a worker process's bars would interleave with the others')."""
+    from synprune.progress import set_quiet
+
+    set_quiet(True)
+    return execute(spec)
 
 
 class Executor(Protocol):
@@ -89,7 +95,7 @@ class RayExecutor:
         if self.started:
             ray.init(address=address, num_cpus=num_cpus if not address else None, log_to_driver=False,
                      include_dashboard=False)
-        self.task = ray.remote(execute)
+        self.task = ray.remote(execute_quietly)
 
     def submit(self, spec: RunSpec) -> concurrent.futures.Future:
         return self.task.remote(spec).future()
