@@ -14,12 +14,13 @@ What synprune needs from it, and nothing else assumes one device:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -53,12 +54,7 @@ def tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     t = getattr(module, name, None)
     if t is None or t.device.type != "meta":
         return t
-    from accelerate.utils import align_module_device, has_offloaded_params
-
-    if not has_offloaded_params(module):
-        raise SynpruneError(f"{type(module).__name__}.{name} is on the meta device and no accelerate offload holds it; "
-                            "load the model with its weights (e.g. without init_empty_weights)")
-    with align_module_device(module, torch.device("cpu")):
+    with _loaded(module):
         return getattr(module, name).detach()
 
 
@@ -71,16 +67,35 @@ def gathered(model: nn.Module) -> nn.Module:
     theirs = dict(model.named_modules())
     for name, mine in twin.named_modules():
         source = theirs[name]
-        for pname, p in list(source.named_parameters(recurse=False)):
-            if id(p) not in made:
-                made[id(p)] = nn.Parameter(tensor(source, pname).to("cpu", copy=True), requires_grad=p.requires_grad)
+        params = list(source.named_parameters(recurse=False))
+        with _loaded(source):  # an offloaded module's weights, read back once for all of them
+            for pname, p in params:
+                if id(p) not in made:
+                    made[id(p)] = nn.Parameter(getattr(source, pname).detach().to("cpu", copy=True),
+                                               requires_grad=p.requires_grad)
+            for bname, b in list(source.named_buffers(recurse=False)):
+                mine._buffers[bname] = None if b is None else getattr(source, bname).to("cpu", copy=True)
+        for pname, p in params:
             setattr(mine, pname, made[id(p)])
-        for bname, b in list(source.named_buffers(recurse=False)):
-            mine._buffers[bname] = None if b is None else tensor(source, bname).to("cpu", copy=True)
     left = [n for n, t in itertools.chain(twin.named_parameters(), twin.named_buffers()) if t.device.type == "meta"]
     if left:
         raise SynpruneError(f"could not gather {left[0]} (and {len(left) - 1} more) of the device-mapped model to the CPU")
     return twin.eval()
+
+
+@contextlib.contextmanager
+def _loaded(module: nn.Module) -> Iterator[None]:
+    """Inside the block, an offloaded module holds its real weights (on the CPU); other modules as they are."""
+    if not any(t.device.type == "meta" for t in itertools.chain(module.parameters(recurse=False),
+                                                                  module.buffers(recurse=False))):
+        yield
+        return
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    if not has_offloaded_params(module):
+        raise SynpruneError(f"{type(module).__name__} has weights on the meta device and no accelerate offload holds them")
+    with align_module_device(module, torch.device("cpu")):
+        yield
 
 
 def parse_device_map(text: str | None) -> str | dict[str, Any] | None:
