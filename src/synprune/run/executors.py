@@ -22,7 +22,7 @@ import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from synprune.errors import SynpruneError
 
@@ -152,13 +152,12 @@ def run_specs(runs, base, model: Any, task: Any, columns: Mapping[str, Any]) -> 
 
 
 def run_on(executor_text: str | Executor, specs: list[RunSpec], out_dir: Path | None, done: Mapping[str, Path],
-           expect_model: Mapping, expect_task: Mapping, results: dict) -> None:
+           differs: Callable[[dict], list[str]], results: dict) -> None:
     """Every run's result into `results` (by name): those in `done` read back from their folders, the `specs`
-    computed by the executor, each written to OUT/runs/NAME as it comes in; a job that read another model or
-    other data than this sweep is an error."""
+    computed by the executor, each written to OUT/runs/NAME as it comes in; a job whose result `differs` from
+    this sweep's model or data (what differs: "model", "data") is an error."""
     from synprune.progress import bar
     from synprune.run.result import PruneResult
-    from synprune.run.sweep import _same_inputs
 
     for name, folder in done.items():
         results[name] = PruneResult.read(folder)
@@ -172,7 +171,7 @@ def run_on(executor_text: str | Executor, specs: list[RunSpec], out_dir: Path | 
             for future in concurrent.futures.as_completed(futures):
                 spec, got = futures[future], future.result()
                 result = PruneResult.from_json(got["result"], got["cf_log"])
-                diffs = _same_inputs(got["result"], expect_model, expect_task)
+                diffs = differs(got["result"])
                 if diffs:
                     raise SynpruneError(f"run {spec.name} read another {' and '.join(diffs)} than this sweep: every "
                                         f"worker needs the same files at the same paths ({spec.model}, {spec.task})")

@@ -342,8 +342,9 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         worker, timeline = _run_all(ctx, plan, base, data, split, out_dir, done, results)
     else:  # one job per run, e.g. on a Ray cluster
         columns = {"glue_dir": glue_dir, "text_col": text_col, "text_pair_col": text_pair_col, "label_col": label_col}
-        run_on(executor, run_specs(plan.runs, base, model, task, columns), out_dir, done, tm.describe(),
-               task_record(data, metric_names), results)
+        described, recorded = tm.describe(), task_record(data, metric_names)
+        run_on(executor, run_specs(plan.runs, base, model, task, columns), out_dir, done,
+               lambda result: _same_inputs(result, described, recorded), results)
         worker, timeline = {}, []
     for r in plan.runs:
         res = results[r.name]
