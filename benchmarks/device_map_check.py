@@ -1,7 +1,8 @@
 """Pruning a model spread over several devices (`synprune prune --device-map`) against the same model on one device.
 
     python benchmarks/device_map_check.py [--model smollm2|PATH] [--task ewt|FILE.txt] [--calib-size 8]
-        [--eval-size 20] [--out benchmarks/results/device_map_check_<cpu|gpu>.json]
+        [--eval-size 20] [--recipes fisher+neurons+ls,flap+bias,magnitude+cf]
+        [--out benchmarks/results/device_map_check_<cpu|gpu>.json]
 
 The map splits the decoder's layers into contiguous slices over every visible GPU, then the CPU, then disk
 offload (the embeddings, final norm and output head sit on the first device); the reference run puts the whole
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default=None, help="ewt or a .txt file (default: a small text file made here)")
     p.add_argument("--calib-size", type=int, default=8)
     p.add_argument("--eval-size", type=int, default=20)
+    p.add_argument("--recipes", default=",".join(RECIPES), help=f"a subset of {', '.join(RECIPES)}")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     from synprune.progress import set_quiet
@@ -101,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("no GPU present: the map splits the model over the CPU and disk offload only")
     devices = gpus + ["cpu", "disk"]
-    mapping = split_map(args.model, devices)
+    mapping = split_map(model, devices)
     one = {"": 0} if gpus else None  # the whole model on GPU 0, or loaded plainly on the CPU
     print("split map (layers):", {k: v for k, v in mapping.items() if any(c.isdigit() for c in k)})
     rows, ok_all = [], True
-    for label, recipe in RECIPES.items():
+    for label in args.recipes.split(","):
+        recipe = RECIPES[label]
         got = {}
         for where, dm in (("one device", one), ("split", mapping)):
             for g in gpus:
