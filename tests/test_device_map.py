@@ -155,3 +155,9 @@ def test_bad_device_map_options_are_one_line_errors(tmp_path):
         placement(None, {0: "1GiB"})
     with pytest.raises(SynpruneError, match="device_map places a model that synprune loads"):
         prune(tiny_model("bert"), task="stsb", device_map="auto")
+    pytest.importorskip("gguf")
+    from synprune.model.load import load_model
+
+    (tmp_path / "m.gguf").write_bytes(b"")
+    with pytest.raises(SynpruneError, match="cannot offload a GGUF model to disk"):  # transformers' own error is a RuntimeError
+        load_model(str(tmp_path / "m.gguf"), device_map={"model.layers.0": "disk"})

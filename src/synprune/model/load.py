@@ -113,6 +113,10 @@ def _load_gguf(path: str, placed: dict) -> tuple[nn.Module, object]:
     if importlib.util.find_spec("gguf") is None:
         raise SynpruneError("loading a .gguf model needs the gguf package: `pip install synprune[gguf]`")
     folder, name = str(Path(path).parent), Path(path).name
+    device_map = placed.get("device_map")
+    if isinstance(device_map, dict) and "disk" in device_map.values():
+        raise SynpruneError("transformers cannot offload a GGUF model to disk: map its modules to GPUs and the CPU, "
+                            "or save it as a safetensors folder first")
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         net = _from_pretrained(AutoModelForCausalLM, folder, gguf_file=name, **placed)
