@@ -99,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
 
         tm = load_model(model)
         model = str(tmp / "converted")
-        tm.model.save_pretrained(model)
+        config = tm.model.config
+        if hasattr(config, "quantization_config"):  # the dequantized weights are plain float32
+            del config.quantization_config
+        plain = type(tm.model)(config)
+        plain.load_state_dict(tm.model.state_dict())
+        plain.save_pretrained(model)
         tm.tokenizer.save_pretrained(model)
         print(f"{args.model}: dequantized and saved as a safetensors folder (GGUF weights cannot be offloaded to disk)")
     task = args.task
