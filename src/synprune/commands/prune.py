@@ -42,7 +42,7 @@ def print_summary(result) -> None:
 @option_sets
 def prune(
     data: DataOptions,
-    sparsity: float = typer.Option(0.5, help="Fraction of all heads to remove, in [0, 1)."),
+    sparsity: float = typer.Option(0.5, help="Fraction of the units (--units; default: attention heads) to remove, in [0, 1)."),
     out: Path = typer.Option(Path("runs/prune"), help="Output folder for result.json."),
     method: str = typer.Option("sap", help="Scoring method (see `synprune methods`)."),
     sap: SapOptions = SapOptions(),
@@ -58,7 +58,9 @@ def prune(
                                              "balanced, or a JSON file of module name -> device (GPU index, cpu, disk)."),
     max_memory: Optional[str] = typer.Option(None, help="With --device-map: the most each device may hold, e.g. 0=20GiB,1=20GiB,cpu=60GiB."),
 ) -> None:
-    """Prune attention heads of MODEL on TASK and write OUT/result.json."""
+    """Prune MODEL on TASK: score its attention heads (with --units also key/value groups or feed-forward neurons),
+    remove them to a budget, optionally re-check (--cf) and repair (--repair), evaluate, and write OUT/result.json;
+    --export also saves the smaller model."""
     from synprune.run.prune import prune as run_prune
 
     from synprune.devices import parse_device_map, parse_max_memory
