@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from synprune.arch import AttentionHandles, FFNHandles, get_adapter, removed_kv_groups, weight_rows
-from synprune.config import PruneConfig, max_positions
+from synprune.config import PruneConfig
+from synprune.model.load import max_positions
 from synprune.errors import SynpruneError
 from synprune.evaluation import lm as LM
 from synprune.methods.layerlocal import HEAD_SCORES, NEURON_SCORES, PARTNER, Moments, head_scores, neuron_scores
@@ -333,8 +334,7 @@ def _perplexity(model, evals: list[dict], states: States) -> float:
 
 def _source_and_model(model: Any, stream: bool):
     """(layer source, TaskModel) for `model` (a folder, a .gguf file, "smollm2", or a loaded TaskModel)."""
-    from synprune.model.load import TaskModel, _resolve, load_model, with_bos
-    from synprune.run.prune import as_task_model
+    from synprune.model.load import TaskModel, _resolve, as_task_model, with_bos
 
     if not stream:
         tm = as_task_model(model)
