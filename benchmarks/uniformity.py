@@ -106,7 +106,7 @@ def _load(row: dict, name: str):
         import transformers
 
         return getattr(transformers, info["auto_class"]).from_pretrained(row["dir"]).eval()
-    from synprune.export.checkpoint import load_pruned
+    from synprune.model.pruned import load_pruned
 
     return load_pruned(row["dir"])[0]
 
