@@ -200,13 +200,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", default="minilm,smollm2")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--note", default="", help="render: a line under the title (e.g. why a column is empty)")
     a = p.parse_args(argv)
     if a.phase == "quality":
         quality(a.work, a.models.split(","))
     elif a.phase == "speed":
         speed(a.work, a.out, a.rounds, a.threads)
     else:  # the table from WORK/quality.json as it is (speed columns empty until `speed` ran)
-        a.out.write_text(render(json.loads((a.work / "quality.json").read_text()), a.rounds, a.threads))
+        text = render(json.loads((a.work / "quality.json").read_text()), a.rounds, a.threads)
+        a.out.write_text(text.replace("\n\n", f"\n\n{a.note}\n\n", 1) if a.note else text)
 
 
 if __name__ == "__main__":
