@@ -69,7 +69,12 @@ def export(
     if not location:
         raise SynpruneError(f"{result_json} names no model (model.path); pass --model PATH")
     kind = result["model"].get("kind") if isinstance(result.get("model"), dict) else None
-    src, tokenizer = load_source_model(location, kind)
+    from synprune.model.load import check_model_files, reading
+
+    if Path(location).is_dir():
+        check_model_files(location)
+    with reading(f"the model in {location}", "pass --model a complete model folder"):
+        src, tokenizer = load_source_model(location, kind)
     _, n_heads = head_grid(src)
     pruned = heads_to_remove(result, n_heads)
     actual = sha256_dir(location) if Path(location).is_dir() else None

@@ -42,7 +42,7 @@ def print_summary(result) -> None:
 @option_sets
 def prune(
     data: DataOptions,
-    sparsity: float = typer.Option(0.5, help="Fraction of all heads to remove, in [0, 1)."),
+    sparsity: float = typer.Option(0.5, help="Fraction of the units (--units; default: attention heads) to remove, in [0, 1)."),
     out: Path = typer.Option(Path("runs/prune"), help="Output folder for result.json."),
     method: str = typer.Option("sap", help="Scoring method (see `synprune methods`)."),
     sap: SapOptions = SapOptions(),
@@ -54,14 +54,22 @@ def prune(
     export: Optional[Path] = typer.Option(None, help="Also write the physically pruned model to this folder (--layout uniform: a standard checkpoint for plain from_pretrained; adaptive: from_pretrained(trust_remote_code=True) or synprune.load_pruned)."),
     onnx: bool = typer.Option(False, "--onnx", help="With --export: also write model.onnx, checked with onnxruntime."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --export folder if it already holds files."),
+    device_map: Optional[str] = typer.Option(None, help="Spread the model over several devices with accelerate: auto, "
+                                             "balanced, or a JSON file of module name -> device (GPU index, cpu, disk)."),
+    max_memory: Optional[str] = typer.Option(None, help="With --device-map: the most each device may hold, e.g. 0=20GiB,1=20GiB,cpu=60GiB."),
 ) -> None:
-    """Prune attention heads of MODEL on TASK and write OUT/result.json."""
+    """Prune MODEL on TASK: score its attention heads (with --units also key/value groups or feed-forward neurons),
+    remove them to a budget, optionally re-check (--cf) and repair (--repair), evaluate, and write OUT/result.json;
+    --export also saves the smaller model."""
     from synprune.run.prune import prune as run_prune
 
+    from synprune.devices import parse_device_map, parse_max_memory
+
     set_quiet(data.quiet)
+    placed = {"device_map": parse_device_map(device_map), "max_memory": parse_max_memory(max_memory)}
     result = run_prune(data.model, task=str(data.task), sparsity=sparsity, out=out, **data.columns(), method=method,
                        **data.config(), **sap.config(), cf=cf, **cf_options.config(), budget=budget, **unit_options.config(),
-                       export=export, onnx=onnx, parses_file=parses, overwrite=overwrite)
+                       export=export, onnx=onnx, parses_file=parses, overwrite=overwrite, **placed)
     print_summary(result)
     console.print(f"wrote {out / 'result.json'}" + (f" and {out / 'cf_log.jsonl'}" if cf else "")
                   + (f"; pruned model in {export}" if export else ""))

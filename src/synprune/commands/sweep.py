@@ -30,6 +30,17 @@ def _joined(values) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
+def interrupted(e: KeyboardInterrupt, out: Path) -> None:
+    """Ctrl-C: one line (no traceback) with the runs kept and the command that resumes; exit status 130."""
+    from ..cli import invocation
+
+    finished = getattr(e, "finished", None)
+    kept = (f"{finished} of {e.total} runs finished and are kept in {out / 'runs'}" if finished
+            else "no run had finished")
+    typer.secho(f"interrupted: {kept}; resume with: {invocation()}", err=True, fg="yellow")
+    raise typer.Exit(130)
+
+
 @app.command()
 @option_sets
 def sweep(
@@ -45,6 +56,9 @@ def sweep(
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the plots and report.html.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute run folders in OUT that hold other "
                                             "options, model or data (finished matching runs are always reused).")] = False,
+    executor: Annotated[str, typer.Option(help="Where runs are computed: pool (this machine's two processes, sharing "
+                                               "one calibration), inline, or ray / ray:ADDRESS (one Ray task per run; "
+                                               "needs `pip install 'synprune[ray]'`).")] = "pool",
     sap: SapOptions = SapOptions(),
     cf: CfOptions = CfOptions(),
     unit_options: UnitOptions = UnitOptions(),
@@ -60,8 +74,10 @@ def sweep(
         set_quiet(data.quiet)
         result = S.sweep(data.model, task=str(data.task), methods=split_list(methods, str, "--methods"),
                          sparsities=split_list(sparsities, float, "--sparsities"), seeds=split_list(seeds, int, "--seeds"),
-                         grid=S.parse_grid(grid), out=out, report=not no_report, overwrite=overwrite, **data.columns(),
+                         grid=S.parse_grid(grid), out=out, report=not no_report, overwrite=overwrite, executor=executor, **data.columns(),
                          **data.config(), **sap.config(), **cf.config(), **unit_options.config())
+    except KeyboardInterrupt as e:
+        interrupted(e, out)
     finally:
         release_early()
     summary = result.summary

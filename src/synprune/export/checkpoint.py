@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from synprune import __version__
+from synprune.devices import dispatched, gathered, input_device
 from synprune.arch import head_grid, kv_grid
 from synprune.errors import SynpruneError
 from synprune.io import atomic_write_json, sha256_dir
@@ -68,17 +69,18 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 12, seed: int =
     ids = torch.randint(min(5, vocab - 1), vocab, (batch, length), generator=g)
     mask = torch.ones(batch, length, dtype=torch.long)
     mask[1:, length // 2:] = 0
-    device = next(model.parameters()).device
+    device = input_device(model)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
 @torch.no_grad()
 def _first_output(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**inputs)[0]
+    device = input_device(model)
+    return model(**{k: v.to(device) for k, v in inputs.items()})[0]
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max())
+    return float((a.float().cpu() - b.float().cpu()).abs().max())
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:
@@ -197,7 +199,10 @@ def _slice_checked(model: nn.Module, pruned: list[tuple[int, int]], neurons: lis
         probe = probe_inputs(model)
         with repaired(model, pruned, neurons or None, repair):
             reference = _first_output(model, probe)
-    small = model if in_place else copy.deepcopy(model)
+    if dispatched(model):  # spread over devices or offloaded: a whole copy on the CPU is what is written
+        small = gathered(model)
+    else:
+        small = model if in_place else copy.deepcopy(model)
     fold(small, repair)
     state = remove_units(small, pruned, neurons)
     if not check:

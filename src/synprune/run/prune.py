@@ -7,17 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from synprune.arch import group_size, removed_kv_groups
-from synprune.calibrate.context import Calibration
-from synprune.config import PruneConfig, max_positions
+from synprune.calibrate.context import Calibration, open_context
+from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
 from synprune.evaluation.evalcache import cached_dense
-from synprune.evaluation.evaluate import Prepared, evaluate, prepare, task_metrics
+from synprune.evaluation.evaluate import Prepared, evaluate, prepare
 from synprune.methods import HeadScores, get_method, score, unused_options
-from synprune.model.load import TaskModel, as_task_model
+from synprune.model.load import TaskModel
 from synprune.progress import log
 from synprune.run.result import PruneResult, versions
 from synprune.selection.select import Selection, group_order, n_to_prune, select
-from synprune.data.tasks import Split, TaskData, align_labels, load_task, make_split
+from synprune.data.tasks import Split, TaskData
 
 
 def refuse_unused_options(cfg: PruneConfig) -> None:
@@ -44,11 +44,6 @@ def with_reference(tm: TaskModel, prepared: dict, metric_names) -> dict:
         for p in prepared.values():
             p.reference = outputs(tm, p)
     return prepared
-
-
-def model_data(tm: TaskModel, data: TaskData) -> TaskData:
-    """The task's labels in the model's own label ids (classifiers with named labels)."""
-    return align_labels(data, tm.model.config) if tm.kind == "classifier" else data
 
 
 def task_record(data: TaskData, metric_names) -> dict:
@@ -142,9 +137,10 @@ def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned, neurons=
     """Metrics per split with `pruned` heads (and `neurons`) masked, `repair` applied. Heads alone are scored on
     a copy of the model with them physically removed: the masked model's numbers (a removed head's slice only
     added zeros), at the pruned model's cost."""
+    from synprune.devices import dispatched
     from synprune.repair import repaired
 
-    if pruned and neurons is None and repair is None:
+    if pruned and neurons is None and repair is None and not dispatched(tm.model):  # a device map's weights stay put
         from synprune.model.remove import without_heads
 
         small = replace(tm, model=without_heads(tm.model, pruned))
@@ -157,12 +153,15 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           out: str | Path | None = None, config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
           export: str | Path | None = None, onnx: bool = False, parses_file: str | Path | None = None,
-          overwrite: bool = False, **options) -> PruneResult:
+          overwrite: bool = False, device_map: str | dict | None = None, max_memory: dict | None = None,
+          **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
 
     Returns the result; with `out`, also writes DIR/result.json atomically; with `export`, also writes the
     physically pruned model there (reload it with `synprune.load_pruned`); an existing non-empty `export`
-    folder is replaced (atomically) only with `overwrite`. With `parses_file` (CoNLL-U),
+    folder is replaced (atomically) only with `overwrite`. `device_map` ("auto", "balanced" or {module: device},
+    "cpu" and "disk" included) and `max_memory` spread a model loaded by name over several devices
+    (`synprune.devices`); the export is gathered on the CPU. With `parses_file` (CoNLL-U),
     SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
     sample; evaluation stays on the task.
     """
@@ -175,24 +174,17 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         from synprune.io import refuse_to_replace
 
         refuse_to_replace(export, overwrite, "--export")
-    data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
-    if parses_file is not None and cfg.cf and not data.lm:
-        raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
-    refuse_cf_without_labels(data, cfg.cf)
-    tm = as_task_model(model, tokenizer)
-    cfg.check_model(max_positions(tm.model))
-    data = model_data(tm, data)
-    metric_names = task_metrics(tm, data)
-    split = make_split(data, cfg.calib_size, cfg.seed, cfg.eval_size)
-    if parses_file is None:
-        ctx = Calibration(tm, split.calibration, cfg, metric_names, glue_dir=glue_dir)
-    else:
-        from synprune.calibrate.context import gold_calibration
 
-        ctx = gold_calibration(tm, parses_file, cfg, metric_names)
-        split = Split(ctx.examples, split.evaluation, f"calibration: {len(ctx.examples)} seeded sentences of {parses_file} "
-                      f"with gold trees; evaluation: {', '.join(split.evaluation)}")
-    result = run(ctx, cfg, data, split)
+    def check(data: TaskData) -> None:
+        if parses_file is not None and cfg.cf and not data.lm:
+            raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
+        refuse_cf_without_labels(data, cfg.cf)
+
+    opened = open_context(model, task, cfg, tokenizer=tokenizer, glue_dir=glue_dir, text_col=text_col,
+                          text_pair_col=text_pair_col, label_col=label_col, parses_file=parses_file, check=check,
+                          device_map=device_map, max_memory=max_memory)
+    tm, data = opened.tm, opened.data
+    result = run(opened.ctx, cfg, data, opened.split)
     if export is not None:
         from synprune.export.checkpoint import export_pruned
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, get_type_hints
 
-from synprune.config import PruneConfig, max_positions
+from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
 from synprune.io import atomic_write_json, atomic_write_text
 from synprune.methods import SCANS, available, uses
 from synprune.progress import bar, log
-from synprune.data.tasks import ALIASES, GLUE, TaskData, load_task, make_split
+from synprune.data.tasks import ALIASES, GLUE, TaskData
 
 if TYPE_CHECKING:  # torch-heavy; imported when a sweep runs, so the command line starts fast
     from synprune.run.result import PruneResult
@@ -105,6 +105,15 @@ class Plan:
                 "seeded_methods": [s.label for s in self.specs if "seed" in s.depends_on()],
                 "grid": self.grid, "runs": len(self.runs),
                 "config": {k: v for k, v in self.base.to_json().items() if k not in PER_RUN}}
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep's runs: how many of them had finished (their folders are complete and a rerun into
+    the same folder reads them back) and where."""
+
+    def __init__(self, finished: int, total: int, out: Path | None):
+        super().__init__(f"{finished} of {total} runs finished")
+        self.finished, self.total, self.out = finished, total, out
 
 
 @dataclass
@@ -297,7 +306,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           seeds: Sequence[int] = DEFAULT_SEEDS, grid: Mapping[str, Sequence] | None = None,
           out: str | Path | None = "runs/sweep", config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
-          report: bool = True, overwrite: bool = False, **options) -> SweepResult:
+          report: bool = True, overwrite: bool = False, executor: Any = None, **options) -> SweepResult:
     """Run every method x sparsity (x seed for seeded methods, x grid values for the methods they affect)
     on one calibration context; with `out`, write results.csv/json, runs/*/result.json, plots and report.html.
 
@@ -306,24 +315,24 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
 
     Rerun into the same `out` (e.g. after an interruption), runs already finished there with the same options,
     model and data are read back, not recomputed; a run folder of other options is refused unless `overwrite`.
+
+    `executor` ("inline", "ray", "ray:ADDRESS", or an `executors.Executor`) computes each run as a job of its
+    own instead of in this machine's two-process pool (the default), e.g. spread over a Ray cluster.
     """
-    from synprune.calibrate.context import Calibration
-    from synprune.evaluation.evaluate import task_metrics
-    from synprune.run.prune import as_task_model, model_data, refuse_cf_without_labels, task_record
+    from synprune.calibrate.context import open_context
+    from synprune.run.executors import check_executor, run_on, run_specs
+    from synprune.run.prune import refuse_cf_without_labels, task_record
     from synprune.run.result import PruneResult
 
     base = (config or PruneConfig()).replace(**options).validate()
+    executor = check_executor(executor)
     plan = plan_sweep(methods, sparsities, seeds, grid, base)
     if model is None and tokenizer is None and _is_other_glue_task(task):
         model = task_model_for(task.name if isinstance(task, TaskData) else task, glue_dir)
-    data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
-    tm = as_task_model(model, tokenizer)
-    base.check_model(max_positions(tm.model))
-    data = model_data(tm, data)
-    refuse_cf_without_labels(data, any(s.cf for s in plan.specs))
-    metric_names = task_metrics(tm, data)
-    split = make_split(data, base.calib_size, base.seed, base.eval_size)
-    ctx = Calibration(tm, split.calibration, base, metric_names, glue_dir=glue_dir)
+    opened = open_context(model, task, base, tokenizer=tokenizer, glue_dir=glue_dir, text_col=text_col,
+                          text_pair_col=text_pair_col, label_col=label_col,
+                          check=lambda data: refuse_cf_without_labels(data, any(s.cf for s in plan.specs)))
+    tm, data, metric_names, split, ctx = opened.tm, opened.data, opened.metric_names, opened.split, opened.ctx
     for spec in plan.specs:  # what several methods' scans can share is collected in one pass
         ctx.planned_scans.update(SCANS.get(spec.name, {}))
     out_dir = Path(out) if out is not None else None
@@ -332,8 +341,18 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     results: dict[str, PruneResult] = {}
     t0 = time.perf_counter()
     log(f"sweep: {len(plan.runs)} runs ({', '.join(s.label for s in plan.specs)}) on {tm.name} / {data.name}"
-        + (f"; {len(done)} already finished in {out_dir} are reused" if done else ""))
-    worker, timeline = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+        + (f"; read back {len(done)} finished runs from {out_dir}, {len(plan.runs) - len(done)} remain" if done else ""))
+    try:
+        if executor is None:
+            worker, timeline = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+        else:  # one job per run, e.g. on a Ray cluster
+            columns = {"glue_dir": glue_dir, "text_col": text_col, "text_pair_col": text_pair_col, "label_col": label_col}
+            described, recorded = tm.describe(), task_record(data, metric_names)
+            run_on(executor, run_specs(plan.runs, base, model, task, columns), out_dir, done,
+                   lambda result: _same_inputs(result, described, recorded), results)
+            worker, timeline = {}, []
+    except KeyboardInterrupt:
+        raise SweepInterrupted(len(results), len(plan.runs), out_dir) from None
     for r in plan.runs:
         res = results[r.name]
         rows.append(_row(r, res, float(res.details.get("run_seconds", 0.0)), list(plan.grid)))
@@ -380,7 +399,7 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
 
     from synprune.cf.filter import pool_size, walk_key
     from synprune.evaluation.evalcache import lookup
-    from synprune.run.evalpool import Evaluations
+    from synprune.run.evalpool import Evaluations, worker_possible
     from synprune.run.prune import assemble, choose_heads, dense_scores, evaluate_chosen, evaluation_inputs, plain_cf, score, walked
     from synprune.run.result import PruneResult
     from synprune.selection.select import n_to_prune
@@ -393,6 +412,7 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
     prepared = evaluation_inputs(ctx, split)
     configs = {r.name: r.config(base).resolved() for r in todo}
     walks = [r for r in todo if plain_cf(configs[r.name])]  # CF runs whose walk either process can make
+    log(expected_time(ctx.tm, prepared, list(configs.values()), len(split.calibration), worker_possible(ctx.tm)))
     chosen: dict[str, tuple[Any, float]] = {}
     threads = torch.get_num_threads()
     with Evaluations(ctx.tm, prepared, split.evaluation, ctx.metric_names, max(base.batch_size, 64),
@@ -471,6 +491,71 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
             torch.set_num_threads(threads)
             ctx.pace = lambda: None
         return dict(evals.worker_stages), evals.timeline
+
+
+# Expected time: (evaluations x one dense pass + CF passes x CF_PASS_SHARE x a pass over the calibration sample)
+# / processes x ETA_FACTOR, the dense pass timed here on one thread (each of the two processes runs one). Both
+# constants fit the default sweep's recorded stage times (benchmarks/results/sweep_time.txt, 441 s: 37
+# evaluations took 335 s and 216 CF passes 506 s, single-threaded, in both processes; parsing, scans and gradients
+# add about 8%). The range printed is ETA_RANGE around it: another machine, other load, other models and tasks.
+ETA_FACTOR = 1.05
+ETA_RANGE = (0.75, 1.4)
+CF_PASS_SHARE = 0.75  # a CF pass runs the calibration sample from the tried head's layer up (cached below it)
+
+
+def dense_pass_seconds(tm, prepared: Mapping) -> float:
+    """Seconds one dense pass over the evaluation inputs takes here on one thread, from one timed forward of a
+    middle-sized batch scaled by the token count of all of them (the faster of two timings: the first warms up)."""
+    import torch
+
+    batches = [(b.inputs, n) for p in prepared.values() for b in (p.sentences or p.batches)
+               for n in [1 + (b.inputs_b is not None) + len(b.choices or ())]]
+    if not batches:
+        return 0.0
+    tokens = [inputs["input_ids"].numel() * n for inputs, n in batches]
+    sample, _ = sorted(batches, key=lambda bn: bn[0]["input_ids"].numel())[len(batches) // 2]
+    device = next(tm.model.parameters()).device
+    sample = {k: v.to(device) for k, v in sample.items()}
+    seconds, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for _ in range(2):
+                t = time.perf_counter()
+                tm.model(**sample)
+                seconds.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return min(seconds) * sum(tokens) / sample["input_ids"].numel()
+
+
+def expected_time(tm, prepared: Mapping, configs: Sequence[PruneConfig], calib_size: int, parallel: bool) -> str:
+    """One line: the sweep's expected time, from the work it has planned (one evaluation per run and the dense
+    one; with CF, the largest pool's heads alone, and for each method one walk trial per head of its largest pool:
+    its walks at other budgets repeat the same first trials, which are made once) and a timed dense pass."""
+    from synprune.cf.filter import pool_size
+
+    n_heads = tm.n_heads
+    evaluations = len(configs) + 1
+    pools: dict[str, int] = {}
+    for c in configs:
+        if c.cf:
+            pools[c.method] = max(pools.get(c.method, 0), pool_size(c, n_heads))
+    cf_passes = (max(pools.values()) + sum(pools.values())) if pools else 0
+    dense = dense_pass_seconds(tm, prepared)
+    n_eval = sum(p.n for p in prepared.values()) or 1
+    work = evaluations * dense + cf_passes * CF_PASS_SHARE * dense * calib_size / n_eval
+    central = ETA_FACTOR * work / (2 if parallel else 1)
+    low, high = (central * f for f in ETA_RANGE)
+    return (f"sweep: expected {_minutes(low)} to {_minutes(high)} ({evaluations} evaluations"
+            + (f" and about {cf_passes} Candidate Filtering passes" if cf_passes else "")
+            + f"; one dense evaluation pass takes {dense:.1f} s on one thread here, "
+            + ("two processes share the work" if parallel else "one process does the work")
+            + "; the time scales with this machine's speed, free cores and load)")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{max(seconds, 1):.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _score_alone(evals, grid: tuple[int, int], heads: Sequence[tuple[int, int]], cfg: PruneConfig) -> None:
