@@ -35,6 +35,7 @@ class PruneConfig:
     neuron_score: str = "auto"  # --units heads,neurons: how neurons are scored (synprune.methods.neurons)
     repair: str = "none"  # retrain-free repair after pruning: none, ls, bias (synprune.repair)
     rearrange: bool = True  # budgeted neuron search: Kwon et al.'s mask rearrangement
+    layout: str = "adaptive"  # "uniform": every layer keeps as many heads, KV groups, neurons (selection.uniform)
 
     def validate(self) -> "PruneConfig":
         """Every option checked by its owner (`owners`), after what no owner can see: non-finite numbers and
@@ -45,6 +46,8 @@ class PruneConfig:
                 raise SynpruneError(f"--{f.name.replace('_', '-')} {value}: give a finite number")
         if self.units == "kv-groups" and self.cf:
             raise SynpruneError("--units kv-groups prunes whole key/value groups, but CF walks single heads; drop +cf or use --units heads")
+        if self.layout == "uniform" and self.cf:
+            raise SynpruneError("--layout uniform chooses whole per-layer allocations, but CF walks single heads; drop +cf or use --layout adaptive")
         for owner in owners():
             self.options(owner).validate()
         return self

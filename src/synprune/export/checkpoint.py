@@ -1,9 +1,14 @@
 """Save a physically pruned model as a standard checkpoint folder (`synprune.model.pruned` loads it back).
 
-The folder holds `config.json` (the unpruned architecture), `model.safetensors` (the sliced weights, with
-the model's own state-dict keys), the tokenizer, and `synprune_pruning.json` (kept heads per layer, removed
-layers, the model class and its Auto class, provenance). Loading builds the full-size architecture from the
-config, shapes it with the kept heads, then loads the weights strictly: any mismatch is an error.
+Two kinds of folder, both with `model.safetensors` (the sliced weights, with the model's own state-dict keys),
+the tokenizer and `synprune_pruning.json` (kept units per layer in original indices, the model class and its Auto
+class, provenance):
+- standard (every layer pruned to the same sizes, `--layout uniform`): `config.json` is the family's own config
+  with the smaller sizes (`synprune.export.standard`), so plain `from_pretrained(DIR)` loads it;
+- adaptive (layers of different sizes): `config.json` is the unpruned architecture plus the per-layer recipe
+  and an `auto_map` to `synprune_modeling.py`, shipped in the folder (imports only torch and transformers), so
+  `from_pretrained(DIR, trust_remote_code=True)` loads it without synprune (`synprune.export.remote`).
+`synprune.model.pruned.load_pruned` reads both.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from synprune.errors import SynpruneError
 from synprune.io import atomic_write_json, sha256_dir
 from synprune.model.pruned import FORMAT_VERSION, PRUNING_FILE, WEIGHTS_FILE
 from synprune.model.remove import remove_units, validate_heads, validate_neurons
+from synprune.export.standard import UniformSizes, standard_model, uniform_sizes  # noqa: F401 (public here too)
 
 
 # Auto classes tried in this order to name the one a model class belongs to (bare encoder first).
@@ -123,7 +129,10 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     finally:
         if was_training and not in_place:
             model.train()
-    info = pruning_info(small, state, pruned, neurons, repair, n_dense, max_diff, source, meta)
+    standard = _standard(small)
+    if standard is not None:
+        small = standard
+    info = pruning_info(small, state, pruned, neurons, repair, n_dense, max_diff, source, meta, standard=standard is not None)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp."))
     try:
@@ -133,7 +142,7 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
             info["onnx"] = export_onnx(small, tmp)
         from synprune.export.st import carry_sentence_transformers
 
-        info["sentence_transformers"] = carry_sentence_transformers(source.get("path"), tmp)
+        info["sentence_transformers"] = carry_sentence_transformers(source.get("path"), tmp, standard=standard is not None)
         _write_folder(small, tokenizer, info, tmp)
         _usual_permissions(tmp)
         _swap_in(tmp, out_dir)
@@ -144,10 +153,11 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
 
 
 def pruning_info(small: nn.Module, state: dict, pruned: list, neurons: list, repair: Any, n_dense: int,
-                 max_diff: float | None, source: dict, meta: dict) -> dict:
+                 max_diff: float | None, source: dict, meta: dict, standard: bool = False) -> dict:
     """What synprune_pruning.json says about a pruned model (`small`, shaped as `state` says)."""
     return {
         "format_version": FORMAT_VERSION,
+        "standard": standard,
         "synprune_version": __version__,
         "model_type": small.config.model_type,
         "model_class": type(small).__name__,
@@ -170,6 +180,16 @@ def pruning_info(small: nn.Module, state: dict, pruned: list, neurons: list, rep
         "source": source,
         "meta": meta,
     }
+def _standard(small: nn.Module) -> nn.Module | None:
+    """`small` as its family's own model with standard sizes, or None when its layers differ in size or its
+    family's config cannot say so (then the folder is written the adaptive way)."""
+    sizes = uniform_sizes(small)
+    if sizes is None:
+        return None
+    try:
+        return standard_model(small, sizes)
+    except SynpruneError:
+        return None
 
 
 def _slice_checked(model: nn.Module, pruned: list[tuple[int, int]], neurons: list[tuple[int, int]], verify: bool,
@@ -212,6 +232,10 @@ def _write_folder(small: nn.Module, tokenizer: Any, info: dict, folder: Path) ->
 
     config = copy.deepcopy(small.config)
     config.architectures = [type(small).__name__]
+    if not info.get("standard"):
+        from synprune.export.remote import add_remote_code
+
+        add_remote_code(small, config, info, folder)
     config.save_pretrained(folder)
     save_model(small, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})  # drops tied duplicates
     if tokenizer is not None:

@@ -16,7 +16,7 @@ from synprune.model.remove import apply_state
 PRUNING_FILE = "synprune_pruning.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"  # a sharded export (layer-streamed: one shard per layer)
-FORMAT_VERSION = 2  # 2: kept key/value groups and neurons (format 1 folders still load)
+FORMAT_VERSION = 3  # 2: kept key/value groups and neurons; 3: "standard" folders (formats 1-2 still load)
 
 
 def read_pruning_info(path: str | Path) -> dict:
@@ -42,15 +42,21 @@ def _model_class(info: dict) -> Any:
 
 def load_pruned(path: str | Path, *, device: str | torch.device | None = None,
                 attn_implementation: str | None = None) -> tuple[nn.Module, Any]:
-    """Load a folder written by `export_pruned`: (model in eval mode, tokenizer or None)."""
+    """Load a folder written by `export_pruned`: (model in eval mode, tokenizer or None). A standard folder (every
+    layer the same size) is the family's own checkpoint: plain `from_pretrained`. An adaptive one is built at full
+    size from its unpruned config, shaped with the kept units, then loaded strictly (any mismatch is an error)."""
     import transformers
     from safetensors.torch import load_model
 
     path = Path(path)
     info = read_pruning_info(path)
-    config = transformers.AutoConfig.from_pretrained(path)
     cls = _model_class(info)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if info.get("standard"):
+        transformers.utils.logging.disable_progress_bar()
+        model = cls.from_pretrained(path, **kwargs).eval()
+        return (model.to(device) if device is not None else model), _load_tokenizer(path)
+    config = transformers.AutoConfig.from_pretrained(path)
     model = cls.from_config(config, **kwargs) if hasattr(cls, "from_config") else cls._from_config(config, **kwargs)
     apply_state(model, info)
     try:

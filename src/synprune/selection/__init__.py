@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from synprune.errors import SynpruneError
 
 UNITS = ("heads", "kv-groups", "heads,neurons")
+LAYOUTS = ("adaptive", "uniform")  # per-layer sizes chosen freely, or the same in every layer (selection.uniform)
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class SelectionOptions:
     budget: str | None = None
     units: str = "heads"  # what is pruned: "heads" (query heads), "kv-groups" (whole key/value groups), "heads,neurons"
     rearrange: bool = True
+    layout: str = "adaptive"
 
     def validate(self) -> "SelectionOptions":
         if not 0 <= self.sparsity < 1:
@@ -27,6 +29,10 @@ class SelectionOptions:
             raise SynpruneError(f"--layer-fraction {self.layer_fraction} must be in (0, 1]")
         if self.units not in UNITS:
             raise SynpruneError(f"--units {self.units!r}: use one of {', '.join(UNITS)}")
+        if self.layout not in LAYOUTS:
+            raise SynpruneError(f"--layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
+        if self.layout == "uniform" and self.layer_fraction != 1.0:
+            raise SynpruneError("--layout uniform keeps the same heads in every layer and never removes a block whole; drop --layer-fraction")
         if self.budget is not None:
             from synprune.selection.budget import parse_budget
 
