@@ -258,6 +258,39 @@ class Adapter:
         """The module that replaces an attention block whose heads are all gone (a residual-only path)."""
         raise NotImplementedError
 
+    # --- standard checkpoints (every layer the same size) ---------------------------------------------------------
+    # The config attributes that hold the query heads, key/value heads and feed-forward width, and whether the
+    # family's own config can say "fewer heads at the same head size" (an explicit head_dim read by the model).
+    # Without that (BERT-family encoders, DistilBERT, MPNet, GPT-2 derive the head size as hidden / heads), a
+    # standard checkpoint can only have fewer neurons per layer, never fewer heads.
+    heads_config_attr: ClassVar[str] = "num_attention_heads"
+    kv_config_attr: ClassVar[str | None] = None
+    intermediate_config_attr: ClassVar[str] = "intermediate_size"
+    head_dim_in_config: ClassVar[bool] = False
+
+    def standard_config(self, config: Any, n_heads: int, n_kv: int, intermediate: int) -> Any:
+        """A copy of the unpruned `config` whose every layer has `n_heads` query heads in `n_kv` key/value groups
+        and `intermediate` feed-forward neurons, so the family's own model class builds the pruned shapes. A size
+        the config cannot express is a SynpruneError."""
+        import copy
+
+        from ..errors import SynpruneError
+
+        s = self.shape(config)
+        out = copy.deepcopy(config)
+        if (n_heads, n_kv) != (s.n_heads, s.n_kv):
+            if not self.head_dim_in_config:
+                raise SynpruneError(
+                    f"a {self.family} config derives the head size from hidden size / heads, so a standard "
+                    f"{type(config).__name__} cannot hold {n_heads} of {s.n_heads} heads per layer; with --layout "
+                    "uniform this family prunes feed-forward neurons only (all heads kept), or use --layout adaptive")
+            setattr(out, self.heads_config_attr, int(n_heads))
+            if self.kv_config_attr:
+                setattr(out, self.kv_config_attr, int(n_kv))
+            out.head_dim = s.head_dim
+        setattr(out, self.intermediate_config_attr, int(intermediate))
+        return out
+
     # --- tests ---------------------------------------------------------------------------------------------------
     def tiny_config(self) -> Any:
         """A 3-layer random config of this family with hidden size 32 (4 query heads) for the test suite."""

@@ -52,6 +52,8 @@ class DecoderAdapter(Adapter):
     config_class: str
     tiny_extra: dict = {}
     count_overrides: bool = False  # the forward reads head counts from the config (Phi-3)
+    kv_config_attr = "num_key_value_heads"
+    head_dim_in_config = True  # the attention reads config.head_dim (Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3)
 
     def __init__(self, family: str, model_types: tuple[str, ...], config_class: str, *,
                  bias_switches: dict[str, str] | None = None, **tiny_extra: Any):

@@ -14,6 +14,7 @@ from .encoders import EncoderAdapter, ZeroAttention
 class DistilBert(EncoderAdapter):
     family = "distilbert"
     model_types = ("distilbert",)
+    heads_config_attr, intermediate_config_attr = "n_heads", "hidden_dim"
     heads_attrs = ("n_heads",)  # `dim` is the model width (out_lin's output), not heads x head_dim
 
     def layers(self, model: nn.Module) -> list[nn.Module]:

@@ -13,6 +13,8 @@ from .decoders import DecoderAdapter
 
 class GPT2(DecoderAdapter):
     attention_attr = "attn"
+    heads_config_attr, kv_config_attr, intermediate_config_attr = "n_head", None, "n_inner"
+    head_dim_in_config = False  # head_dim = n_embd // n_head
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(model.base_model.h)

@@ -50,8 +50,13 @@ class ConfigView:
 
 
 def base_config(module: nn.Module) -> Any:
+    """The shared config behind a module's view (also the view of a model loaded through an export's shipped
+    synprune_modeling.py, which has its own copy of ConfigView)."""
     cfg = module.config
-    return cfg.synprune_base if isinstance(cfg, ConfigView) else cfg
+    try:
+        return object.__getattribute__(cfg, "_base")
+    except AttributeError:
+        return cfg
 
 
 def configure(module: nn.Module, overrides: dict[str, Any], kv_index: torch.Tensor | None) -> None:

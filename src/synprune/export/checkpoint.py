@@ -1,9 +1,15 @@
 """Save a physically pruned model as a standard checkpoint folder, and load it back with one call.
 
-The folder holds `config.json` (the unpruned architecture), `model.safetensors` (the sliced weights, with
-the model's own state-dict keys), the tokenizer, and `synprune_pruning.json` (kept heads per layer, removed
-layers, the model class and its Auto class, provenance). Loading builds the full-size architecture from the
-config, shapes it with the kept heads, then loads the weights strictly: any mismatch is an error.
+Two kinds of folder, both with `model.safetensors` (the sliced weights, with the model's own state-dict keys),
+the tokenizer and `synprune_pruning.json` (kept units per layer in original indices, the model class and its Auto
+class, provenance):
+- standard (every layer pruned to the same sizes, `--layout uniform`): `config.json` is the family's own config
+  with the smaller sizes (`synprune.export.standard`), so plain `from_pretrained(DIR)` loads it;
+- adaptive (layers of different sizes): `config.json` is the unpruned architecture plus the per-layer recipe
+  and an `auto_map` to `synprune_modeling.py`, shipped in the folder (imports only torch and transformers), so
+  `from_pretrained(DIR, trust_remote_code=True)` loads it without synprune (`synprune.export.remote`).
+`load_pruned` reads both: the adaptive kind by building the full-size architecture, shaping it with the kept
+units, then loading the weights strictly (any mismatch is an error).
 """
 from __future__ import annotations
 
@@ -23,10 +29,11 @@ from synprune.arch import head_grid, kv_grid
 from synprune.errors import SynpruneError
 from synprune.io import atomic_write_json, sha256_dir
 from synprune.export.remove import apply_state, remove_units, validate_heads, validate_neurons
+from synprune.export.standard import UniformSizes, standard_model, uniform_sizes  # noqa: F401 (public here too)
 
 PRUNING_FILE = "synprune_pruning.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 2  # 2: kept key/value groups and neurons (format 1 folders still load)
+FORMAT_VERSION = 3  # 2: kept key/value groups and neurons; 3: "standard" folders (formats 1-2 still load)
 
 # Auto classes tried in this order to name the one a model class belongs to (bare encoder first).
 _AUTO_MAPPINGS = (
@@ -124,8 +131,12 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     finally:
         if was_training and not in_place:
             model.train()
+    standard = _standard(small)
+    if standard is not None:
+        small = standard
     info = {
         "format_version": FORMAT_VERSION,
+        "standard": standard is not None,
         "synprune_version": __version__,
         "model_type": small.config.model_type,
         "model_class": type(small).__name__,
@@ -157,7 +168,7 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
             info["onnx"] = export_onnx(small, tmp)
         from synprune.export.st import carry_sentence_transformers
 
-        info["sentence_transformers"] = carry_sentence_transformers(source.get("path"), tmp)
+        info["sentence_transformers"] = carry_sentence_transformers(source.get("path"), tmp, standard=standard is not None)
         _write_folder(small, tokenizer, info, tmp)
         _usual_permissions(tmp)
         _swap_in(tmp, out_dir)
@@ -165,6 +176,18 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _standard(small: nn.Module) -> nn.Module | None:
+    """`small` as its family's own model with standard sizes, or None when its layers differ in size or its
+    family's config cannot say so (then the folder is written the adaptive way)."""
+    sizes = uniform_sizes(small)
+    if sizes is None:
+        return None
+    try:
+        return standard_model(small, sizes)
+    except SynpruneError:
+        return None
 
 
 def _slice_checked(model: nn.Module, pruned: list[tuple[int, int]], neurons: list[tuple[int, int]], verify: bool,
@@ -204,6 +227,10 @@ def _write_folder(small: nn.Module, tokenizer: Any, info: dict, folder: Path) ->
 
     config = copy.deepcopy(small.config)
     config.architectures = [type(small).__name__]
+    if not info.get("standard"):
+        from synprune.export.remote import add_remote_code
+
+        add_remote_code(small, config, info, folder)
     config.save_pretrained(folder)
     save_model(small, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})  # drops tied duplicates
     if tokenizer is not None:
@@ -240,9 +267,13 @@ def load_pruned(path: str | Path, *, device: str | torch.device | None = None,
 
     path = Path(path)
     info = read_pruning_info(path)
-    config = transformers.AutoConfig.from_pretrained(path)
     cls = _model_class(info)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if info.get("standard"):
+        transformers.utils.logging.disable_progress_bar()
+        model = cls.from_pretrained(path, **kwargs).eval()
+        return (model.to(device) if device is not None else model), _load_tokenizer(path)
+    config = transformers.AutoConfig.from_pretrained(path)
     model = cls.from_config(config, **kwargs) if hasattr(cls, "from_config") else cls._from_config(config, **kwargs)
     apply_state(model, info)
     try:

@@ -1,6 +1,8 @@
 """Carry a sentence-transformers model's own files (modules.json, pooling, normalisation, its configs) into a
-pruned export, with the first module pointed at `synprune.export.st_module.PrunedTransformer`, so the export loads
-with `SentenceTransformer(DIR, trust_remote_code=True)` and embeds exactly as the source model did."""
+pruned export. A standard export (every layer the same size) keeps sentence-transformers' own Transformer module:
+`SentenceTransformer(DIR)` loads it with no remote code. An adaptive export gets its first module pointed at
+`synprune.export.st_module.PrunedTransformer`, so it loads with `SentenceTransformer(DIR, trust_remote_code=True)`
+(with synprune installed); both embed exactly as the pruned model does."""
 from __future__ import annotations
 
 import json
@@ -15,14 +17,14 @@ _TRANSFORMER_TYPES = ("sentence_transformers.models.Transformer",
 _ROOT_FILES = ("sentence_bert_config.json", "config_sentence_transformers.json")
 
 
-def carry_sentence_transformers(source: str | Path | None, folder: Path) -> bool:
+def carry_sentence_transformers(source: str | Path | None, folder: Path, standard: bool = False) -> bool:
     """Copy `source`'s sentence-transformers files into `folder`; False (nothing copied) for other models."""
     if not source or not (Path(source) / MODULES_FILE).is_file():
         return False
     src = Path(source)
     modules = json.loads((src / MODULES_FILE).read_text(encoding="utf-8"))
     for m in modules:
-        if m.get("path", "") in ("", ".") and m.get("type") in _TRANSFORMER_TYPES:
+        if m.get("path", "") in ("", ".") and m.get("type") in _TRANSFORMER_TYPES and not standard:
             m["type"] = PRUNED_MODULE
         elif m.get("path"):
             sub = src / m["path"]
