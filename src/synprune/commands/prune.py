@@ -53,7 +53,9 @@ def prune(
     unit_options: UnitOptions = UnitOptions(),
     export: Optional[Path] = typer.Option(None, help="Also write the physically pruned model to this folder (load with synprune.load_pruned)."),
     onnx: bool = typer.Option(False, "--onnx", help="With --export: also write model.onnx, checked with onnxruntime."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --export folder if it already holds files."),
+    gguf: Optional[Path] = typer.Option(None, "--gguf", help="With --export: also write this GGUF file for llama.cpp (a decoder pruned with --layout uniform)."),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help="With --gguf: f32, f16 or q8_0."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --export folder (and the --gguf file) if it already holds files."),
 ) -> None:
     """Prune attention heads of MODEL on TASK and write OUT/result.json."""
     from synprune.run.prune import prune as run_prune
@@ -61,7 +63,8 @@ def prune(
     set_quiet(data.quiet)
     result = run_prune(data.model, task=str(data.task), sparsity=sparsity, out=out, **data.columns(), method=method,
                        **data.config(), **sap.config(), cf=cf, **cf_options.config(), budget=budget, **unit_options.config(),
-                       export=export, onnx=onnx, parses_file=parses, overwrite=overwrite)
+                       export=export, onnx=onnx, parses_file=parses, overwrite=overwrite, gguf=gguf,
+                       gguf_type=gguf_type)
     print_summary(result)
     console.print(f"wrote {out / 'result.json'}" + (f" and {out / 'cf_log.jsonl'}" if cf else "")
-                  + (f"; pruned model in {export}" if export else ""))
+                  + (f"; pruned model in {export}" if export else "") + (f"; GGUF in {gguf}" if gguf else ""))

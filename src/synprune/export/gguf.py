@@ -354,6 +354,21 @@ def _source_gguf(model: nn.Module, tokenizer_gguf: str | Path | None) -> str | N
 
 # --- writing ------------------------------------------------------------------------------------------------
 
+def check_target(model: nn.Module, path: str | Path, gtype: str, overwrite: bool) -> Family:
+    """The checks that need no pruning (run them before any work): a supported decoder, a known type, a .gguf
+    name, and no existing file unless `overwrite`. Returns the model's Family."""
+    path = Path(path)
+    if gtype not in GGUF_TYPES:
+        raise SynpruneError(f"--gguf-type must be one of {', '.join(GGUF_TYPES)}; not {gtype}")
+    if path.suffix.lower() != ".gguf":
+        raise SynpruneError(f"the --gguf file name must end in .gguf; not {path.name}")
+    if path.exists() and not overwrite:
+        raise SynpruneError(f"--gguf {path} already exists; choose another file or add --overwrite")
+    if path.is_dir():
+        raise SynpruneError(f"--gguf {path} is a folder; pass a file name ending in .gguf")
+    return family_of(model)
+
+
 def write_gguf(model: nn.Module, tokenizer: Any, path: str | Path, gtype: str = "f16", *, name: str | None = None,
                tokenizer_gguf: str | Path | None = None, overwrite: bool = False, verify: bool = True,
                log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -368,13 +383,7 @@ def write_gguf(model: nn.Module, tokenizer: Any, path: str | Path, gtype: str = 
     import gguf
 
     path = Path(path)
-    if gtype not in GGUF_TYPES:
-        raise SynpruneError(f"--gguf-type must be one of {', '.join(GGUF_TYPES)}; not {gtype}")
-    if path.exists() and not overwrite:
-        raise SynpruneError(f"{path} already exists; choose another file or add --overwrite")
-    if path.suffix.lower() != ".gguf":
-        raise SynpruneError(f"the GGUF file name must end in .gguf; not {path.name}")
-    fam = family_of(model)
+    fam = check_target(model, path, gtype, overwrite)
     check_uniform(model)
     _check_expressible(model, fam)
     model_name = name or Path(str(_cfg(model, "_name_or_path", "") or "model")).stem or "model"
@@ -382,6 +391,8 @@ def write_gguf(model: nn.Module, tokenizer: Any, path: str | Path, gtype: str = 
         model_name = f"{fam.name_hint}-{model_name}"
     source = _source_gguf(model, tokenizer_gguf)
     vocab = model.get_input_embeddings().weight.shape[0]
+    if source is None and tokenizer is None:
+        raise SynpruneError("a GGUF file needs the model's tokenizer; none was given")
     tok_fields = tokenizer_from_gguf(source) if source else tokenizer_fields(tokenizer, vocab)
     n_tokens = next(len(v) for k, v, _, _ in tok_fields if k == gguf.Keys.Tokenizer.LIST)
     if n_tokens != vocab:

@@ -146,12 +146,13 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           out: str | Path | None = None, config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
           export: str | Path | None = None, onnx: bool = False, parses_file: str | Path | None = None,
-          overwrite: bool = False, **options) -> PruneResult:
+          overwrite: bool = False, gguf: str | Path | None = None, gguf_type: str = "f16", **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
 
     Returns the result; with `out`, also writes DIR/result.json atomically; with `export`, also writes the
     physically pruned model there (reload it with `synprune.load_pruned`); an existing non-empty `export`
-    folder is replaced (atomically) only with `overwrite`. With `parses_file` (CoNLL-U),
+    folder is replaced (atomically) only with `overwrite`; with `gguf` (and `export`), a decoder pruned to the same
+    sizes in every layer is also written as that GGUF file (type `gguf_type`). With `parses_file` (CoNLL-U),
     SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
     sample; evaluation stays on the task.
     """
@@ -160,6 +161,8 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     refuse_unused_options(cfg)
     if onnx and export is None:
         raise SynpruneError("--onnx writes model.onnx into the exported folder; add --export DIR or drop --onnx")
+    if gguf is not None and export is None:
+        raise SynpruneError("--gguf writes the exported model; add --export DIR or drop --gguf")
     if export is not None:
         from synprune.io import refuse_to_replace
 
@@ -169,6 +172,10 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
     refuse_cf_without_labels(data, cfg.cf)
     tm = as_task_model(model, tokenizer)
+    if gguf is not None:
+        from synprune.export.gguf import check_target
+
+        check_target(tm.model, gguf, gguf_type, overwrite)  # before the work, not after it
     cfg.check_model(max_positions(tm.model))
     data = model_data(tm, data)
     metric_names = task_metrics(tm, data)
@@ -186,9 +193,12 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         from synprune.export.checkpoint import export_pruned
 
         export_pruned(tm.model, tm.tokenizer, result.pruned_heads, export, overwrite=overwrite, onnx=onnx,
-                      neurons=result.pruned_neurons, repair=result.repair,
+                      neurons=result.pruned_neurons, repair=result.repair, gguf=gguf, gguf_type=gguf_type,
                       meta={"method": result.method, "cf": result.cf, "task": data.name, "sparsity": result.sparsity,
-                            "metric": {k: result.metric[k] for k in ("name", "dense", "pruned")}})
+                            "metric": {k: result.metric[k] for k in ("name", "dense", "pruned")},
+                            # a GGUF source: the GGUF export copies its tokenizer from that file
+                            **({"source": {"path": tm.path, "hash": tm.weights_hash}}
+                               if gguf is not None and str(tm.path).lower().endswith(".gguf") else {})})
     return result._written(out)  # last: a failed export leaves the previous output set as it was
 
 
