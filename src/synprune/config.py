@@ -8,6 +8,7 @@ from .errors import SynpruneError
 
 
 UNITS = ("heads", "kv-groups", "heads,neurons")
+LAYOUTS = ("adaptive", "uniform")  # per-layer sizes chosen freely, or the same in every layer (standard checkpoint)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class PruneConfig:
     neuron_score: str = "auto"  # --units heads,neurons: how neurons are scored (synprune.methods.neurons)
     repair: str = "none"  # retrain-free repair after pruning: none, ls, bias (synprune.repair)
     rearrange: bool = True  # budgeted neuron search: Kwon et al.'s mask rearrangement
+    layout: str = "adaptive"  # "uniform": every layer keeps as many heads, KV groups, neurons (selection.uniform)
 
     def validate(self) -> "PruneConfig":
         from synprune.calibrate.attention import DIRECTIONS
@@ -74,6 +76,12 @@ class PruneConfig:
             raise SynpruneError(f"--units {self.units!r}: use one of {', '.join(UNITS)}")
         if self.units == "kv-groups" and self.cf:
             raise SynpruneError("--units kv-groups prunes whole key/value groups, but CF walks single heads; drop +cf or use --units heads")
+        if self.layout not in LAYOUTS:
+            raise SynpruneError(f"--layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
+        if self.layout == "uniform" and self.cf:
+            raise SynpruneError("--layout uniform chooses whole per-layer allocations, but CF walks single heads; drop +cf or use --layout adaptive")
+        if self.layout == "uniform" and self.layer_fraction != 1.0:
+            raise SynpruneError("--layout uniform keeps the same heads in every layer and never removes a block whole; drop --layer-fraction")
         if self.dependencies_from is not None:
             from synprune.syntax.depsource import check_source
 

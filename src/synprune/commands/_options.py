@@ -69,6 +69,10 @@ class SapOptions(OptionSet):
         help="What sparsity and budgets count: heads (query heads), kv-groups (whole key/value groups with all "
              "their query heads: also shrinks the KV cache) or heads,neurons (query heads and feed-forward "
              "neurons; budgets flops:F / params:F run Kwon et al.'s mask search).")] = _D.units
+    layout: Annotated[str, typer.Option(
+        help="adaptive (each layer keeps what the selection picks) or uniform (every layer keeps the same numbers "
+             "of heads, key/value groups and neurons: the export is a standard checkpoint that plain "
+             "from_pretrained loads; see docs/load-anywhere.md).")] = _D.layout
 
 
 @dataclass

@@ -77,6 +77,8 @@ def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Sele
     """Heads to prune: the top of the order, or CF's walk over a candidate pool. With a budget, also the
     config the selection ran with (its sparsity is the budget's head count) and what the selection keeps."""
     n_heads = ctx.tm.n_heads
+    if cfg.layout == "uniform":
+        return _choose_uniform(ctx, cfg, scores)
     if cfg.neurons:
         from synprune.selection.budget import budget_report
         from synprune.selection.units import select_units
@@ -110,6 +112,22 @@ def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Sele
     if not report["met"]:
         raise SynpruneError(f"budget {cfg.budget}: the selection keeps {report} and cannot meet it; use a larger fraction")
     return selection, cf_log, used.replace(sparsity=len(selection.pruned) / n_heads), report
+
+
+def _choose_uniform(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Selection, list[dict], PruneConfig, dict]:
+    """`choose` under --layout uniform (synprune.selection.uniform)."""
+    from synprune.selection.budget import budget_report
+    from synprune.selection.uniform import select_uniform
+
+    selection, info = select_uniform(ctx, cfg, scores)
+    report: dict = {}
+    if cfg.budget:
+        seq_len = ctx.mean_length()
+        report = budget_report(ctx.tm.model, selection.pruned, cfg.budget, seq_len,
+                               neurons=selection.neurons if cfg.neurons else ())
+        if not report["met"]:
+            raise SynpruneError(f"budget {cfg.budget}: the uniform selection keeps {report} and cannot meet it; use a larger fraction")
+    return selection, [], cfg.replace(sparsity=len(selection.pruned) / ctx.tm.n_heads), {**report, "units": info}
 
 
 def _pick(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, n: int) -> tuple[Selection, list[dict]]:

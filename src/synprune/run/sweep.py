@@ -34,7 +34,7 @@ DEFAULT_SEEDS = (0, 1, 2)
 CF_SUFFIX = "+cf"
 # Options that change every method's selection, and those that change only Candidate Filtering's; a method's
 # own scoring options come from its registration (`methods.uses`).
-SELECTION_OPTIONS = frozenset({"layer_fraction", "units", "neuron_score", "rearrange", "repair"})
+SELECTION_OPTIONS = frozenset({"layer_fraction", "units", "neuron_score", "rearrange", "repair", "layout"})
 CF_OPTIONS = frozenset({"pool_ratio", "tolerance", "tolerance_abs"})
 # Fixed for a whole sweep: the axes of the sweep itself, and what defines its calibration context.
 NOT_GRIDDABLE = {"method": "--methods", "cf": "--methods NAME+cf", "sparsity": "--sparsities", "seed": "--seeds",
