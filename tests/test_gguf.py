@@ -247,3 +247,28 @@ def test_cli_export_gguf(tmp_path):
     again = CliRunner().invoke(app, [*args[:3], str(tmp_path / "out2"), *args[4:]])
     assert isinstance(again.exception, SynpruneError) and "--overwrite" in str(again.exception)
     assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.integration
+def test_smollm2_uniform_gguf_round_trip(smollm2, tmp_path):
+    """The real SmolLM2-135M (9 query heads in 3 KV groups, 1536 neurons) pruned uniformly to 6 heads (one per
+    group removed) and 1280 neurons per layer: the Q8_0 file, read back by transformers inside the export, gives
+    the pruned model's logits within Q8_0's tolerance; the tokenizer metadata is the source file's, copied."""
+    from transformers.integrations.gguf import read_gguf_metadata
+
+    from synprune.model.load import smollm2_path
+
+    model, tok = smollm2
+    layers = model.config.num_hidden_layers
+    heads = [(l, h) for l in range(layers) for h in (2, 5, 8)]
+    neurons = [(l, n) for l in range(layers) for n in range(0, 1536, 6)]  # 256 per layer
+    path = tmp_path / "smol.gguf"
+    export_pruned(model, tok, heads, tmp_path / "out", neurons=neurons, gguf=path, gguf_type="q8_0",
+                  meta={"source": {"path": str(smollm2_path())}})
+    info = json.loads((tmp_path / "out" / "synprune_pruning.json").read_text())["gguf"]
+    assert info["check"] == "logits" and info["max_abs_diff"] <= TOLERANCE["q8_0"] * info["max_abs_logit"]
+    assert info["tokenizer"].startswith("copied from")
+    meta, _ = read_gguf_metadata(str(path))
+    assert (meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]) == (6, 3)
+    assert meta["llama.feed_forward_length"] == 1280 and meta["llama.rope.dimension_count"] == 64
+    assert meta["tokenizer.ggml.pre"] == "smollm" and meta["tokenizer.ggml.model"] == "gpt2"

@@ -134,6 +134,10 @@ def _check_expressible(model: nn.Module, fam: Family) -> None:
         if list(_cfg(model, "layer_types", want)) != want:
             raise SynpruneError(f"llama.cpp's {fam.arch} makes every {fam.swa_pattern}th layer global and the others "
                                 "sliding-window; this model's layer types differ")
+        local = rope.get("sliding_attention", {})
+        if fam.arch == "gemma3" and (local.get("rope_theta", 10000.0) != 10000.0 or local.get("rope_type", "default") != "default"):
+            raise SynpruneError("llama.cpp's gemma3 fixes the sliding layers' rope at base 10000, unscaled; this model's "
+                                f"are {local}")
         scalar = _cfg(model, "query_pre_attn_scalar")
         if scalar is not None and int(scalar) != head_dim(model):
             raise SynpruneError(f"llama.cpp's {fam.arch} scales attention by 1/sqrt(head_dim) (= {head_dim(model)}); "
