@@ -272,3 +272,28 @@ def test_smollm2_uniform_gguf_round_trip(smollm2, tmp_path):
     assert (meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]) == (6, 3)
     assert meta["llama.feed_forward_length"] == 1280 and meta["llama.rope.dimension_count"] == 64
     assert meta["tokenizer.ggml.pre"] == "smollm" and meta["tokenizer.ggml.model"] == "gpt2"
+
+
+def test_prune_layout_uniform_writes_gguf(tmp_path):
+    """The pipeline end to end: prune --layout uniform --export DIR --gguf FILE; the GGUF file reads back to the
+    exported standard checkpoint's logits. --gguf without --export is refused before any work."""
+    from synprune.model.load import TaskModel, with_bos
+    from synprune.run.prune import prune
+
+    tok = byte_level_tokenizer()
+    tm = TaskModel(tiny_decoder("llama"), with_bos(tok), "lm", "tiny-llama", "", None)
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(s for s in SAMPLES * 6 if s.strip()), encoding="utf-8")
+    with pytest.raises(SynpruneError, match="add --export"):
+        prune(tm, None, str(text), gguf=tmp_path / "x.gguf")
+    prune(tm, None, str(text), method="magnitude", calib_size=8, batch_size=4, units="heads,neurons",
+          budget="params:0.7", layout="uniform", max_length=64, export=tmp_path / "small", out=tmp_path / "run",
+          gguf=tmp_path / "small.gguf", gguf_type="f16")
+    info = json.loads((tmp_path / "small" / "synprune_pruning.json").read_text())
+    assert info["standard"] and info["gguf"]["type"] == "f16" and info["gguf"]["check"] == "logits"
+    small = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "small", attn_implementation="eager").eval()
+    back = read(tmp_path / "small.gguf", plain=True)
+    assert back.config.num_attention_heads == small.config.num_attention_heads < 4 or \
+        back.config.intermediate_size == small.config.intermediate_size < 37
+    inputs = batch(small.config.vocab_size)
+    assert_close(logits(small, inputs), logits(back, inputs), inputs["attention_mask"], "f16")

@@ -194,12 +194,10 @@ def tensors(model: nn.Module, fam: Family) -> list[tuple[str, np.ndarray]]:
     arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == fam.arch)
     names = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
     cfg = model.config
-    out, seen = [], set()
+    out = []
     tied = _tied(model)
     for hf_name, param in model.state_dict().items():
-        if hf_name == "lm_head.weight" and tied:
-            continue
-        if param.data_ptr() in seen and hf_name != "model.embed_tokens.weight":
+        if hf_name == "lm_head.weight" and tied:  # llama.cpp uses token_embd when there is no output tensor
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
@@ -212,7 +210,6 @@ def tensors(model: nn.Module, fam: Family) -> list[tuple[str, np.ndarray]]:
         if fam.norm_plus_one and "norm" in name and name.endswith(".weight"):
             array = array + 1.0
         out.append((name, array))
-        seen.add(param.data_ptr())
     return out
 
 
