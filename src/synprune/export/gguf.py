@@ -29,7 +29,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -187,14 +187,14 @@ def _tensor_type(gtype: str, name: str, array: np.ndarray):
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # gguf.LlamaFileType ALL_F32, MOSTLY_F16, MOSTLY_Q8_0
 
 
-def tensors(model: nn.Module, fam: Family) -> list[tuple[str, np.ndarray]]:
-    """(GGUF name, float32 array) for every weight, in llama.cpp's names and layout."""
+def tensors(model: nn.Module, fam: Family) -> Iterator[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 array) for every weight, in llama.cpp's names and layout, one at a time (the writer
+    keeps only the converted f16 / Q8_0 data, so memory stays near the file's size)."""
     import gguf
 
     arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == fam.arch)
     names = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
     cfg = model.config
-    out = []
     tied = _tied(model)
     for hf_name, param in model.state_dict().items():
         if hf_name == "lm_head.weight" and tied:  # llama.cpp uses token_embd when there is no output tensor
@@ -209,8 +209,7 @@ def tensors(model: nn.Module, fam: Family) -> list[tuple[str, np.ndarray]]:
             array = _permute_rotary(array, cfg.num_attention_heads if ".attn_q." in name else cfg.num_key_value_heads)
         if fam.norm_plus_one and "norm" in name and name.endswith(".weight"):
             array = array + 1.0
-        out.append((name, array))
-    return out
+        yield name, array
 
 
 def _metadata(model: nn.Module, fam: Family) -> list[tuple[str, Any, str]]:
