@@ -297,3 +297,24 @@ def test_prune_layout_uniform_writes_gguf(tmp_path):
         back.config.intermediate_size == small.config.intermediate_size < 37
     inputs = batch(small.config.vocab_size)
     assert_close(logits(small, inputs), logits(back, inputs), inputs["attention_mask"], "f16")
+
+
+def test_pre_tokenizer_name_from_the_split_regex():
+    """llama.cpp picks its pre-tokenizer by name: a Qwen2 / Llama 3 split regex is recognised, SmolLM's digit split
+    too, a plain GPT-2 byte-level one is `gpt-2`, anything else `default`."""
+    import copy
+
+    from tokenizers import Regex, pre_tokenizers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    def pre(pre_tokenizer) -> str:
+        tok = copy.deepcopy(byte_level_tokenizer())
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizer
+        return dict((k, v) for k, v, *_ in gguf_mod.tokenizer_fields(tok, len(tok)))["tokenizer.ggml.pre"]
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    assert pre(pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), "isolated"), byte_level])) == "qwen2"
+    assert pre(pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False)])) == "smollm"
+    assert pre(pre_tokenizers.ByteLevel(add_prefix_space=False)) == "gpt-2"
+    assert pre(pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\s+"), "isolated"), byte_level])) == "default"
