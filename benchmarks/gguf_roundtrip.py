@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--out", type=Path, default=None, help="write the table (markdown) and a .json beside it")
+    ap.add_argument("--made-by", default=None, help="the command that wrote --export, for the record")
     args = ap.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -103,7 +104,9 @@ def main() -> None:
               f"- synprune {synprune.__version__}, torch {torch.__version__}, gguf "
               f"{__import__('importlib.metadata').metadata.version('gguf')}, transformers "
               f"{__import__('transformers').__version__}",
-              "- command: python benchmarks/gguf_roundtrip.py " + " ".join(sys.argv[1:])]
+              *([f"- export made by: `{args.made_by}`"] if args.made_by else []),
+              "- command: `python benchmarks/gguf_roundtrip.py " + " ".join(
+                  a if " " not in a else repr(a) for a in sys.argv[1:]) + "`"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

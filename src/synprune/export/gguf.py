@@ -40,9 +40,12 @@ from synprune.errors import SynpruneError
 GGUF_TYPES = ("f32", "f16", "q8_0")
 Q8_BLOCK = 32
 
-# The largest max |difference| of logits allowed between the model and the file read back by transformers,
-# relative to the largest |logit| of the model (f32: rounding only; f16 / Q8_0: the weights' rounding).
-TOLERANCE = {"f32": 1e-5, "f16": 5e-3, "q8_0": 5e-2}
+# The largest |difference| of logits allowed between the model and the file read back by transformers, relative
+# to the largest |logit| of the model (at least 1). f32: rounding only. f16 / Q8_0: the weights' rounding; on
+# SmolLM2 (1024 tokens of EWT, benchmarks/results/gguf_roundtrip.md) f16 gave 1.8e-3 and Q8_0 4.4e-2 of the
+# largest logit, so the bounds leave room for deeper models, while a wrong layout (q/k order, norm offset,
+# head size) moves logits by about their own size.
+TOLERANCE = {"f32": 1e-5, "f16": 1e-2, "q8_0": 1e-1}
 
 
 @dataclass(frozen=True)
