@@ -98,5 +98,8 @@ def export(
     typer.echo(f"wrote {path}: {kept}/{total} heads kept, attention removed in layers {info['removed_layers'] or 'none'}, "
                f"parameters {dense:,} -> {small:,} (-{100 * (dense - small) / dense:.1f}%)"
                + (f", model.onnx checked (max diff {info['onnx']['max_abs_diff']:.2g})" if "onnx" in info else "")
+               + ("; a standard checkpoint (every layer the same size): plain from_pretrained loads it" if info.get("standard")
+                  else "; layers of different sizes: load with from_pretrained(..., trust_remote_code=True) or synprune.load_pruned"
+                  if info.get("remote_code") else "")
                + (f"; {gguf} ({info['gguf']['type']}, {info['gguf']['bytes']:,} bytes, read back: max logit diff "
                   f"{info['gguf']['max_abs_diff']:.2g})" if "gguf" in info else ""))

@@ -51,7 +51,7 @@ def prune(
     cf_options: CfOptions = CfOptions(),
     budget: Optional[str] = typer.Option(None, help="Budget instead of --sparsity: heads:F, params:F or flops:F (fraction to keep)."),
     unit_options: UnitOptions = UnitOptions(),
-    export: Optional[Path] = typer.Option(None, help="Also write the physically pruned model to this folder (load with synprune.load_pruned)."),
+    export: Optional[Path] = typer.Option(None, help="Also write the physically pruned model to this folder (--layout uniform: a standard checkpoint for plain from_pretrained; adaptive: from_pretrained(trust_remote_code=True) or synprune.load_pruned)."),
     onnx: bool = typer.Option(False, "--onnx", help="With --export: also write model.onnx, checked with onnxruntime."),
     gguf: Optional[Path] = typer.Option(None, "--gguf", help="With --export: also write this GGUF file for llama.cpp (a decoder pruned with --layout uniform)."),
     gguf_type: str = typer.Option("f16", "--gguf-type", help="With --gguf: f32, f16 or q8_0."),
