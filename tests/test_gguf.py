@@ -104,9 +104,20 @@ def test_llama_reads_back_with_its_own_config_and_the_permutation_matters(tmp_pa
     monkeypatch.setitem(gguf_mod.FAMILIES, "llama", gguf_mod.Family("llama", permute_qk=False))
     write_gguf(model, byte_level_tokenizer(), tmp_path / "bad.gguf", "f32", verify=False)
     assert not torch.allclose(logits(model, inputs), logits(read(tmp_path / "bad.gguf"), inputs), atol=1e-3)
-    with pytest.raises(SynpruneError, match="differs from the model"):
+    with pytest.raises(SynpruneError, match="does not hold this model"):
         write_gguf(model, byte_level_tokenizer(), tmp_path / "bad2.gguf", "f32")
     assert not (tmp_path / "bad2.gguf").exists()
+
+
+def test_layout_check_is_exact_under_quantization(tmp_path, monkeypatch):
+    """Q8_0 moves logits, but the check compares the file with the model rounded the same way, to float32
+    precision: a layout error is caught even in a Q8_0 file, and a correct one reports how far rounding moved."""
+    model = tiny_decoder("qwen3")
+    info = write_gguf(model, byte_level_tokenizer(), tmp_path / "ok.gguf", "q8_0")
+    assert info["layout_max_abs_diff"] <= 1e-5 * info["max_abs_logit"] < info["max_abs_diff"]
+    monkeypatch.setitem(gguf_mod.FAMILIES, "qwen3", gguf_mod.Family("qwen3", permute_qk=True))
+    with pytest.raises(SynpruneError, match="does not hold this model"):
+        write_gguf(model, byte_level_tokenizer(), tmp_path / "bad.gguf", "q8_0")
 
 
 def test_gemma_norm_offset_matters(tmp_path, monkeypatch):
