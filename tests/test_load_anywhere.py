@@ -118,6 +118,17 @@ def test_uniform_search_finds_the_best_equal_allocation_within_the_budget(n_head
             assert 9 - sum(1 for l, _ in c.pruned_neurons if l == layer) == c.neurons
 
 
+def test_uniform_search_with_whole_groups_keeps_every_head_of_a_kept_group():
+    cost = CostModel(n_layers=2, n_heads=6, hidden=24, head_dim=4, intermediate=10, n_kv=2)
+    hi = np.array([[5, 0, 0, 4, 3, 0], [5, 0, 0, 4, 3, 0.0]])
+    free = uniform_search(hi, None, cost, None, None, heads_target=2)  # one head in each group: 5 + 4 > 4 + 3
+    assert (free.groups, free.heads_per_group) == (2, 1)
+    assert free.pruned_heads == [(l, h) for l in range(2) for h in (1, 2, 4, 5)]
+    whole = uniform_search(hi, None, cost, None, None, heads_target=3, whole_groups=True)  # group 1: 7 > 5
+    assert (whole.groups, whole.heads_per_group) == (1, 3)
+    assert whole.pruned_heads == [(l, h) for l in range(2) for h in (0, 1, 2)]
+
+
 def test_uniform_search_with_fixed_heads_prunes_neurons_only():
     cost = CostModel(n_layers=2, n_heads=4, hidden=16, head_dim=4, intermediate=20)
     c = uniform_search(np.ones((2, 4)), np.random.default_rng(0).random((2, 20)), cost, "params",

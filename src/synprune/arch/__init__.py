@@ -24,7 +24,7 @@ __all__ = ["Adapter", "AttentionHandles", "FFNHandles", "Shape", "register", "ge
            "weight_rows"]
 
 ADAPTERS: dict[str, Adapter] = {}
-_SUPPORT = {"base", "gqa"}
+_SUPPORT = {"base", "gqa", "standalone"}
 
 
 def register(adapter: Adapter) -> Adapter:

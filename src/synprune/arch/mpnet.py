@@ -11,6 +11,7 @@ from . import register
 from .base import AttentionHandles, FFNHandles
 from .bert import TINY
 from .encoders import EncoderAdapter
+from .standalone import position_bias_hook
 
 
 class EmptyMPNetAttention(nn.Module):
@@ -24,17 +25,6 @@ class EmptyMPNetAttention(nn.Module):
                 output_attentions: bool = False, **kwargs: Any) -> tuple:
         out = self.LayerNorm(hidden_states)
         return (out, None) if output_attentions else (out,)
-
-
-def _position_bias_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Give this layer the position bias of its kept heads."""
-    index = torch.tensor(module.synprune_kept_heads, dtype=torch.long)
-    if len(args) > 2 and args[2] is not None:
-        args = (*args[:2], args[2].index_select(1, index.to(args[2].device)), *args[3:])
-    elif kwargs.get("position_bias") is not None:
-        pb = kwargs["position_bias"]
-        kwargs = {**kwargs, "position_bias": pb.index_select(1, index.to(pb.device))}
-    return args, kwargs
 
 
 class MPNet(EncoderAdapter):
@@ -57,7 +47,7 @@ class MPNet(EncoderAdapter):
     def set_head_counts(self, h: AttentionHandles, n_q: int, n_kv: int) -> None:
         super().set_head_counts(h, n_q, n_kv)
         if not getattr(h.module, "_synprune_bias_hook", False):
-            h.module.register_forward_pre_hook(_position_bias_hook, with_kwargs=True)
+            h.module.register_forward_pre_hook(position_bias_hook, with_kwargs=True)
             h.module._synprune_bias_hook = True
 
     def empty_attention(self, h: AttentionHandles) -> nn.Module:

@@ -4,7 +4,7 @@ An adaptive export keeps the unpruned config; this module adds to it `synprune_r
 read off the sliced model against a full-size model built on the meta device: parameter shapes, scalar module
 attributes such as head counts, blocks removed whole, per-module config overrides, key/value gathering for
 uneven groups, MPNet's position-bias heads) and an `auto_map` to `synprune_modeling.py`, a copy of
-`synprune.export.remote_modeling` (torch and transformers only) that applies the recipe at init.
+`synprune.arch.standalone` (torch and transformers only) that applies the recipe at init.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from synprune.arch import get_adapter
 from synprune.arch.gqa import ConfigView
 
 MODELING_FILE = "synprune_modeling.py"
-_TEMPLATE = Path(__file__).with_name("remote_modeling.py")
+_TEMPLATE = Path(__file__).resolve().parents[1] / "arch" / "standalone.py"
 # replacement modules of attention blocks removed whole -> (kind, what the remote code needs from the old block)
 _EMPTY_KINDS = {"EmptyDecoderAttention": "decoder", "ZeroAttention": "zero",
                 "ResidualLayerNormAttention": "layernorm-nested", "EmptyMPNetAttention": "layernorm"}
@@ -76,5 +76,7 @@ def add_remote_code(small: nn.Module, config: Any, info: dict, folder: Path) -> 
     config.synprune_recipe = recipe(small)
     config.auto_map = {auto: f"{MODELING_FILE[:-3]}.PrunedModel"}
     text = _TEMPLATE.read_text(encoding="utf-8")
-    text = text.replace('BASE_CLASS = "PreTrainedModel"', f'BASE_CLASS = "{type(small).__name__}"', 1)
+    marker = 'BASE_CLASS = ""'
+    assert marker in text, f"{_TEMPLATE} lost its {marker!r} line"
+    text = text.replace(marker, f'BASE_CLASS = "{type(small).__name__}"', 1)
     (folder / MODELING_FILE).write_text(text, encoding="utf-8")

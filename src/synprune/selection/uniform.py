@@ -56,11 +56,11 @@ def _top(values: np.ndarray, k: int) -> list[int]:
 
 def uniform_search(hi: np.ndarray, ni: np.ndarray | None, cost: CostModel, kind: str | None, budget: float | None,
                    seq_len: float | None = None, heads_fixed: bool = False, heads_target: int | None = None,
-                   neurons_target: int | None = None) -> UniformChoice:
+                   neurons_target: int | None = None, whole_groups: bool = False) -> UniformChoice:
     """The uniform allocation of most importance. Either a cost `budget` (in `kind` units, total kept cost
     including what no unit pays for) or fixed per-layer targets: `heads_target` query heads per layer (the
     best g x m <= target, as close as the groups allow) and `neurons_target` neurons. `ni` None: neurons are not
-    pruned. `heads_fixed`: every head is kept."""
+    pruned. `heads_fixed`: every head is kept; `whole_groups`: a kept group keeps all its heads (--units kv-groups)."""
     hi = np.asarray(hi, dtype=np.float64)
     L, H = hi.shape
     G = cost.kv
@@ -74,7 +74,8 @@ def uniform_search(hi: np.ndarray, ni: np.ndarray | None, cost: CostModel, kind:
     if ni is not None:
         ni = np.asarray(ni, dtype=np.float64)
         neuron_value = np.concatenate([[0.0], np.cumsum(-np.sort(-ni, axis=1), axis=1).sum(0)])
-    candidates = [(G, gs)] if heads_fixed else [(g, m) for g in range(1, G + 1) for m in range(1, gs + 1)]
+    candidates = [(G, gs)] if heads_fixed else [(g, m) for g in range(1, G + 1) for m in range(1, gs + 1)
+                                                if m == gs or not whole_groups]
     if heads_target is not None and not heads_fixed:
         reach = max(g * m for g, m in candidates if g * m <= max(heads_target, 1))
         candidates = [(g, m) for g, m in candidates if g * m == reach]
@@ -150,7 +151,7 @@ def select_uniform(ctx, cfg, scores) -> tuple[Selection, dict]:
         else:
             hi, ni, how = _rank_scale(scores.order, ctx.tm.grid), None, "the method's order as ranks"
         choice = uniform_search(hi, ni, cost, budget.kind, budget.keep * cost.total(budget.kind, seq_len), seq_len,
-                                heads_fixed)
+                                heads_fixed, whole_groups=cfg.units == "kv-groups")
     else:
         H = cost.n_heads
         gs = cost.group_size if cfg.units == "kv-groups" else 1
@@ -159,7 +160,8 @@ def select_uniform(ctx, cfg, scores) -> tuple[Selection, dict]:
         ni = None if ns is None else _rank_scale(ascending(ns.scores), ns.scores.shape)
         how = "ranks scaled to (0, 1]"
         choice = uniform_search(hi, ni, cost, None, None, None, heads_fixed, heads_target,
-                                None if ns is None else cost.intermediate - n_to_prune(sparsity, cost.intermediate))
+                                None if ns is None else cost.intermediate - n_to_prune(sparsity, cost.intermediate),
+                                whole_groups=cfg.units == "kv-groups")
     neurons = choice.pruned_neurons
     if ns is not None and cfg.rearrange and ns.grads is not None and neurons:
         from synprune.selection.search import rearrange

@@ -1,5 +1,6 @@
 """Shipped inside an adaptive synprune export as `synprune_modeling.py`: loads the pruned model with
-`from_pretrained(DIR, trust_remote_code=True)` using only torch and transformers (no synprune import).
+`from_pretrained(DIR, trust_remote_code=True)` using only torch and transformers (no synprune import). synprune
+itself uses its config view, gathered attention and MPNet hook (arch.gqa, arch.mpnet), so the two stay one code.
 
 The folder's config.json is the unpruned architecture plus `synprune_recipe`: what synprune changed when it
 sliced the model (parameter shapes, module attributes such as head counts, attention blocks removed whole,
@@ -13,10 +14,9 @@ import sys
 from typing import Any
 
 import torch
-import transformers
 from torch import nn
 
-BASE_CLASS = "PreTrainedModel"  # replaced by the exported model's class name in the shipped copy
+BASE_CLASS = ""  # the exported model's class name in the shipped copy (then PrunedModel is defined)
 IMPL = "synprune_gqa"
 
 
@@ -36,8 +36,18 @@ class ConfigView:
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(object.__getattribute__(self, "_base"), name, value)
 
+    def __deepcopy__(self, memo: dict) -> "ConfigView":
+        import copy
 
-def _base_config(module: nn.Module) -> Any:
+        return type(self)(copy.deepcopy(object.__getattribute__(self, "_base"), memo),
+                          copy.deepcopy(object.__getattribute__(self, "_overrides"), memo))
+
+    @property
+    def synprune_base(self) -> Any:
+        return object.__getattribute__(self, "_base")
+
+
+def base_config(module: nn.Module) -> Any:
     """The shared config behind a module's view (any copy of this file's ConfigView, or synprune's: a process
     may load several folders, and the first registration of the attention function serves them all)."""
     cfg = module.config
@@ -54,7 +64,7 @@ def gathered_attention(module: nn.Module, query, key, value, *args, **kwargs):
 
     index = module.synprune_kv_index.to(key.device)
     key, value = key.index_select(1, index), value.index_select(1, index)
-    impl = _base_config(module)._attn_implementation
+    impl = base_config(module)._attn_implementation
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
     fn = eager if impl in (None, "eager", IMPL) else ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)
     saved, module.num_key_value_groups = module.num_key_value_groups, 1
@@ -117,7 +127,7 @@ def _zero_safe_conv1d() -> type:
     return ZeroSafeConv1D
 
 
-def _position_bias_hook(module, args, kwargs):
+def position_bias_hook(module, args, kwargs):
     """MPNet: give a sliced layer the relative position bias of its kept heads."""
     index = torch.tensor(module.synprune_kept_heads, dtype=torch.long)
     if len(args) > 2 and args[2] is not None:
@@ -164,24 +174,28 @@ def apply_recipe(model: nn.Module, recipe: dict) -> None:
         if path in recipe.get("kv_index", {}):
             module.synprune_kv_index = torch.tensor(recipe["kv_index"][path], dtype=torch.long, device="cpu")
             overrides["_attn_implementation"] = IMPL
-        module.config = ConfigView(_base_config(module), overrides)
+        module.config = ConfigView(base_config(module), overrides)
     for path, kept in recipe.get("position_bias_heads", {}).items():
         module = model.get_submodule(path)
         module.synprune_kept_heads = list(kept)
-        module.register_forward_pre_hook(_position_bias_hook, with_kwargs=True)
+        module.register_forward_pre_hook(position_bias_hook, with_kwargs=True)
 
 
-def _register() -> None:
+def register() -> None:
+    """Make the gathered attention available under IMPL (once per process)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
     if IMPL not in ALL_ATTENTION_FUNCTIONS:
         AttentionInterface.register(IMPL, gathered_attention)
 
 
-class PrunedModel(getattr(transformers, BASE_CLASS)):
-    """The family's model class, each layer built at its pruned size from `config.synprune_recipe`."""
+if BASE_CLASS:
+    import transformers
 
-    def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
-        _register()
-        apply_recipe(self, getattr(config, "synprune_recipe", None) or {})
+    class PrunedModel(getattr(transformers, BASE_CLASS)):
+        """The family's model class, each layer built at its pruned size from `config.synprune_recipe`."""
+
+        def __init__(self, config, *args, **kwargs):
+            super().__init__(config, *args, **kwargs)
+            register()
+            apply_recipe(self, getattr(config, "synprune_recipe", None) or {})
