@@ -101,5 +101,7 @@ def export(
                + ("; a standard checkpoint (every layer the same size): plain from_pretrained loads it" if info.get("standard")
                   else "; layers of different sizes: load with from_pretrained(..., trust_remote_code=True) or synprune.load_pruned"
                   if info.get("remote_code") else "")
-               + (f"; {gguf} ({info['gguf']['type']}, {info['gguf']['bytes']:,} bytes, read back: max logit diff "
-                  f"{info['gguf']['max_abs_diff']:.2g})" if "gguf" in info else ""))
+               + (f"; {gguf} ({info['gguf']['type']}, {info['gguf']['bytes']:,} bytes, checked: "
+                  + (f"read back equal to the model rounded to {info['gguf']['type']}; the rounding moved logits by up to "
+                     f"{info['gguf']['max_abs_diff']:.2g}, top-1 agreement {100 * info['gguf']['top1_agreement']:.1f}%)"
+                     if info["gguf"].get("check") == "logits" else "tensor by tensor)") if "gguf" in info else ""))

@@ -40,11 +40,10 @@ from synprune.errors import SynpruneError
 GGUF_TYPES = ("f32", "f16", "q8_0")
 Q8_BLOCK = 32
 
-# The largest |difference| of logits allowed between the model and the file read back by transformers, relative
-# to the largest |logit| of the model (at least 1). f32: rounding only. f16 / Q8_0: the weights' rounding; on
-# SmolLM2 (1024 tokens of EWT, benchmarks/results/gguf_roundtrip.md) f16 gave 1.8e-3 and Q8_0 4.4e-2 of the
-# largest logit, so the bounds leave room for deeper models, while a wrong layout (q/k order, norm offset,
-# head size) moves logits by about their own size.
+# How far each type's rounding may move the logits, relative to the largest |logit| (at least 1): what the tests
+# hold the files of the tiny models to (the export itself enforces only the exact layout check, `verify_gguf`).
+# On SmolLM2 (1024 tokens of EWT, benchmarks/results/gguf_roundtrip.md) f16 moved them by 1.8e-3 and Q8_0 by
+# 4.4e-2 of the largest logit; a wrong layout (q/k order, norm offset, head size) moves them by about their size.
 TOLERANCE = {"f32": 1e-5, "f16": 1e-2, "q8_0": 1e-1}
 
 
@@ -499,9 +498,9 @@ def as_stored(model: nn.Module, gtype: str) -> nn.Module:
 def verify_gguf(model: nn.Module, path: str | Path, gtype: str) -> dict[str, Any]:
     """Read the file back with transformers and compare logits on a padded probe batch with those of the model
     whose weights went through the file's rounding (`as_stored`): they must agree to float32 precision
-    (TOLERANCE["f32"] of the largest logit), whatever the type, so any layout or metadata error shows however
-    coarse the quantization. The rounding's own effect (the file against the unrounded model) is reported and
-    bounded by TOLERANCE[gtype]. Families transformers cannot read (gemma 1) are checked tensor by tensor (the
+    (10 x TOLERANCE["f32"] of the largest logit), whatever the type, so any layout or metadata error shows however
+    coarse the quantization. The rounding's own effect (the file against the unrounded model: largest |logit
+    difference|, top-1 agreement) is reported, not enforced: it is the type's, not the file's. Families transformers cannot read (gemma 1) are checked tensor by tensor (the
     file's tensors against the model's in llama.cpp's layout, rounded the same way)."""
     from synprune.export.checkpoint import probe_inputs
 
@@ -524,9 +523,6 @@ def verify_gguf(model: nn.Module, path: str | Path, gtype: str) -> dict[str, Any
                             f"model with its weights rounded to {gtype} (largest logit {scale:.3g}): the file does not "
                             "hold this model; nothing written")
     diff = float((theirs - ours)[mask].abs().max())
-    if not diff <= TOLERANCE[gtype] * scale:
-        raise SynpruneError(f"{gtype} rounding moves this model's logits by {diff:.3g} (largest logit {scale:.3g}, more "
-                            f"than {TOLERANCE[gtype]:g} of it); nothing written: choose a finer --gguf-type")
     top1 = float((theirs.argmax(-1) == ours.argmax(-1))[mask].float().mean())
     return {"check": "logits", "max_abs_diff": diff, "max_abs_logit": scale, "layout_max_abs_diff": layout,
             "top1_agreement": top1}
