@@ -494,21 +494,30 @@ def as_stored(model: nn.Module, gtype: str) -> nn.Module:
     return twin
 
 
+def _probe(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Two rows of 16 spread-out token ids, the second half-padded."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = (torch.arange(32).view(2, 16) * 7919 + 3) % vocab
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    device = next(model.parameters()).device
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
 @torch.no_grad()
-def verify_gguf(model: nn.Module, path: str | Path, gtype: str) -> dict[str, Any]:
+def verify_gguf(model: nn.Module, path: str | Path, gtype: str,
+                inputs: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Read the file back with transformers and compare logits on a padded probe batch with those of the model
     whose weights went through the file's rounding (`as_stored`): they must agree to float32 precision
     (10 x TOLERANCE["f32"] of the largest logit), whatever the type, so any layout or metadata error shows however
     coarse the quantization. The rounding's own effect (the file against the unrounded model: largest |logit
     difference|, top-1 agreement) is reported, not enforced: it is the type's, not the file's. Families transformers cannot read (gemma 1) are checked tensor by tensor (the
     file's tensors against the model's in llama.cpp's layout, rounded the same way)."""
-    from synprune.export.checkpoint import probe_inputs
-
     fam = family_of(model)
     if model.config.model_type not in READABLE_BY_TRANSFORMERS:
         return {"check": "tensors", "max_abs_diff": _compare_tensors(model, fam, path, gtype)}
     back = read_back(path)
-    inputs = probe_inputs(model)
+    inputs = inputs or _probe(model)
     mask = inputs["attention_mask"].bool()
     ours = model(**inputs).logits.float()
     stored = as_stored(model, gtype)(**inputs).logits.float() if gtype != "f32" else ours
