@@ -12,7 +12,8 @@ from _isolated import outputs_without_synprune
 from _tiny_models import ALL_FAMILIES, DECODERS, PRUNED, padded_batch, tiny_model
 from synprune.arch import adapters
 from synprune.errors import SynpruneError
-from synprune.export.checkpoint import export_pruned, load_pruned
+from synprune.export.checkpoint import export_pruned
+from synprune.model.pruned import load_pruned
 from synprune.selection.budget import CostModel
 from synprune.selection.uniform import uniform_search
 

@@ -15,7 +15,7 @@ _LAZY = {
     "PruneConfig": ("synprune.config", "PruneConfig"),
     "PruneResult": ("synprune.run.result", "PruneResult"),
     "load_model": ("synprune.model.load", "load_model"),
-    "load_pruned": ("synprune.export.checkpoint", "load_pruned"),
+    "load_pruned": ("synprune.model.pruned", "load_pruned"),
     "methods": ("synprune.methods", "available"),
 }
 

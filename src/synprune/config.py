@@ -40,7 +40,7 @@ class PruneConfig:
 
     def validate(self) -> "PruneConfig":
         from synprune.calibrate.attention import DIRECTIONS
-        from .methods.sap import parse_threshold
+        from synprune.calibrate.summary import parse_threshold
 
         for f in fields(self):  # nan passes every range check written as `not lo <= x <= hi`... or none at all
             value = getattr(self, f.name)
@@ -83,7 +83,7 @@ class PruneConfig:
         if self.layout == "uniform" and self.layer_fraction != 1.0:
             raise SynpruneError("--layout uniform keeps the same heads in every layer and never removes a block whole; drop --layer-fraction")
         if self.dependencies_from is not None:
-            from synprune.syntax.depsource import check_source
+            from synprune.calibrate.depsource import check_source
 
             check_source(self.dependencies_from)
         if self.budget is not None:

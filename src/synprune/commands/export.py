@@ -63,7 +63,8 @@ def export(
     """Remove the pruned heads (and neurons) for real, fold the run's repair in, and save the smaller model, its
     tokenizer and the kept units per layer."""
     from ..arch import head_grid
-    from synprune.export.checkpoint import export_pruned, load_source_model
+    from synprune.export.checkpoint import export_pruned
+    from synprune.model.pruned import load_source_model
     from ..io import sha256_dir
 
     result = read_result(result_json)
@@ -84,7 +85,7 @@ def export(
         "result_json": str(result_json.resolve()),
         **{k: result[k] for k in ("method", "cf", "task", "sparsity", "metric", "seed") if k in result},
     }
-    from synprune.export.remove import validate_neurons
+    from synprune.model.remove import validate_neurons
     from ..repair import Repair
 
     neurons = validate_neurons(src, result.get("pruned_neurons") or [])

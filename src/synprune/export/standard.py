@@ -14,7 +14,7 @@ from torch import nn
 
 from synprune.arch import get_adapter
 from synprune.errors import SynpruneError
-from synprune.export.remove import pruning_state
+from synprune.model.remove import pruning_state
 
 
 @dataclass(frozen=True)

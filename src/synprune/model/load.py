@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import importlib.util
 import torch
@@ -172,7 +172,7 @@ def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"
     if path.lower().endswith(".gguf"):
         net, tok = _load_gguf(path, device_map)
     elif local and (Path(path) / "synprune_pruning.json").is_file():
-        from synprune.export.checkpoint import load_pruned  # a checkpoint with sliced heads needs its own loader
+        from synprune.model.pruned import load_pruned  # a checkpoint with sliced heads needs its own loader
 
         net, tok = load_pruned(path)
     else:
@@ -200,3 +200,17 @@ def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"
     net.eval()
     weights = (sha256_file(path) if Path(path).is_file() else sha256_dir(path)) if local else None
     return TaskModel(net, tok, detected, name, path, weights)
+
+
+def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
+    """Accept a TaskModel, a (model, tokenizer) pair of objects, or a folder / hub id / None (bundled)."""
+    if isinstance(model, TaskModel):
+        return model
+    if isinstance(model, nn.Module):
+        if tokenizer is None:
+            raise ValueError("pass the model's tokenizer with a model object")
+        kind = model_kind(model)
+        model.eval()
+        return TaskModel(model, with_bos(tokenizer) if kind == "lm" else tokenizer, kind, type(model).__name__,
+                         getattr(model, "name_or_path", ""), None)
+    return load_model(model)
