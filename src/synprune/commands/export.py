@@ -58,7 +58,10 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the pruned model to."),
     model: str = typer.Option(None, "--model", help="Load the model from here instead of result.json's model.path."),
     onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx, checked with onnxruntime."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it already holds files."),
+    gguf: Path = typer.Option(None, "--gguf", help="Also write this GGUF file for llama.cpp (a decoder pruned with "
+                              "--layout uniform; Llama, Mistral, Qwen2/3, Gemma 1-3), checked by reading it back."),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help="With --gguf: f32, f16 or q8_0."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT (and the --gguf file) if it already holds files."),
 ) -> None:
     """Remove the pruned heads (and neurons) for real, fold the run's repair in, and save the smaller model, its
     tokenizer and the kept units per layer."""
@@ -96,7 +99,7 @@ def export(
     neurons = validate_neurons(src, result.get("pruned_neurons") or [])
     repair = Repair.from_json(result["repair"]) if result.get("repair") else None
     path = export_pruned(src, tokenizer, pruned, out, meta=meta, overwrite=overwrite, onnx=onnx, neurons=neurons,
-                         repair=repair)
+                         repair=repair, gguf=gguf, gguf_type=gguf_type)
     info = json.loads((path / "synprune_pruning.json").read_text())
     dense, small = info["parameters"]["dense"], info["parameters"]["pruned"]
     kept = sum(len(k) for k in info["kept_heads"])
@@ -106,4 +109,8 @@ def export(
                + (f", model.onnx checked (max diff {info['onnx']['max_abs_diff']:.2g})" if "onnx" in info else "")
                + ("; a standard checkpoint (every layer the same size): plain from_pretrained loads it" if info.get("standard")
                   else "; layers of different sizes: load with from_pretrained(..., trust_remote_code=True) or synprune.load_pruned"
-                  if info.get("remote_code") else ""))
+                  if info.get("remote_code") else "")
+               + (f"; {gguf} ({info['gguf']['type']}, {info['gguf']['bytes']:,} bytes, checked: "
+                  + (f"read back equal to the model rounded to {info['gguf']['type']}; the rounding moved logits by up to "
+                     f"{info['gguf']['max_abs_diff']:.2g}, top-1 agreement {100 * info['gguf']['top1_agreement']:.1f}%)"
+                     if info["gguf"].get("check") == "logits" else "tensor by tensor)") if "gguf" in info else ""))

@@ -53,7 +53,9 @@ def prune(
     unit_options: UnitOptions = UnitOptions(),
     export: Optional[Path] = typer.Option(None, help="Also write the physically pruned model to this folder (--layout uniform: a standard checkpoint for plain from_pretrained; adaptive: from_pretrained(trust_remote_code=True) or synprune.load_pruned)."),
     onnx: bool = typer.Option(False, "--onnx", help="With --export: also write model.onnx, checked with onnxruntime."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --export folder if it already holds files."),
+    gguf: Optional[Path] = typer.Option(None, "--gguf", help="With --export: also write this GGUF file for llama.cpp (a decoder pruned with --layout uniform)."),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help="With --gguf: f32, f16 or q8_0."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --export folder (and the --gguf file) if it already holds files."),
     stream: bool = typer.Option(False, "--stream", help="Decoders: read, prune, repair and export one layer at a time from the model's files (layer-local scores, per-layer budget; docs/big-models.md)."),
     layerwise: bool = typer.Option(False, "--layerwise", help="The --stream recipe on the model loaded whole (for comparison)."),
     device_map: Optional[str] = typer.Option(None, help="Spread the model over several devices with accelerate: auto, "
@@ -72,8 +74,8 @@ def prune(
         from synprune.errors import SynpruneError
         from synprune.run.stream import prune_layerwise
 
-        if onnx or parses is not None or cf or device_map:
-            raise SynpruneError("--stream/--layerwise take neither --onnx, --parses, --cf nor --device-map (docs/big-models.md)")
+        if onnx or parses is not None or cf or device_map or gguf:
+            raise SynpruneError("--stream/--layerwise take neither --onnx, --gguf, --parses, --cf nor --device-map (docs/big-models.md)")
         result = prune_layerwise(data.model, str(data.task), stream=stream, out=out, export=export, overwrite=overwrite,
                                  glue_dir=data.glue_dir, text_col=data.text_col, sparsity=sparsity, method=method,
                                  **data.config(), **sap.config(), budget=budget, **unit_options.config())
@@ -83,7 +85,7 @@ def prune(
     placed = {"device_map": parse_device_map(device_map), "max_memory": parse_max_memory(max_memory)}
     result = run_prune(data.model, task=str(data.task), sparsity=sparsity, out=out, **data.columns(), method=method,
                        **data.config(), **sap.config(), cf=cf, **cf_options.config(), budget=budget, **unit_options.config(),
-                       export=export, onnx=onnx, parses_file=parses, overwrite=overwrite, **placed)
+                       export=export, onnx=onnx, parses_file=parses, overwrite=overwrite, gguf=gguf, gguf_type=gguf_type, **placed)
     print_summary(result)
     console.print(f"wrote {out / 'result.json'}" + (f" and {out / 'cf_log.jsonl'}" if cf else "")
-                  + (f"; pruned model in {export}" if export else ""))
+                  + (f"; pruned model in {export}" if export else "") + (f"; GGUF in {gguf}" if gguf else ""))

@@ -1,1 +1,1 @@
-"""Export: physical removal of units, checkpoint folders, ONNX and sentence-transformers."""
+"""Export: physical removal of units, checkpoint folders, ONNX, sentence-transformers and GGUF (llama.cpp)."""

@@ -103,7 +103,7 @@ def _source(model: nn.Module) -> dict[str, Any]:
 def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, int]], out_dir: str | Path,
                   meta: dict | None = None, *, overwrite: bool = False, in_place: bool = False,
                   verify: bool = True, onnx: bool = False, neurons: Iterable[tuple[int, int]] = (),
-                  repair: Any = None) -> Path:
+                  repair: Any = None, gguf: str | Path | None = None, gguf_type: str = "f16") -> Path:
     """Remove `pruned` heads from (a copy of) `model` and write the smaller model to `out_dir`, atomically.
 
     With `verify`, a padded probe batch must give the same first output (last hidden state or logits) as
@@ -112,11 +112,17 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     also gets `model.onnx`, checked with onnxruntime against torch. `in_place` slices `model` itself instead
     of a deep copy (half the memory; the model stays sliced even if the check fails). A `repair`
     (synprune.repair.Repair) is folded into the weights first, so the folder holds an ordinary smaller model
-    that computes what the repaired masked model does. Returns `out_dir`.
+    that computes what the repaired masked model does. With `gguf` (a decoder pruned to the same sizes in
+    every layer), the standard model is also written to that GGUF file (`synprune.export.gguf`, type
+    `gguf_type`: f32, f16 or q8_0), checked by reading it back with transformers. Returns `out_dir`.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise SynpruneError(f"{out_dir} already exists and is not empty; choose another folder or overwrite it")
+    if gguf is not None:
+        from synprune.export.gguf import check_target
+
+        check_target(model, gguf, gguf_type, overwrite)
     pruned = validate_heads(model, pruned)
     neurons = validate_neurons(model, neurons)
     meta = dict(meta or {})
@@ -132,6 +138,9 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     standard = _standard(small)
     if standard is not None:
         small = standard
+    elif gguf is not None:
+        raise SynpruneError("--gguf needs the same numbers of heads, key/value groups and neurons in every layer, "
+                            "and this pruned model's layers differ (an adaptive layout); prune with --layout uniform")
     info = pruning_info(small, state, pruned, neurons, repair, n_dense, max_diff, source, meta, standard=standard is not None)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp."))
@@ -143,11 +152,21 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
         from synprune.export.st import carry_sentence_transformers
 
         info["sentence_transformers"] = carry_sentence_transformers(source.get("path"), tmp, standard=standard is not None)
+        if gguf is not None:
+            from synprune.export.gguf import write_gguf
+
+            gguf_is_new = not Path(gguf).exists()
+            origin = str(source.get("path") or "")
+            info["gguf"] = write_gguf(small, tokenizer, gguf, gguf_type, overwrite=overwrite,
+                                      name=(Path(origin).stem or "model") + "-pruned",
+                                      tokenizer_gguf=origin if origin.lower().endswith(".gguf") else None)
         _write_folder(small, tokenizer, info, tmp)
         _usual_permissions(tmp)
         _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if "gguf" in info and gguf_is_new:  # the folder failed after the GGUF file was written: take it back
+            Path(gguf).unlink(missing_ok=True)
         raise
     return out_dir
 

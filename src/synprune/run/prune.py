@@ -154,14 +154,15 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
           export: str | Path | None = None, onnx: bool = False, parses_file: str | Path | None = None,
           overwrite: bool = False, device_map: str | dict | None = None, max_memory: dict | None = None,
-          **options) -> PruneResult:
+          gguf: str | Path | None = None, gguf_type: str = "f16", **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
 
     Returns the result; with `out`, also writes DIR/result.json atomically; with `export`, also writes the
     physically pruned model there (reload it with `synprune.load_pruned`); an existing non-empty `export`
     folder is replaced (atomically) only with `overwrite`. `device_map` ("auto", "balanced" or {module: device},
     "cpu" and "disk" included) and `max_memory` spread a model loaded by name over several devices
-    (`synprune.devices`); the export is gathered on the CPU. With `parses_file` (CoNLL-U),
+    (`synprune.devices`); the export is gathered on the CPU. With `gguf` (and `export`), a decoder pruned to the same sizes
+    in every layer is also written as that GGUF file (type `gguf_type`). With `parses_file` (CoNLL-U),
     SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
     sample; evaluation stays on the task.
     """
@@ -170,6 +171,8 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     refuse_unused_options(cfg)
     if onnx and export is None:
         raise SynpruneError("--onnx writes model.onnx into the exported folder; add --export DIR or drop --onnx")
+    if gguf is not None and export is None:
+        raise SynpruneError("--gguf writes the exported model; add --export DIR or drop --gguf")
     if export is not None:
         from synprune.io import refuse_to_replace
 
@@ -184,14 +187,21 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
                           text_pair_col=text_pair_col, label_col=label_col, parses_file=parses_file, check=check,
                           device_map=device_map, max_memory=max_memory)
     tm, data = opened.tm, opened.data
+    if gguf is not None:
+        from synprune.export.gguf import check_target
+
+        check_target(tm.model, gguf, gguf_type, overwrite)  # before the work, not after it
     result = run(opened.ctx, cfg, data, opened.split)
     if export is not None:
         from synprune.export.checkpoint import export_pruned
 
         export_pruned(tm.model, tm.tokenizer, result.pruned_heads, export, overwrite=overwrite, onnx=onnx,
-                      neurons=result.pruned_neurons, repair=result.repair,
+                      neurons=result.pruned_neurons, repair=result.repair, gguf=gguf, gguf_type=gguf_type,
                       meta={"method": result.method, "cf": result.cf, "task": data.name, "sparsity": result.sparsity,
-                            "metric": {k: result.metric[k] for k in ("name", "dense", "pruned")}})
+                            "metric": {k: result.metric[k] for k in ("name", "dense", "pruned")},
+                            # a GGUF source: the GGUF export copies its tokenizer from that file
+                            **({"source": {"path": tm.path, "hash": tm.weights_hash}}
+                               if gguf is not None and str(tm.path).lower().endswith(".gguf") else {})})
     return result._written(out)  # last: a failed export leaves the previous output set as it was
 
 
