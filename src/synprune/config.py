@@ -102,6 +102,12 @@ class PruneConfig:
         """`kwon` is Kwon et al. 2022's whole recipe: heads and neurons, Fisher scores, the search with its
         rearrangement, and least-squares repair (unless another repair is asked for); it needs a FLOPs or
         parameter budget."""
+        if self.method == "recon":  # methods/recon.py: its own selection walk and the refit repair, always
+            if self.budget is None or self.budget.split(":")[0].strip().lower() == "heads":
+                raise SynpruneError("method recon prunes heads and neurons under a cost budget: pass --budget params:F (or flops:F)")
+            if self.repair not in ("none", "refit") or self.cf:
+                raise SynpruneError("method recon re-fits the kept units itself (--repair refit) and has no CF; drop --repair / +cf")
+            return self.replace(units="heads,neurons", repair="refit")
         if self.method != "kwon":
             return self
         if self.budget is None or self.budget.split(":")[0].strip().lower() == "heads":

@@ -258,6 +258,12 @@ def choose_heads(ctx: Calibration, cfg: PruneConfig) -> Chosen:
     t0 = time.perf_counter()
     scores = score(ctx, cfg)
     notes = run_notes(cfg, scores)
+    if cfg.method == "recon":
+        from synprune.repair.refit import recon_run
+
+        with ctx.timed("select"):
+            selection, repair, cfg, budget = recon_run(ctx, cfg, scores, choose)
+        return Chosen(cfg, scores, selection, [], budget, notes, repair, time.perf_counter() - t0)
     with ctx.timed("select" if not cfg.cf else "cf"):
         selection, cf_log, cfg, budget = choose(ctx, cfg, scores)
     repair = None
