@@ -27,13 +27,15 @@ class ReconOptions:
     """allocation: how many units each layer loses (see the module doc). head_ratio (uniform only): fraction of
     query heads pruned over fraction of neurons pruned. rechoose_heads: OBS re-chooses a layer's heads too (else
     the allocation's heads stay, and only the neurons are re-chosen). ridge: pull of the re-fit towards the
-    original weights (relative to the mean input energy). min_heads: heads every layer keeps."""
+    original weights (relative to the mean input energy). min_heads: heads every layer keeps. drift: the re-fit
+    targets also cancel the pruned residual stream's drift from the dense one (`RefitOptions.drift`)."""
 
     allocation: str = "fisher"
     head_ratio: float = 1.0
     rechoose_heads: bool = False
     ridge: float = 1e-2
     min_heads: int = 1
+    drift: bool = False
 
     def validate(self) -> "ReconOptions":
         if self.allocation not in ALLOCATIONS:

@@ -51,9 +51,13 @@ class RefitOptions:
     block: neurons removed per OBS step, as a fraction of the neurons a layer loses (1/32: 32 steps)."""
 
     ridge: float = 1e-2
+    drift: bool = False  # targets also cancel the pruned residual stream's drift (families without sublayer output norms)
     holdout: int = 4
     min_heads: int = 1
     block: float = 1 / 32
+
+
+DEFAULT = RefitOptions()
 
 
 @dataclass
@@ -145,13 +149,20 @@ class LayerStream:
 
 
 def ridge_fit(H: torch.Tensor, C: torch.Tensor, W: torch.Tensor, ridge: float) -> torch.Tensor:
-    """argmin_A ||X A^T - Y||^2 + lam ||A - W||^2 from H = X^T X, C = X^T Y (A, W: out x k)."""
-    k = H.shape[0]
-    if k == 0:
+    """argmin_A ||X A^T - Y||^2 + sum_j lam_j ||A_j - W_j||^2 from H = X^T X, C = X^T Y (A, W: out x k;
+    lam_j = ridge * H_jj, see `damping`)."""
+    if H.shape[0] == 0:
         return W.clone()
-    lam = ridge * float(H.diagonal().mean().clamp(min=1e-12))
-    A = torch.linalg.solve(H + lam * torch.eye(k, dtype=H.dtype), C + lam * W.t())
+    lam = damping(H, ridge)
+    A = torch.linalg.solve(H + torch.diag(lam), C + lam[:, None] * W.t())
     return A.t()
+
+
+def damping(H: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Per-column ridge: `ridge` times the column's own input energy (scale-free: a neuron with large
+    activations is held as firmly as a quiet one), floored at 1e-6 of the mean."""
+    d = H.diagonal()
+    return ridge * d.clamp(min=1e-6 * float(d.mean().clamp(min=1e-300)))
 
 
 def recon_error(H: torch.Tensor, C: torch.Tensor, yy: float, A: torch.Tensor) -> float:
@@ -166,8 +177,7 @@ def obs_drop(H: torch.Tensor, C: torch.Tensor, W: torch.Tensor, groups: list[lis
     if n_drop <= 0:
         return []
     k = H.shape[0]
-    lam = ridge * float(H.diagonal().mean().clamp(min=1e-12))
-    Hinv = torch.linalg.inv(H + lam * torch.eye(k, dtype=H.dtype))
+    Hinv = torch.linalg.inv(H + torch.diag(damping(H, ridge)))
     A = ridge_fit(H, C, W, ridge)  # out x k
     alive = list(range(len(groups)))
     dropped: list[int] = []
@@ -283,7 +293,9 @@ def layerwise(model: nn.Module, inputs: Sequence[dict], heads: Sequence[Unit] | 
                     got["x"] = a[0]
                     raise StopForward
 
-                hook = module.register_forward_pre_hook(grab)
+                hooks = [module.register_forward_pre_hook(grab)]
+                if kind == "ffn" and options.drift and layer in attn:  # the pruned attention's output, re-fitted
+                    hooks.append(attn[layer].out_proj.register_forward_hook(lambda m, a, o: got.__setitem__("o", o)))
                 try:
                     with UnitMask(model, hm, nm):
                         for i, h in enumerate(pruned):
@@ -291,9 +303,14 @@ def layerwise(model: nn.Module, inputs: Sequence[dict], heads: Sequence[Unit] | 
                             x = stream.real(i, got.pop("x"))
                             b = module.bias.detach().double() if module.bias is not None else None
                             y = targets[kind][i] - (b if b is not None else 0)
+                            if options.drift:  # also undo the residual stream's drift from the dense one
+                                y = y + stream.real(i, dense[i]) - stream.real(i, h)
+                                if kind == "ffn" and "o" in got:
+                                    y = y + targets["attn"][i] - stream.real(i, got.pop("o"))
                             mom.add("check" if check[i] else "fit", x, y)
                 finally:
-                    hook.remove()
+                    for hk in hooks:
+                        hk.remove()
                 w0 = originals[(kind, layer)].double()
                 W = w0.t() if is_conv1d(module) else w0
                 if plan is not None:
@@ -398,11 +415,11 @@ def refit_summary(refit: Refit) -> dict:
 
 
 def refit_repair(model: nn.Module, inputs: Sequence[dict], heads: Sequence[Unit], neurons: Sequence[Unit] | None,
-                 options: RefitOptions = RefitOptions()):
+                 options: RefitOptions | None = None):
     """The `refit` repair of a given pruning (any method's selection)."""
     from . import Repair
 
-    _, _, refit = layerwise(model, inputs, heads, neurons, options=options, neurons_too=neurons is not None)
+    _, _, refit = layerwise(model, inputs, heads, neurons, options=options or DEFAULT, neurons_too=neurons is not None)
     return Repair("refit", weights=refit)
 
 
@@ -449,7 +466,7 @@ def recon_choose(model: nn.Module, inputs: Sequence[dict], heads: Sequence[Unit]
     keep_heads = None
     if not options.rechoose_heads:
         keep_heads, plan = list(heads), LayerPlan([0] * len(plan.heads), plan.neurons)
-    ro = RefitOptions(ridge=options.ridge, min_heads=options.min_heads)
+    ro = RefitOptions(ridge=options.ridge, min_heads=options.min_heads, drift=options.drift)
     return layerwise(model, inputs, keep_heads, None if keep_heads is not None else None, plan=plan, options=ro)
 
 
@@ -468,7 +485,7 @@ def recon_run(ctx, cfg, scores, choose):
     inputs = list(model_inputs(ctx.tm, ctx.prepared.batches))
     budget = parse_budget(cfg.budget)
     seq_len = ctx.mean_length() if budget.kind == "flops" else None
-    ro = RefitOptions(ridge=options.ridge, min_heads=options.min_heads)
+    ro = RefitOptions(ridge=options.ridge, min_heads=options.min_heads, drift=options.drift)
     if options.allocation == "uniform":
         plan = plan_for_budget(model, budget, options.head_ratio, seq_len, options.min_heads)
         heads, neurons, refit = layerwise(model, inputs, plan=plan, options=ro)
