@@ -35,6 +35,8 @@ class PruneConfig:
     neuron_score: str = "auto"  # --units heads,neurons: how neurons are scored (synprune.methods.neurons)
     repair: str = "none"  # retrain-free repair after pruning: none, ls, bias (synprune.repair)
     rearrange: bool = True  # budgeted neuron search: Kwon et al.'s mask rearrangement
+    ppl_window: int = 256  # language modelling: window_perplexity's window in tokens (capped at the model's limit)
+    eval_windows: int | None = None  # language modelling: score at most this many (the first) windows
 
     def validate(self) -> "PruneConfig":
         from synprune.calibrate.attention import DIRECTIONS
@@ -64,6 +66,9 @@ class PruneConfig:
             raise SynpruneError("--calib-size and --batch-size must be positive and --max-length at least 4")
         if self.eval_size is not None and self.eval_size < 1:
             raise SynpruneError(f"--eval-size {self.eval_size} must be at least 1 (or left out for the whole split)")
+        if self.ppl_window < 2 or (self.eval_windows is not None and self.eval_windows < 1):
+            raise SynpruneError(f"--ppl-window {self.ppl_window} must be at least 2 tokens and --eval-windows "
+                                f"{self.eval_windows} at least 1 (or left out for every window)")
         if self.pool_ratio is not None and not 0 < self.pool_ratio <= 1:
             raise SynpruneError(f"--pool-ratio {self.pool_ratio} must be in (0, 1]")
         if not 0 < self.tolerance <= 1.5:

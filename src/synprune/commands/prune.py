@@ -27,6 +27,9 @@ def print_summary(result) -> None:
         console.print(f"feed-forward neurons pruned: {len(result.pruned_neurons)}/{result.n_neurons}")
     console.print(f"{m['name']} on {m['split']}: dense [bold]{m['dense']:.2f}[/] -> pruned [bold]{m['pruned']:.2f}[/] "
                   f"({m['pruned'] - m['dense']:+.2f})")
+    for name, kind in result.split.get("perplexity_kinds", {}).items():  # language modelling: say which is which
+        dense, pruned = (m["all"][k][m["split"]][name] for k in ("dense", "pruned"))
+        console.print(f"  {name} ({kind}): dense {dense:.2f} -> pruned {pruned:.2f} ({pruned / dense:.2f}x)")
     if result.cf:
         from synprune.cf.filter import summarize
 

@@ -52,6 +52,14 @@ def refuse_cf_without_labels(data: TaskData, cf: bool) -> None:
                             "the task metric; drop --cf (or the +cf methods), or pass --label-col")
 
 
+def refuse_windows_without_text(data: TaskData, cfg: PruneConfig) -> None:
+    """--ppl-window / --eval-windows shape language modelling's token windows; on other tasks they do nothing."""
+    default = PruneConfig()
+    if not data.lm and (cfg.ppl_window != default.ppl_window or cfg.eval_windows != default.eval_windows):
+        raise SynpruneError(f"--ppl-window and --eval-windows apply to language modelling (task ewt or a .txt file), "
+                            f"not to task {data.name}; drop them")
+
+
 def with_reference(tm: TaskModel, prepared: dict, metric_names) -> dict:
     """Label-free runs score against the dense model's outputs, computed here once, before any mask."""
     from synprune.evaluation.fidelity import NAMES, outputs
@@ -168,6 +176,7 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     if parses_file is not None and cfg.cf and not data.lm:
         raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
     refuse_cf_without_labels(data, cfg.cf)
+    refuse_windows_without_text(data, cfg)
     tm = as_task_model(model, tokenizer)
     cfg.check_model(max_positions(tm.model))
     data = model_data(tm, data)
@@ -289,13 +298,22 @@ def walked(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, selection: Se
     return Chosen(cfg, scores, selection, cf_log, None, run_notes(cfg, scores), None, seconds)
 
 
+def windowing(tm: TaskModel, cfg: PruneConfig):
+    """Language modelling's token windows (`window_perplexity`): --ppl-window tokens, or the model's limit if
+    smaller; at most --eval-windows of them."""
+    from synprune.evaluation.lm import Windowing, fit_window
+
+    return Windowing(fit_window(cfg.ppl_window, max_positions(tm.model)), cfg.eval_windows)
+
+
 def evaluation_inputs(ctx: Calibration, split: Split) -> dict[str, Prepared]:
-    """The evaluation split(s) tokenized once per context (batches of at least 64), with the dense model's
-    outputs where the metrics score against them."""
+    """The evaluation split(s) tokenized once per context (batches of at least 64; a causal LM's text also in
+    token windows), with the dense model's outputs where the metrics score against them."""
     cfg = ctx.config
+    windows = windowing(ctx.tm, cfg) if ctx.tm.kind == "lm" else None
     with ctx.timed("tokenize"):
         return ctx.memo("eval-prepared", lambda: with_reference(ctx.tm, {
-            s: prepare(ctx.tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length)
+            s: prepare(ctx.tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length, windowing=windows)
             for s, ex in split.evaluation.items()}, ctx.metric_names))
 
 
@@ -326,6 +344,21 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
     return assemble(ctx, chosen, data, split, dense, pruned, out)
 
 
+def window_record(ctx: Calibration, split: Split) -> dict:
+    """What a language-modelling result says about its two perplexities: each one's kind, the windows per split."""
+    from synprune.evaluation.evaluate import n_windows
+    from synprune.evaluation.lm import KINDS
+
+    if not set(KINDS) & set(ctx.metric_names):
+        return {}
+    prepared = evaluation_inputs(ctx, split)
+    windowing = next(iter(prepared.values())).windowing
+    return {"perplexity_kinds": {k: v.replace("N tokens", f"{windowing.size} tokens") if windowing else v
+                                 for k, v in KINDS.items() if k in ctx.metric_names},
+            **({"windowing": windowing.to_json()} if windowing else {}),
+            **{f"evaluation_{s}_windows": n_windows(p) for s, p in prepared.items() if p.windows is not None}}
+
+
 def assemble(ctx: Calibration, chosen: Chosen, data: TaskData, split: Split, dense: tuple[dict, bool],
              pruned: dict, out: str | Path | None = None) -> PruneResult:
     """The result of one run from its chosen heads and its scores (dense, cached?; pruned), written to `out`."""
@@ -340,6 +373,7 @@ def assemble(ctx: Calibration, chosen: Chosen, data: TaskData, split: Split, den
                "calibration_items": len(ctx.items) if "items" in ctx.__dict__ else None,
                "calibration_rows_cut": ctx.texts.rows_cut if "texts" in ctx.__dict__ else None,
                **{f"evaluation_{s}_rows_cut": n for s, n in ctx.memo("eval-rows-cut", lambda: rows_cut(tm, split, cfg)).items()},
+               **window_record(ctx, split),
                "note": split.note},
         sparsity=cfg.sparsity, n_heads=tm.n_heads, pruned_heads=selection.pruned, removed_layers=selection.removed_layers,
         removed_kv_groups=removed_kv_groups(tm.model, selection.pruned),
