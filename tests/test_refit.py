@@ -14,7 +14,8 @@ from synprune.repair import Repair, fold, make_repair, repaired
 from synprune.repair.refit import layerwise, obs_drop, recon_choose, ridge_fit
 from synprune.methods.recon import ReconOptions
 from synprune.selection.budget import Budget, CostModel
-from synprune.selection.layerplan import LayerPlan, plan_for_budget, total_parameters
+from synprune.selection.budget import total_parameters
+from synprune.selection.layerplan import LayerPlan, plan_for_budget
 
 DECODERS = sorted(f for f, a in adapters().items() if a.causal)
 HEADS = [(0, 1), (1, 0), (1, 3), (2, 2)]

@@ -491,14 +491,7 @@ def recon_run(ctx, cfg, scores, choose):
         heads, neurons, refit = layerwise(model, inputs, plan=plan, options=ro)
         info = {"allocation": "uniform", "plan": {"heads": plan.heads, "neurons": plan.neurons}}
     else:
-        body = cfg
-        if budget.kind == "params":  # the search counts attention + feed-forward only: the same cut, as its fraction
-            from synprune.selection.budget import CostModel
-            from synprune.selection.layerplan import total_parameters
-
-            whole, part = total_parameters(model), CostModel.from_model(model).total("params")
-            body = cfg.replace(budget=f"params:{max(1 - (1 - budget.keep) * whole / part, 0.0):.6f}")
-        first, _, _, info = choose(ctx, body, scores)
+        first, _, _, info = choose(ctx, cfg, scores)
         heads, neurons, refit = recon_choose(model, inputs, first.pruned, first.neurons, options, scores.scores)
         info = {**(info or {}), "allocation": "fisher"}
     L, H = ctx.tm.grid

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from synprune.errors import SynpruneError
-from synprune.selection.budget import Budget, CostModel
+from synprune.selection.budget import Budget, CostModel, total_parameters
 
 
 @dataclass
@@ -33,11 +33,6 @@ class LayerPlan:
     @property
     def n_neurons(self) -> int:
         return sum(self.neurons)
-
-
-def total_parameters(model: nn.Module) -> int:
-    """Every parameter of the model, a tied embedding counted once."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def _spread(n: int, layers: int) -> list[int]:
