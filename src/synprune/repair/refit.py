@@ -7,12 +7,13 @@ per neuron) in the PRUNED model, already repaired below this sublayer, and Y the
 output on the dense model's own inputs (less the bias). The repair re-fits the whole projection matrix on the
 kept columns S (not one scale per unit, as `ls` does):
 
-    W_S' = argmin_A ||X_S A^T - Y||^2 + lam ||A - W_S||^2,     lam = ridge * mean(diag(X_S^T X_S)),
+    W_S' = argmin_A ||X_S A^T - Y||^2 + sum_j lam_j ||A_j - W_j||^2,     lam_j = ridge * (X_S^T X_S)_jj,
 
-i.e. A^T = (H_SS + lam I)^-1 (C_S + lam W_S^T) with H = X^T X and C = X^T Y accumulated over the
-calibration tokens. The ridge pulls towards the original weights, so an ill-posed solve falls back to them
-instead of degenerating; a solve that does not lower the error on held-out calibration batches is rejected
-(the sublayer keeps its weights, scaled by nothing).
+i.e. A^T = (H_SS + diag(lam))^-1 (C_S + diag(lam) W_S^T) with H = X^T X and C = X^T Y accumulated over the
+calibration tokens. The ridge pulls each column towards its original weights in proportion to its own input
+energy, so an ill-posed solve falls back to them instead of degenerating. The ridge is chosen per sublayer
+among `RefitOptions.ridges` by the error on held-out calibration batches (every 4th), then the solve is
+refitted on all batches; a sublayer where no ridge lowers the held-out error keeps its original weights.
 
 `layerwise_select` (the `recon` method's selection) also picks WHICH units of a sublayer to drop while it
 walks: from the ridge solution on all columns, greedy structured optimal brain surgeon (Hassibi & Stork's
@@ -50,7 +51,8 @@ class RefitOptions:
     min_heads: heads a layer keeps at least when the selection is the refit's own (never an empty layer).
     block: neurons removed per OBS step, as a fraction of the neurons a layer loses (1/32: 32 steps)."""
 
-    ridge: float = 1e-2
+    ridge: float = 1e-1  # OBS's damping, and the re-fit's where there are no held-out batches
+    ridges: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0)  # the re-fit tries each, keeps the best on held-out batches
     drift: bool = False  # targets also cancel the pruned residual stream's drift (families without sublayer output norms)
     holdout: int = 4
     min_heads: int = 1
@@ -355,17 +357,23 @@ def _fit(mom: _Moments, cols: torch.Tensor, W: torch.Tensor, options: RefitOptio
 
     Wk = W[:, cols]
     info: dict = {}
+    ridge = options.ridge
     if held_out:
         H, C, yy, _ = sub(mom.parts["fit"])
-        A = ridge_fit(H, C, Wk, options.ridge)
         Hc, Cc, yyc, _ = sub(mom.parts["check"])
-        new, old = recon_error(Hc, Cc, yyc, A), recon_error(Hc, Cc, yyc, Wk)
-        info.update(check_before=old / max(yyc, 1e-300), check_after=new / max(yyc, 1e-300))
-        if not (new < old) or not bool(torch.isfinite(A).all()):
+        old = recon_error(Hc, Cc, yyc, Wk)
+        tried = []
+        for r in options.ridges or (options.ridge,):
+            A = ridge_fit(H, C, Wk, r)
+            if bool(torch.isfinite(A).all()):
+                tried.append((recon_error(Hc, Cc, yyc, A), r))
+        new, ridge = min(tried) if tried else (float("inf"), options.ridge)
+        info.update(check_before=old / max(yyc, 1e-300), check_after=new / max(yyc, 1e-300), ridge=ridge)
+        if not (new < old):
             info["why"] = f"no lower error on held-out batches ({new:.4g} vs {old:.4g})"
             return None, info
     H, C, yy, _ = sub(mom.total())
-    A = ridge_fit(H, C, Wk, options.ridge)
+    A = ridge_fit(H, C, Wk, ridge)
     if not bool(torch.isfinite(A).all()):
         info["why"] = "non-finite solve"
         return None, info
