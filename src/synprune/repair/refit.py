@@ -53,6 +53,7 @@ class RefitOptions:
 
     ridge: float = 1e-1  # OBS's damping, and the re-fit's where there are no held-out batches
     ridges: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0)  # the re-fit tries each, keeps the best on held-out batches
+    pack: int = 128  # calibration texts joined into windows of this many tokens, no padding (0: batches as given)
     drift: bool = False  # targets also cancel the pruned residual stream's drift (families without sublayer output norms)
     holdout: int = 4
     min_heads: int = 1
@@ -240,6 +241,25 @@ class _Moments:
         return f if c is None else tuple(a + b for a, b in zip(f, c))
 
 
+def packed(inputs: Sequence[dict], length: int, per_batch: int = 8) -> list[dict]:
+    """The calibration batches' real tokens joined in order (each text keeps its start token) and cut into
+    windows of `length` tokens, `per_batch` windows a batch: the same tokens without padding, each read
+    after the texts before it (as windowed perplexity reads text). Fewer than `length` tokens: one window."""
+    ids = []
+    for b in inputs:
+        x, m = b["input_ids"], b.get("attention_mask")
+        for row in range(x.shape[0]):
+            ids.append(x[row][m[row].bool()] if m is not None else x[row])
+    flat = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long)
+    n = max(len(flat) // length, 1)
+    windows = [flat[i * length:(i + 1) * length] for i in range(n)] if len(flat) >= length else [flat]
+    out = []
+    for i in range(0, len(windows), per_batch):
+        w = torch.stack(windows[i:i + per_batch])
+        out.append({"input_ids": w, "attention_mask": torch.ones_like(w)})
+    return out
+
+
 @torch.no_grad()
 def layerwise(model: nn.Module, inputs: Sequence[dict], heads: Sequence[Unit] | None = None,
               neurons: Sequence[Unit] | None = None, plan: LayerPlan | None = None,
@@ -259,6 +279,13 @@ def layerwise(model: nn.Module, inputs: Sequence[dict], heads: Sequence[Unit] | 
     check = [options.holdout > 1 and len(inputs) >= options.holdout and i % options.holdout == options.holdout - 1
              for i in range(len(inputs))]
     result = Refit()
+    if options.pack:
+        from synprune.config import max_positions
+
+        limit = max_positions(model) or getattr(model.config, "n_positions", None) or options.pack
+        inputs = packed(inputs, min(options.pack, int(limit)))
+    check = [options.holdout > 1 and len(inputs) >= options.holdout and i % options.holdout == options.holdout - 1
+             for i in range(len(inputs))]
     stream = LayerStream(model, inputs)
     dense = list(stream.first)
     pruned = list(stream.first)
