@@ -150,3 +150,15 @@ def test_recon_needs_a_cost_budget():
         PruneConfig(method="recon").resolved()
     with pytest.raises(SynpruneError, match="refit"):
         PruneConfig(method="recon", budget="params:0.9", repair="ls").resolved()
+
+
+def test_recon_in_the_pipeline_meets_a_params_budget_within_one_percent_and_keeps_a_head_everywhere():
+    from _tiny_lm import tiny_lm
+    from synprune.run.prune import prune
+
+    tm = tiny_lm(layers=3)
+    result = prune(tm, task="ewt", method="recon", budget="params:0.995", calib_size=16, eval_size=10)
+    budget = result.details["budget"]
+    assert budget["met"] and 0.985 <= budget["params_kept"] <= 0.995 + 1e-9
+    assert all(sum(1 for l, _ in result.pruned_heads if l == layer) < 4 for layer in range(3))
+    assert result.details["repair"]["kind"] == "refit" and result.pruned_neurons
