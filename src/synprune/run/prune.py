@@ -156,6 +156,8 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           export: str | Path | None = None, onnx: bool = False, parses_file: str | Path | None = None,
           overwrite: bool = False, **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
+    `method=None` runs the recommended recipe for the model's kind and units (`synprune.run.recipes`), said in
+    the log and in result.json (details.recipe).
 
     Returns the result; with `out`, also writes DIR/result.json atomically; with `export`, also writes the
     physically pruned model there (reload it with `synprune.load_pruned`); an existing non-empty `export`
@@ -163,6 +165,9 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
     sample; evaluation stays on the task.
     """
+    recipe = None
+    if "method" in options and options["method"] is None:
+        model, recipe, options = recommended_options(model, tokenizer, config, sparsity, options)
     cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate().resolved()
     get_method(cfg.method)  # unknown methods fail before any work
     refuse_unused_options(cfg)
@@ -191,6 +196,8 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         split = Split(ctx.examples, split.evaluation, f"calibration: {len(ctx.examples)} seeded sentences of {parses_file} "
                       f"with gold trees; evaluation: {', '.join(split.evaluation)}")
     result = run(ctx, cfg, data, split)
+    if recipe is not None:
+        result.details["recipe"] = recipe
     if export is not None:
         from synprune.export.checkpoint import export_pruned
 
@@ -199,6 +206,23 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
                       meta={"method": result.method, "cf": result.cf, "task": data.name, "sparsity": result.sparsity,
                             "metric": {k: result.metric[k] for k in ("name", "dense", "pruned")}})
     return result._written(out)  # last: a failed export leaves the previous output set as it was
+
+
+def recommended_options(model: Any, tokenizer: Any, config: PruneConfig | None, sparsity: float,
+                        options: dict) -> tuple[TaskModel, dict, dict]:
+    """No method given: the model (loaded, to know its kind), what the recommended recipe is, and `options`
+    with its method and options (`synprune.run.recipes`)."""
+    from synprune.run.recipes import KIND_NAMES, recommended
+
+    tm = as_task_model(model, tokenizer)
+    options = {k: v for k, v in options.items() if k != "method"}
+    base = (config or PruneConfig()).replace(sparsity=sparsity, **options)
+    recipe = recommended(tm.kind, base.neurons)
+    log(f"no --method: running the recommended recipe for a {KIND_NAMES.get(tm.kind, tm.kind)} with --units "
+        f"{base.units}: {recipe.command_line()} (synprune/run/recipes.py)")
+    record = {"recommended": True, "kind": tm.kind, "units": base.units, "spec": recipe.spec,
+              "method": recipe.method, "options": dict(recipe.options)}
+    return tm, record, recipe.apply(options)
 
 
 def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
