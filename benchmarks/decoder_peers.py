@@ -50,6 +50,7 @@ ROOT = HERE.parent
 PEERS = {"torch-pruning": "torch-pruning==1.6.1", "optipfair": "optipfair==0.4.2"}
 PEER_CELLS = ("tp-magnitude", "tp-taylor", "optipfair-maw", "optipfair-hybrid")
 DEFAULT_RECIPES = "fisher/repair=ls,flap/repair=bias,output-fisher,recommended"
+STAGE = ["pruning"]  # what a peer was doing, for its time-out message
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="write the table as markdown here")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "decoder_peers", help="cells, models, speed records")
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--budgets", default="0.9,0.8,0.7", help="fractions of the dense model's total parameters to keep")
+    p.add_argument("--budgets", default="0.8,0.9,0.7", help="fractions of the dense model's total parameters to keep, "
+                   "run in this order")
     p.add_argument("--recipes", default=DEFAULT_RECIPES, help="synprune recipes, comma-separated METHOD[/key=value...]")
     p.add_argument("--peers", default=",".join(PEER_CELLS), help="peer rows to run (empty: none)")
     p.add_argument("--random-seeds", default="0,1,2")
@@ -147,7 +149,7 @@ def peer_cell(spec: str, threads: int) -> None:
     dense = n_params(model)
     calib = cell["calib"]
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError(
-        f"did not finish within {cell['timeout']:.0f} s")))
+        f"did not finish within {cell['timeout']:.0f} s ({STAGE[0]})")))
     signal.alarm(int(cell["timeout"]))
     t0 = time.perf_counter()
     if cell["tool"].startswith("optipfair"):
@@ -207,13 +209,17 @@ def torch_pruning_prune(model, tok, calib: list[str], keep: float, taylor: bool)
             num_heads[m.k_proj] = cfg.num_key_value_heads
             num_heads[m.v_proj] = cfg.num_key_value_heads
     ratio = 1 - keep ** 0.5  # width pruning shrinks both sides of most matrices
+    model.config.use_cache = False  # the traced output is the logits alone
+    STAGE[0] = "still building MetaPruner's dependency graph"
     pruner = tp.pruner.MetaPruner(model, example_inputs=example, importance=imp, global_pruning=False,
                                   pruning_ratio=ratio, ignored_layers=[model.lm_head], num_heads=num_heads,
-                                  prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio)
+                                  prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio,
+                                  output_transform=lambda out: out.logits)
     if taylor:
         model.zero_grad()
         out = model(input_ids=example, attention_mask=enc["attention_mask"], labels=example)
         out.loss.backward()
+    STAGE[0] = "in pruner.step()"
     pruner.step()
     model.zero_grad(set_to_none=True)
     return model, {"pruning_ratio": ratio}
@@ -359,18 +365,22 @@ def speed(args, budget: float, cells: list[dict], dense_folder: Path) -> dict:
 def cells_for(args, budget: float, calib: list[str]) -> list[dict]:
     b = f"{budget:g}"
     out = []
-    for r in (x for x in args.recipes.split(",") if x.strip()):
+    recipes = [x.strip() for x in args.recipes.split(",") if x.strip()]
+    best = recipe_of("recommended").spec
+    for r in dict.fromkeys(recipe_of(x).spec for x in recipes):  # `recommended` runs once, under its own spec
         out.append({"key": f"{b}-synprune-{r.replace('/', '_')}", "tool": "synprune", "recipe": r, "budget": budget,
-                    "label": f"synprune {recipe_of(r).spec}" + (" (recommended)" if r == "recommended" else "")})
-    for p in (x for x in args.peers.split(",") if x.strip()):
+                    "label": f"synprune `{r}`" + (" (recommended default)" if r == best else "")})
+    for s in (int(x) for x in args.random_seeds.split(",") if x.strip()):
+        out.append({"key": f"{b}-random-{s}", "tool": "random", "seed": s, "budget": budget,
+                    "label": "random units (heads + neurons)"})
+    peers = [x for x in args.peers.split(",") if x.strip()]
+    peers.sort(key=lambda p: p.startswith("tp-"))  # torch-pruning last: it is the one likely to time out
+    for p in peers:
         out.append({"key": f"{b}-{p}", "tool": p, "budget": budget, "calib": calib,
                     "label": {"tp-magnitude": "torch-pruning 1.6.1, LLM recipe, magnitude",
                               "tp-taylor": "torch-pruning 1.6.1, LLM recipe, Taylor",
                               "optipfair-maw": "optipfair 0.4.2, MLP width, MAW",
                               "optipfair-hybrid": "optipfair 0.4.2, MLP width, hybrid (MAW + activations)"}[p]})
-    for s in (int(x) for x in args.random_seeds.split(",") if x.strip()):
-        out.append({"key": f"{b}-random-{s}", "tool": "random", "seed": s, "budget": budget,
-                    "label": "random units (heads + neurons)"})
     for c in out:
         c["folder"] = str(args.work / "models" / c["key"])
     return out
@@ -386,7 +396,7 @@ def render(args, dense: dict, results: dict[float, list[dict]], speeds: dict[flo
              f"CPU, {args.threads} threads, prefill {args.batch} x {args.seq} tokens, batch-1 greedy decode of "
              f"{args.new_tokens} tokens, {args.rounds} interleaved rounds, medians, against the dense model exported "
              "the same way (synprune: export_pruned/load_pruned; peers: their pruned module pickled and reloaded).", ""]
-    for budget, cells in results.items():
+    for budget, cells in sorted(results.items(), reverse=True):
         sp = speeds.get(budget, {})
         lines += [f"## {budget:g} of total parameters", "",
                   "| tool / recipe | perplexity | x dense | SST-2 | prune s | parameters (x dense) | prefill x dense | decode x dense |",
@@ -402,7 +412,8 @@ def render(args, dense: dict, results: dict[float, list[dict]], speeds: dict[flo
                 lines.append(f"| random units, {len(rand)} seeds (mean ± sd) | {m:.2f} ± {sd:.2f} | "
                              f"{m / dense['ppl']['perplexity']:.2f} | {acc:.2f} | "
                              f"{statistics.fmean(r['seconds'] for r in rand):.0f} | "
-                             f"{statistics.fmean(r['params'] for r in rand) / dense['params']:.3f} | "
+                             f"{statistics.fmean(r['params'] for r in rand):,.0f} "
+                             f"({statistics.fmean(r['params'] for r in rand) / dense['params']:.3f}) | "
                              f"{_speed(sp, rand[0]['key'], 'prefill')} | {_speed(sp, rand[0]['key'], 'decode')} |")
                 continue
             if "error" in c:
@@ -441,7 +452,7 @@ def main(argv=None) -> int:
 
     set_quiet(True)
     args.work.mkdir(parents=True, exist_ok=True)
-    budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    budgets = [float(b) for b in args.budgets.split(",") if b.strip()]  # run in the order given
     calib, eval_texts = texts(args)
     tm = load_model(args.model)
     dense_folder = args.work / "models" / "dense"
@@ -465,8 +476,13 @@ def main(argv=None) -> int:
             else:
                 rec = run_cell(args, tm, cell, eval_texts, py)
             if rec["tool"].startswith("tp-") and "error" in rec and ("within" in rec["error"] or "killed" in rec["error"]):
-                tp_failed[rec["tool"]] = f"timed out at {budget:g} ({rec['error']})"
+                # both importances first build the same dependency graph: one time-out stands for both
+                for t in ("tp-magnitude", "tp-taylor"):
+                    tp_failed.setdefault(t, f"{rec['label']} timed out at {budget:g} ({rec['error']})")
             cells.append(rec)
+            results[budget] = cells
+            if args.out:  # after every cell: a run stopped early still leaves its table so far
+                args.out.write_text(render(args, dense, results, speeds))
         results[budget] = cells
         if args.rounds and not args.render:
             speeds[budget] = speed(args, budget, cells, dense_folder)
