@@ -187,6 +187,8 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     data = model_data(tm, data)
     metric_names = task_metrics(tm, data)
     split = make_split(data, cfg.calib_size, cfg.seed, cfg.eval_size)
+    if recipe is not None:  # said once the inputs are checked: a refused run prints its one-line error alone
+        log(recipe["said"])
     if parses_file is None:
         ctx = Calibration(tm, split.calibration, cfg, metric_names, glue_dir=glue_dir)
     else:
@@ -218,9 +220,9 @@ def recommended_options(model: Any, tokenizer: Any, config: PruneConfig | None, 
     options = {k: v for k, v in options.items() if k != "method"}
     base = (config or PruneConfig()).replace(sparsity=sparsity, **options)
     recipe = recommended(tm.kind, base.neurons)
-    log(f"no --method: running the recommended recipe for a {KIND_NAMES.get(tm.kind, tm.kind)} with --units "
-        f"{base.units}: {recipe.command_line()} (synprune/run/recipes.py)")
-    record = {"recommended": True, "kind": tm.kind, "units": base.units, "spec": recipe.spec,
+    record = {"said": f"no --method: running the recommended recipe for {KIND_NAMES.get(tm.kind, tm.kind)}s with "
+                      f"--units {base.units}: {recipe.command_line()} (synprune/run/recipes.py)",
+              "recommended": True, "kind": tm.kind, "units": base.units, "spec": recipe.spec,
               "method": recipe.method, "options": dict(recipe.options)}
     return tm, record, recipe.apply(options)
 
