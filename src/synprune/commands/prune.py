@@ -47,7 +47,7 @@ def print_summary(result) -> None:
 @option_sets
 def prune(
     data: DataOptions,
-    sparsity: float = typer.Option(0.5, help="Fraction of all heads to remove, in [0, 1)."),
+    sparsity: float = typer.Option(0.5, help="Fraction of the units (--units; default: attention heads) to remove, in [0, 1)."),
     out: Path = typer.Option(Path("runs/prune"), help="Output folder for result.json."),
     method: Optional[str] = typer.Option(None, help="Scoring method (see `synprune methods`); default: the recommended recipe for the model's kind and --units (synprune/run/recipes.py; it says which it ran)."),
     sap: SapOptions = SapOptions(),
@@ -60,7 +60,9 @@ def prune(
     onnx: bool = typer.Option(False, "--onnx", help="With --export: also write model.onnx, checked with onnxruntime."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --export folder if it already holds files."),
 ) -> None:
-    """Prune attention heads of MODEL on TASK and write OUT/result.json."""
+    """Prune MODEL on TASK: score its attention heads (with --units also key/value groups or feed-forward neurons),
+    remove them to a budget, optionally re-check (--cf) and repair (--repair), evaluate, and write OUT/result.json;
+    --export also saves the smaller model."""
     from synprune.run.prune import prune as run_prune
 
     set_quiet(data.quiet)
