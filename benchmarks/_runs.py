@@ -45,7 +45,7 @@ class TaskRuns:
     def context(self):
         from synprune.calibrate.context import Calibration
         from synprune.evaluation.evaluate import task_metrics
-        from synprune.run.prune import as_task_model
+        from synprune.model.load import as_task_model
         from synprune.run.sweep import task_model_for
         from synprune.data.tasks import load_task, make_split
 

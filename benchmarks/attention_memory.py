@@ -34,7 +34,7 @@ def child(n_sentences: int, largest: int, glue_dir: str | None) -> dict:
     from synprune.calibrate.context import Calibration
     from synprune.config import PruneConfig
     from synprune.model.load import load_model
-    from synprune.run.prune import score
+    from synprune.methods import score
     from synprune.progress import set_quiet
     from synprune.data.tasks import load_task, make_split
 

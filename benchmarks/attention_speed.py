@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     from synprune.calibrate.context import Calibration
     from synprune.config import PruneConfig
     from synprune.io import atomic_write_text
-    from synprune.methods.attention_stats import AttentionStats
-    from synprune.methods.sap import MeanAttention, Penalty
+    from synprune.calibrate.summary import AttentionStats, MeanAttention
+    from synprune.methods.sap import Penalty
     from synprune.methods.sapx import ArcTable
     from synprune.model.load import load_model
     from synprune.progress import set_quiet

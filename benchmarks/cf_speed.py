@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     from synprune.evaluation.evaluate import task_metrics
     from synprune.io import atomic_write_text
     from synprune.model.load import load_model
-    from synprune.run.prune import score
+    from synprune.methods import score
     from synprune.progress import set_quiet
     from synprune.selection.select import n_to_prune
     from synprune.data.tasks import load_task, make_split
@@ -251,7 +251,7 @@ def _sweep(args, tm, data, scorers) -> None:
     from synprune.config import PruneConfig
     from synprune.evaluation.evaluate import task_metrics
     from synprune.io import atomic_write_text
-    from synprune.run.prune import score
+    from synprune.methods import score
     from synprune.selection.select import n_to_prune
     from synprune.data.tasks import make_split
 

@@ -32,7 +32,7 @@ from synprune.evaluation.evaluate import task_metrics
 from synprune.io import atomic_write_json, atomic_write_text, write_png
 from synprune.methods import HeadScores, get_method
 from synprune.methods.sap import Penalty
-from synprune.run.prune import as_task_model
+from synprune.model.load import as_task_model
 from synprune.selection.select import n_to_prune
 from synprune.data.tasks import load_task, make_split
 

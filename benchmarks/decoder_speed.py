@@ -96,7 +96,8 @@ def lm_head_macs(model: torch.nn.Module) -> int:
 
 def build(args: argparse.Namespace, workdir: Path) -> list[Variant]:
     from synprune.selection.budget import CostModel
-    from synprune.export.checkpoint import export_pruned, load_pruned
+    from synprune.export.checkpoint import export_pruned
+    from synprune.model.pruned import load_pruned
     from synprune.model.load import load_model
 
     tm = load_model(args.model)

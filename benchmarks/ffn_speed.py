@@ -26,7 +26,8 @@ from speedup import Variant, time_all  # noqa: E402  (benchmarks/ is not a packa
 def build(args, workdir: Path) -> list[Variant]:
     from ffn_table import context
     from synprune.selection.budget import CostModel
-    from synprune.export.checkpoint import export_pruned, load_pruned
+    from synprune.export.checkpoint import export_pruned
+    from synprune.model.pruned import load_pruned
     from synprune.run.prune import run
 
     tm, data, split, ctx, base = context(args.task, args.model, args.calib_size, 32)

@@ -38,7 +38,8 @@ from synprune.evaluation.evaluate import prepare, task_metrics
 from synprune.io import atomic_write_json, atomic_write_text, write_png
 from synprune.model.load import load_model
 from synprune.syntax.parse import Parse, parse_texts
-from synprune.run.prune import choose, evaluate_heads, score
+from synprune.methods import score
+from synprune.run.prune import choose, evaluate_heads
 from synprune.progress import bar, log
 from synprune.selection.select import select
 from synprune.data.tasks import Example, load_task

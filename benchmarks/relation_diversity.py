@@ -26,7 +26,8 @@ from synprune.evaluation.evaluate import task_metrics
 from synprune.explain.heads import compute
 from synprune.io import atomic_write_json, atomic_write_text, write_png
 from synprune.cf.layercache import AblationScorer
-from synprune.run.prune import as_task_model, score
+from synprune.methods import score
+from synprune.model.load import as_task_model
 from synprune.progress import bar
 from synprune.data.tasks import load_task, make_split
 

@@ -59,7 +59,8 @@ def build_variants(args: argparse.Namespace, workdir: Path) -> list[Variant]:
     from safetensors.torch import save_model
 
     from synprune.selection.budget import CostModel
-    from synprune.export.checkpoint import export_pruned, load_pruned, load_source_model
+    from synprune.export.checkpoint import export_pruned
+    from synprune.model.pruned import load_pruned, load_source_model
 
     args.model_label = args.model
     if args.model is None:

@@ -11,9 +11,10 @@ import torch
 from _tiny_models import ALL_FAMILIES, DECODERS, PRUNED, n_params, padded_batch, tiny_model
 from synprune.arch import adapters, attention_handles, ffn_handles, get_adapter, head_grid, kv_grid
 from synprune.selection.budget import CostModel
-from synprune.export.checkpoint import export_pruned, load_pruned
+from synprune.export.checkpoint import export_pruned
+from synprune.model.pruned import load_pruned
 from synprune.model.masking import UnitMask
-from synprune.export.remove import remove_units
+from synprune.model.remove import remove_units
 
 # every neuron of layer 2, every third of layer 0
 NEURONS = [(0, i) for i in range(0, 37, 3)] + [(2, i) for i in range(37)]
@@ -211,7 +212,7 @@ def test_real_smollm2_sliced_equals_masked_and_generates(smollm2, tmp_path):
 
 
 def removed_kv(model) -> list[tuple[int, int]]:
-    from synprune.export.remove import pruning_state
+    from synprune.model.remove import pruning_state
 
     state = pruning_state(model)
     return [(l, g) for l, kept in enumerate(state["kept_kv_groups"]) for g in range(3) if g not in kept]

@@ -8,8 +8,8 @@ from synprune.calibrate import attention as A
 from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
 from synprune.explain.heads import HeadProfile, RelationAccuracy, _MapCollector
-from synprune.methods.attention_stats import AttentionStats
-from synprune.methods.sap import MeanAttention, Penalty
+from synprune.calibrate.summary import AttentionStats, MeanAttention
+from synprune.methods.sap import Penalty
 from synprune.methods.sapx import ArcTable
 from synprune.data.tasks import Example
 

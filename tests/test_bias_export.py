@@ -9,7 +9,8 @@ import torch
 from _tiny_models import padded_batch
 from synprune.arch import adapters, attention_handles
 from synprune.errors import SynpruneError
-from synprune.export.checkpoint import export_pruned, load_pruned
+from synprune.export.checkpoint import export_pruned
+from synprune.model.pruned import load_pruned
 from synprune.repair import Repair, repaired
 
 HEADS = [(0, 1), (1, 0), (1, 1), (1, 2), (1, 3), (2, 3)]  # layer 1 loses its whole block

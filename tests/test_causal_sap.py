@@ -10,7 +10,7 @@ from synprune.calibrate.attention import AttentionBatch, Arcs, calibration_items
 from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig
 from synprune.methods import get_method
-from synprune.methods.sap import MeanAttention
+from synprune.calibrate.summary import MeanAttention
 from synprune.syntax.parse import Parse
 from synprune.data.tasks import Example
 

@@ -18,6 +18,7 @@ from synprune.cli import app, main
 from synprune.errors import SynpruneError
 from synprune.io import sha256_dir
 from synprune.model.masking import HeadMask
+from synprune.model.pruned import load_source_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [f"tok{a}{b}" for a in "abcdefghij" for b in "abcdefghij"][:95]
@@ -149,7 +150,7 @@ def test_docs_plain_transformers_recipe(tmp_path, family):
     src = tmp_path / "src"
     model = save_checkpoint(src, family, "cls")
     heads = [(0, 1), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)]
-    model_loaded, tokenizer = export_mod.load_source_model(str(src))
+    model_loaded, tokenizer = load_source_model(str(src))
     out = export_mod.export_pruned(model_loaded, tokenizer, heads, tmp_path / "pruned")
     if tokenizer is None:  # the recipe loads a tokenizer: give roberta/electra the bert one
         tf.BertTokenizer(vocab=str(_vocab(tmp_path))).save_pretrained(out)

@@ -13,7 +13,8 @@ from synprune.config import PruneConfig
 from synprune.model.masking import HeadMask, mask_from_heads
 from synprune.methods import get_method
 from synprune.methods import gradient as G
-from synprune.methods.attention_stats import AttentionStats, confidence, entropy
+from synprune.calibrate.summary import AttentionStats
+from synprune.methods.attention_stats import confidence, entropy
 from synprune.run.prune import prune
 from synprune.data.tasks import Example
 

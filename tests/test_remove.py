@@ -9,9 +9,10 @@ import torch
 from _tiny_models import FAMILIES, PRUNED, n_params, padded_batch, tiny_model
 from synprune.arch import attention_handles
 from synprune.errors import SynpruneError
-from synprune.export.checkpoint import export_pruned, load_pruned
+from synprune.export.checkpoint import export_pruned
+from synprune.model.pruned import load_pruned
 from synprune.model.masking import HeadMask
-from synprune.export.remove import remove_heads
+from synprune.model.remove import remove_heads
 
 HIDDEN, HEAD_DIM = 32, 8
 

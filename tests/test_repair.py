@@ -11,7 +11,8 @@ import torch
 from _tiny_models import padded_batch, tiny_model
 from synprune.arch import attention_handles, ffn_handles, get_adapter
 from synprune.errors import SynpruneError
-from synprune.export.checkpoint import export_pruned, load_pruned
+from synprune.export.checkpoint import export_pruned
+from synprune.model.pruned import load_pruned
 from synprune.repair import Repair, make_repair, repaired
 from synprune.model.activations import Tap, pooled_rows
 from synprune.repair.ls import LSOptions, _fit, least_squares

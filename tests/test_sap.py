@@ -8,7 +8,8 @@ import torch
 from synprune.calibrate.attention import Arcs, AttentionBatch
 from synprune.syntax.dependencies import DependencyRanking, arcs, label_counts
 from synprune.methods import order_by
-from synprune.methods.sap import MeanAttention, Penalty, parse_threshold
+from synprune.calibrate.summary import MeanAttention, parse_threshold
+from synprune.methods.sap import Penalty
 from synprune.syntax.parse import Parse
 
 OFF = 0.1  # every off-diagonal value not named below

@@ -9,8 +9,8 @@ from _tiny_lm import smollm2_tokenizer
 from conftest import tiny_model
 from synprune.calibrate.attention import calibration_items, scan
 from synprune.syntax.dependencies import DependencyRanking
-from synprune.methods.attention_stats import AttentionStats
-from synprune.methods.sap import MeanAttention, Penalty
+from synprune.calibrate.summary import AttentionStats, MeanAttention
+from synprune.methods.sap import Penalty
 from synprune.syntax.parse import Parse
 
 TEXTS = ["Dogs chase cats.", "The old man saw a dog in the park.", "Birds sing."]

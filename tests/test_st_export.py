@@ -6,7 +6,7 @@ import torch
 
 from conftest import tiny_config
 from synprune.cli import main
-from synprune.export.checkpoint import load_pruned
+from synprune.model.pruned import load_pruned
 from synprune.model.masking import HeadMask
 from synprune.model.load import bundled_model_path
 

@@ -9,7 +9,7 @@ from conftest import tiny_model
 from synprune.selection.budget import CostModel
 from synprune.errors import SynpruneError
 from synprune.evaluation.evaluate import prepare
-from synprune.export.checkpoint import load_pruned
+from synprune.model.pruned import load_pruned
 from synprune.model.masking import UnitMask
 from synprune.methods.gradient import TASK_LOSS, mask_gradients
 from synprune.run.prune import prune

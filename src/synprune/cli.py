@@ -9,11 +9,12 @@ import sys
 
 import typer
 
+from . import SUMMARY
 from .errors import SynpruneError
 
 app = typer.Typer(
     name="synprune",
-    help="Prune transformer attention heads without retraining, compare methods, and explain what was kept.",
+    help=SUMMARY,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -22,7 +23,7 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Prune transformer attention heads without retraining, compare methods, and explain what was kept."""
+    """Prune transformer models without retraining (the group's help is SUMMARY)."""
     # A callback keeps `synprune <command>` a command group even while only one command is registered
     # (typer otherwise runs a lone command as the program itself and rejects its name as an argument).
 
@@ -42,10 +43,21 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+_INVOKED: list[str] = []  # the arguments of this run of `synprune` (a command that stops can say how to rerun it)
+
+
+def invocation() -> str:
+    """The command line of this run, as it can be pasted back into a shell."""
+    import shlex
+
+    return shlex.join(["synprune", *_INVOKED])
+
+
 def main(argv: list[str] | None = None) -> None:
     # Set before any command imports torch: OpenMP threads that busy-wait make training on a CPU shared
     # with other processes 2-4x slower (measured with 2 threads on 2 busy cores); sleeping ones do not.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _INVOKED[:] = sys.argv[1:] if argv is None else list(argv)
     _load_commands()
     _quiet_transformers()
     try:

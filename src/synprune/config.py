@@ -40,7 +40,7 @@ class PruneConfig:
 
     def validate(self) -> "PruneConfig":
         from synprune.calibrate.attention import DIRECTIONS
-        from .methods.sap import parse_threshold
+        from synprune.calibrate.summary import parse_threshold
 
         for f in fields(self):  # nan passes every range check written as `not lo <= x <= hi`... or none at all
             value = getattr(self, f.name)
@@ -80,7 +80,7 @@ class PruneConfig:
         if self.units == "kv-groups" and self.cf:
             raise SynpruneError("--units kv-groups prunes whole key/value groups, but CF walks single heads; drop +cf or use --units heads")
         if self.dependencies_from is not None:
-            from synprune.syntax.depsource import check_source
+            from synprune.calibrate.depsource import check_source
 
             check_source(self.dependencies_from)
         if self.budget is not None:

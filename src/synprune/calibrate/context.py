@@ -6,12 +6,11 @@ import contextlib
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 
 from synprune.calibrate.attention import CalibItem, Collector, ScanInput, calibration_items, scan, scan_batches
-from synprune.config import PruneConfig
 from synprune.syntax.dependencies import DependencyRanking, label_counts
 from synprune.evaluation.evaluate import Prepared, prepare
 from synprune.model.load import TaskModel
@@ -21,8 +20,18 @@ from synprune.data.tasks import Example
 from synprune.data.truncation import Cut, cut_to_kept
 
 
+class DataOptions(Protocol):
+    """What the calibration reads of a run's options (`synprune.config.PruneConfig`, which methods read further)."""
+
+    calib_size: int
+    seed: int
+    parser: str
+    batch_size: int
+    max_length: int
+
+
 class Calibration:
-    def __init__(self, tm: TaskModel, examples: Sequence[Example], config: PruneConfig,
+    def __init__(self, tm: TaskModel, examples: Sequence[Example], config: DataOptions,
                  metric_names: Sequence[str] = (), parses: tuple[list[Parse], list[Parse | None]] | None = None,
                  glue_dir: str | Path | None = None):
         self.tm = tm
@@ -105,7 +114,7 @@ class Calibration:
 
     def dependency_source(self, source: str) -> tuple[list[Parse], dict]:
         """Parses of a `--dependencies-from` source (same sample size, seed and parser as the run) and their provenance."""
-        from synprune.syntax.depsource import source_parses
+        from synprune.calibrate.depsource import source_parses
 
         c = self.config
         return self.memo(("dependency-source", source), lambda: source_parses(source, c.calib_size, c.seed, c.parser, self.glue_dir))
@@ -134,8 +143,7 @@ class Calibration:
         """SAP's mean attention (its thresholds) and the rows' entropy and maximum (`entropy`, `confidence`):
         neither looks at arcs, and collecting both costs little next to the model's pass, so one scan makes them,
         and the collectors in `planned_scans` too (sapx's arc table in a sweep: one pass instead of two)."""
-        from synprune.methods.attention_stats import AttentionStats
-        from synprune.methods.sap import MeanAttention
+        from synprune.calibrate.summary import AttentionStats, MeanAttention
 
         def compute() -> tuple[Any, Any]:
             grid = self.tm.grid
@@ -158,3 +166,15 @@ class Calibration:
         """The calibration examples tokenized for scoring (CF, gradients)."""
         with self.timed("tokenize"):
             return prepare(self.tm, self.examples, batch_size=self.config.batch_size, max_length=self.config.max_length)
+
+
+def gold_calibration(tm: TaskModel, path: str | Path, config: DataOptions, metric_names: Sequence[str] = ()) -> Calibration:
+    """A `Calibration` over a seeded sample (`config.calib_size`, `config.seed`) of a CoNLL-U file's sentences
+    with their gold trees in place of spaCy's. The sentences carry no labels, so CF cannot score them."""
+    from synprune.syntax.conllu import read_conllu
+
+    bank = read_conllu(path).sample(config.calib_size, config.seed)
+    examples = [Example(t) for t in bank.texts]
+    ctx = Calibration(tm, examples, config, metric_names, parses=(bank.parses, [None] * len(examples)))
+    ctx.parse_info = {**bank.info(), "sampled": len(examples)}
+    return ctx

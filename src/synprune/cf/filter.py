@@ -9,10 +9,9 @@ are scored by `layercache.AblationScorer`, which re-runs only the layers a remov
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from synprune.calibrate.context import Calibration
-from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
 from synprune.cf.layercache import AblationScorer
 from synprune.data.metrics import goodness
@@ -22,13 +21,23 @@ from synprune.selection.select import Pruning, Selection
 Head = tuple[int, int]
 
 
-def pool_size(cfg: PruneConfig, n_heads: int) -> int:
+class Options(Protocol):
+    """What CF reads of a run's options (`synprune.config.PruneConfig`)."""
+
+    sparsity: float
+    layer_fraction: float
+    pool_ratio: float | None
+    tolerance: float
+    tolerance_abs: float | None
+
+
+def pool_size(cfg: Options, n_heads: int) -> int:
     """ceil(R * N) with R = --pool-ratio, default min(1, sparsity + 0.25)."""
     ratio = cfg.pool_ratio if cfg.pool_ratio is not None else min(1.0, cfg.sparsity + 0.25)
     return min(n_heads, math.ceil(ratio * n_heads - 1e-9))
 
 
-def metric_floor(m0: float, cfg: PruneConfig) -> float:
+def metric_floor(m0: float, cfg: Options) -> float:
     """The worst metric a kept removal may leave, on the higher-is-better scale of `metrics.goodness`.
 
     Absolute (`tolerance_abs`): m0 - tolerance_abs. Relative (`tolerance`): m0 - (1 - tolerance) * |m0|, which
@@ -47,7 +56,7 @@ def _entry(stage: str, head: Head, metric: float | None, removed: bool, heads: S
             "removed": removed, "heads": [list(h) for h in heads], **extra}
 
 
-def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg: PruneConfig,
+def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg: Options,
                      fast: bool = True, background: tuple = ()) -> tuple[Selection, list[dict]]:
     """Choose `n_prune` heads from the top of `order` (most prunable first), checked on the calibration split.
 
@@ -126,7 +135,7 @@ def candidate_filter(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg:
     return state.selection(fill), entries
 
 
-def _alone(grid: tuple[int, int], cfg: PruneConfig, head: Head) -> list[Head]:
+def _alone(grid: tuple[int, int], cfg: Options, head: Head) -> list[Head]:
     """The heads removed when `head` is scored alone (its whole layer where the layer rule says so)."""
     return Pruning(grid, grid[0] * grid[1], cfg.layer_fraction).expand(head)
 
@@ -150,7 +159,7 @@ def _shared_trials(ctx: Calibration, background: tuple = ()) -> "_Trials":
     return _Trials(scorer, metric_table(ctx, background), getattr(ctx, "pace", lambda: None))
 
 
-def score_alone(ctx: Calibration, heads: Sequence[Head], cfg: PruneConfig) -> None:
+def score_alone(ctx: Calibration, heads: Sequence[Head], cfg: Options) -> None:
     """Score each of `heads` alone into the context's table: the first stage of any walk whose pool holds them,
     done ahead (a sweep does it in whichever process is free)."""
     trial = _shared_trials(ctx)
@@ -158,7 +167,7 @@ def score_alone(ctx: Calibration, heads: Sequence[Head], cfg: PruneConfig) -> No
         trial.metric(frozenset(), _alone(ctx.tm.grid, cfg, (int(head[0]), int(head[1]))))
 
 
-def walk_key(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg: PruneConfig) -> tuple | None:
+def walk_key(ctx: Calibration, order: Sequence[Head], n_prune: int, cfg: Options) -> tuple | None:
     """What decides a fast CF walk once its pool's heads are scored alone (None until they all are): two runs
     with the same key make the same passes, so the second can wait for the first and find them all known."""
     grid = ctx.tm.grid

@@ -35,7 +35,7 @@ from synprune.evaluation.evaluate import Prepared, evaluate
 from synprune.model.masking import HeadMask
 from synprune.model.load import TaskModel
 from synprune.progress import log
-from synprune.export.remove import remove_heads, without_heads
+from synprune.model.remove import remove_heads, without_heads
 
 Head = tuple[int, int]
 

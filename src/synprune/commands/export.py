@@ -60,7 +60,8 @@ def export(
     """Remove the pruned heads (and neurons) for real, fold the run's repair in, and save the smaller model, its
     tokenizer and the kept units per layer."""
     from ..arch import head_grid
-    from synprune.export.checkpoint import export_pruned, load_source_model
+    from synprune.export.checkpoint import export_pruned
+    from synprune.model.pruned import load_source_model
     from ..io import sha256_dir
 
     result = read_result(result_json)
@@ -68,7 +69,12 @@ def export(
     if not location:
         raise SynpruneError(f"{result_json} names no model (model.path); pass --model PATH")
     kind = result["model"].get("kind") if isinstance(result.get("model"), dict) else None
-    src, tokenizer = load_source_model(location, kind)
+    from synprune.model.load import check_model_files, reading
+
+    if Path(location).is_dir():
+        check_model_files(location)
+    with reading(f"the model in {location}", "pass --model a complete model folder"):
+        src, tokenizer = load_source_model(location, kind)
     _, n_heads = head_grid(src)
     pruned = heads_to_remove(result, n_heads)
     actual = sha256_dir(location) if Path(location).is_dir() else None
@@ -81,7 +87,7 @@ def export(
         "result_json": str(result_json.resolve()),
         **{k: result[k] for k in ("method", "cf", "task", "sparsity", "metric", "seed") if k in result},
     }
-    from synprune.export.remove import validate_neurons
+    from synprune.model.remove import validate_neurons
     from ..repair import Repair
 
     neurons = validate_neurons(src, result.get("pruned_neurons") or [])

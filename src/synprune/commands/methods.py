@@ -22,10 +22,20 @@ def method_rows() -> list[dict]:
     return rows
 
 
+ABBREVIATIONS = ("et al.", "e.g.", "i.e.", "cf.", "vs.")
+
+
 def _first_sentence(doc: str) -> str:
+    """The first paragraph's first whole sentence: ends at a full stop followed by a space or the end, outside
+    brackets, and not an abbreviation's ("Kwon et al. 2022's recipe", "(He et al. 2024, ...)")."""
     paragraph = " ".join(doc.strip().split("\n\n")[0].split())
-    head, sep, _ = paragraph.partition(". ")
-    return head + ("." if sep else "")
+    depth = 0
+    for i, ch in enumerate(paragraph):
+        depth += (ch in "([") - (ch in ")]")
+        if (ch == "." and depth <= 0 and paragraph[i + 1:i + 2] in ("", " ")
+                and not paragraph[:i + 1].endswith(ABBREVIATIONS)):
+            return paragraph[:i + 1]
+    return paragraph
 
 
 @app.command("methods")

@@ -23,6 +23,8 @@ def print_summary(result) -> None:
         heads = ",".join(str(h) for l, h in result.pruned_heads if l == layer)
         table.add_row(str(layer), f"{n}{' (block removed)' if layer in result.removed_layers else ''}", heads)
     console.print(table)
+    if "recipe" in result.details:
+        console.print(f"recommended recipe for this kind of model: {result.details['recipe']['spec']}")
     if result.n_neurons:
         console.print(f"feed-forward neurons pruned: {len(result.pruned_neurons)}/{result.n_neurons}")
     console.print(f"{m['name']} on {m['split']}: dense [bold]{m['dense']:.2f}[/] -> pruned [bold]{m['pruned']:.2f}[/] "
@@ -45,9 +47,9 @@ def print_summary(result) -> None:
 @option_sets
 def prune(
     data: DataOptions,
-    sparsity: float = typer.Option(0.5, help="Fraction of all heads to remove, in [0, 1)."),
+    sparsity: float = typer.Option(0.5, help="Fraction of the units (--units; default: attention heads) to remove, in [0, 1)."),
     out: Path = typer.Option(Path("runs/prune"), help="Output folder for result.json."),
-    method: str = typer.Option("sap", help="Scoring method (see `synprune methods`)."),
+    method: Optional[str] = typer.Option(None, help="Scoring method (see `synprune methods`); default: the recommended recipe for the model's kind and --units (synprune/run/recipes.py; it says which it ran)."),
     sap: SapOptions = SapOptions(),
     parses: Optional[Path] = typer.Option(None, help="CoNLL-U file: calibrate on its sentences with their gold trees instead of spaCy's parses of TASK (evaluation stays on TASK)."),
     cf: bool = typer.Option(False, "--cf", help="Candidate Filtering: re-check each candidate against the task metric on the calibration split."),
@@ -58,7 +60,9 @@ def prune(
     onnx: bool = typer.Option(False, "--onnx", help="With --export: also write model.onnx, checked with onnxruntime."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --export folder if it already holds files."),
 ) -> None:
-    """Prune attention heads of MODEL on TASK and write OUT/result.json."""
+    """Prune MODEL on TASK: score its attention heads (with --units also key/value groups or feed-forward neurons),
+    remove them to a budget, optionally re-check (--cf) and repair (--repair), evaluate, and write OUT/result.json;
+    --export also saves the smaller model."""
     from synprune.run.prune import prune as run_prune
 
     set_quiet(data.quiet)

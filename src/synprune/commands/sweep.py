@@ -30,6 +30,17 @@ def _joined(values) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
+def interrupted(e: KeyboardInterrupt, out: Path) -> None:
+    """Ctrl-C: one line (no traceback) with the runs kept and the command that resumes; exit status 130."""
+    from ..cli import invocation
+
+    finished = getattr(e, "finished", None)
+    kept = (f"{finished} of {e.total} runs finished and are kept in {out / 'runs'}" if finished
+            else "no run had finished")
+    typer.secho(f"interrupted: {kept}; resume with: {invocation()}", err=True, fg="yellow")
+    raise typer.Exit(130)
+
+
 @app.command()
 @option_sets
 def sweep(
@@ -62,6 +73,8 @@ def sweep(
                          sparsities=split_list(sparsities, float, "--sparsities"), seeds=split_list(seeds, int, "--seeds"),
                          grid=S.parse_grid(grid), out=out, report=not no_report, overwrite=overwrite, **data.columns(),
                          **data.config(), **sap.config(), **cf.config(), **unit_options.config())
+    except KeyboardInterrupt as e:
+        interrupted(e, out)
     finally:
         release_early()
     summary = result.summary

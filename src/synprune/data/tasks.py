@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -115,16 +116,44 @@ def default_glue_dir() -> Path | None:
 
 def _read_text(path: Path) -> str:
     """A data file's text; a file that is not UTF-8 is a one-line error naming the file and the bad byte."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
+    try:  # line breaks kept as written: one inside a quoted field is part of its text
+        return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise SynpruneError(f"{path} is not UTF-8 ({e.reason}: byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                             "convert it, e.g. `iconv -f latin1 -t utf-8`") from None
 
 
+def _allow_long_fields() -> None:
+    """Let the csv module read a field of any length (its default limit is 131,072 characters): as high as this
+    platform's C long allows. Long texts are then cut to what the model reads, as every long row is."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # a C long narrower than Python's sys.maxsize (Windows)
+            limit //= 2
+
+
+def delimited_rows(text: str, path: Path, delimiter: str, quoting: int = csv.QUOTE_MINIMAL,
+                   header: bool = False) -> list:
+    """The rows of a CSV/TSV file's text, fields of any length (every delimited reader comes through here): lists,
+    or dicts keyed by the first row when `header`. A row the csv module cannot read is a one-line error naming it."""
+    _allow_long_fields()
+    buf = io.StringIO(text, newline="")
+    reader = (csv.DictReader(buf, delimiter=delimiter, quoting=quoting) if header
+              else csv.reader(buf, delimiter=delimiter, quoting=quoting))
+    try:
+        return list(reader)
+    except csv.Error as e:
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        raise SynpruneError(f"{path} line {reader.line_num} cannot be read as {kind} ({e}); "
+                            "fix that line's quoting") from None
+
+
 def _read_tsv(path: Path, spec: TaskSpec) -> tuple[list[Example], int]:
     """The examples of a GLUE file and how many rows were left out for having too few columns."""
-    rows = list(csv.reader(io.StringIO(_read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = delimited_rows(_read_text(path), path, "\t", quoting=csv.QUOTE_NONE)
     if not rows:
         raise SynpruneError(f"{path} is empty; point --glue-dir at a complete GLUE folder")
     header: dict[str, int] = {}
@@ -236,15 +265,15 @@ def load_file(path: str | Path, text_col: str, text_pair_col: str | None = None,
     if suffix == ".jsonl":
         rows, lines = _jsonl_rows(text, path)
     else:
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
-        rows = list(reader)
+        rows = delimited_rows(text, path, "\t" if suffix == ".tsv" else ",", header=True)
         lines = list(range(2, len(rows) + 2))  # the header is line 1 (approximate with quoted line breaks)
     if not rows:
         raise SynpruneError(f"{path} has no rows")
-    columns = list(rows[0])
+    columns = [c for c in rows[0] if c is not None]  # None: a ragged row's fields beyond the header's
     for name in (text_col, text_pair_col, label_col):
         if name is not None and name not in columns:
-            raise SynpruneError(f"{path} has no column {name!r} (columns: {', '.join(columns)}); fix --text-col/--text-pair-col/--label-col")
+            shown = ", ".join(c if c.isprintable() else repr(c) for c in columns)
+            raise SynpruneError(f"{path} has no column {name!r} (columns: {shown}); fix --text-col/--text-pair-col/--label-col")
     for row, line in zip(rows, lines):
         for name in (text_col, text_pair_col):
             if name is not None and (name not in row or row[name] is None):

@@ -20,7 +20,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -120,6 +120,7 @@ class Explanation:
     sap_penalty_per_pair: np.ndarray
     threshold: dict
     calibration: dict = field(default_factory=dict)
+    directions: ClassVar[tuple[str, ...]] = DIRECTIONS  # the first axis of `accuracy` and `correct`
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -199,7 +200,7 @@ class Explanation:
 
 def compute(ctx: Calibration, cfg: PruneConfig) -> Explanation:
     """Run SAP (penalties, threshold) and one scan of relation and profile statistics over the calibration data."""
-    from synprune.run.prune import score
+    from synprune.methods import score
 
     sap = score(ctx, cfg.replace(method="sap"))
     tau = ctx.threshold(cfg.threshold, cfg.keep_punct)
@@ -448,14 +449,14 @@ def explain_model(model: Any = None, task: str = "stsb", out: str | Path | None 
     """`explain` on a model (folder, hub id, TaskModel or None for the bundled MiniLM) and the calibration sample
     of `task` parsed by spaCy, or the sentences of `parses_file` (CoNLL-U) with their gold trees."""
     from synprune.config import max_positions
-    from synprune.run.prune import as_task_model
+    from synprune.model.load import as_task_model
     from synprune.data.tasks import load_task, make_split
 
     cfg = (config or PruneConfig()).replace(**options).validate()
     tm = as_task_model(model)
     cfg.check_model(max_positions(tm.model))
     if parses_file is not None:
-        from synprune.syntax.conllu import gold_calibration
+        from synprune.calibrate.context import gold_calibration
 
         ctx = gold_calibration(tm, parses_file, cfg)
     else:

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from synprune.io import write_png
-
-if TYPE_CHECKING:
-    from synprune.explain.heads import Explanation, MapHead, SentenceMap
 
 ARROW = {"dep2head": "dep→head", "head2dep": "head→dep"}
 
@@ -41,11 +38,9 @@ def _panel(ax, values: np.ndarray, title: str, pruned: set | None, vmin=None, vm
     return im
 
 
-def heatmaps(ex: "Explanation", relations: Sequence[int], path: Path, pruned: set | None = None, title: str = "") -> Path:
-    """One figure: four head-profile panels (SAP penalty, special-token and punctuation share, entropy), then
+def heatmaps(ex, relations: Sequence[int], path: Path, pruned: set | None = None, title: str = "") -> Path:
+    """`ex`: an `explain.heads.Explanation`. One figure: four head-profile panels (SAP penalty, special-token and punctuation share, entropy), then
     each relation's accuracy per head in the direction of its best head (colour scale 0..1)."""
-    from synprune.explain.heads import DIRECTIONS
-
     plt = _pyplot()
     panels = 4 + len(relations)
     cols = 6
@@ -59,7 +54,7 @@ def heatmaps(ex: "Explanation", relations: Sequence[int], path: Path, pruned: se
         cb.ax.tick_params(labelsize=6)
     for ax, r in zip(flat[4:], relations):
         d, l, h = ex.best_head(r)
-        name = (f"{ex.labels[r]} ({ARROW[DIRECTIONS[d]]}), n={int(ex.counts[r])}\n"
+        name = (f"{ex.labels[r]} ({ARROW[ex.directions[d]]}), n={int(ex.counts[r])}\n"
                 f"best {l}:{h} {ex.accuracy[d, r, l, h]:.2f}, offset {int(ex.baseline_offset[r]):+d} {ex.baseline_accuracy[r]:.2f}")
         im = _panel(ax, ex.accuracy[d, r], name, pruned, vmin=0, vmax=1)
     for ax in flat[panels:]:
@@ -71,8 +66,8 @@ def heatmaps(ex: "Explanation", relations: Sequence[int], path: Path, pruned: se
     return _save(fig, path)
 
 
-def attention_maps(maps: Sequence["SentenceMap"], heads: Sequence["MapHead"], path: Path) -> Path:
-    """Rows: sentences; columns: heads. Each panel is word-level attention (row word attends to column word).
+def attention_maps(maps: Sequence, heads: Sequence, path: Path) -> Path:
+    """`maps`: `explain.heads.SentenceMap`s; `heads`: `MapHead`s. Rows: sentences; columns: heads. Each panel is word-level attention (row word attends to column word).
     Circles mark the arcs of the head's relation in its direction (dep->head: row dependent, column head)."""
     plt = _pyplot()
     rows, cols = len(maps), len(heads)

@@ -1,4 +1,4 @@
-"""Save a physically pruned model as a standard checkpoint folder, and load it back with one call.
+"""Save a physically pruned model as a standard checkpoint folder (`synprune.model.pruned` loads it back).
 
 The folder holds `config.json` (the unpruned architecture), `model.safetensors` (the sliced weights, with
 the model's own state-dict keys), the tokenizer, and `synprune_pruning.json` (kept heads per layer, removed
@@ -8,7 +8,6 @@ config, shapes it with the kept heads, then loads the weights strictly: any mism
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import tempfile
@@ -22,11 +21,9 @@ from synprune import __version__
 from synprune.arch import head_grid, kv_grid
 from synprune.errors import SynpruneError
 from synprune.io import atomic_write_json, sha256_dir
-from synprune.export.remove import apply_state, remove_units, validate_heads, validate_neurons
+from synprune.model.pruned import FORMAT_VERSION, PRUNING_FILE, WEIGHTS_FILE
+from synprune.model.remove import remove_units, validate_heads, validate_neurons
 
-PRUNING_FILE = "synprune_pruning.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 2  # 2: kept key/value groups and neurons (format 1 folders still load)
 
 # Auto classes tried in this order to name the one a model class belongs to (bare encoder first).
 _AUTO_MAPPINGS = (
@@ -209,89 +206,3 @@ def _write_folder(small: nn.Module, tokenizer: Any, info: dict, folder: Path) ->
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     atomic_write_json(folder / PRUNING_FILE, info)
-
-
-def read_pruning_info(path: str | Path) -> dict:
-    f = Path(path) / PRUNING_FILE
-    if not f.is_file():
-        raise SynpruneError(f"{path} is not a synprune export: {PRUNING_FILE} is missing")
-    info = json.loads(f.read_text())
-    if info.get("format_version", 0) > FORMAT_VERSION:
-        raise SynpruneError(f"{f} has format {info['format_version']}; this synprune reads up to {FORMAT_VERSION}")
-    return info
-
-
-def _model_class(info: dict) -> Any:
-    import transformers
-
-    cls = getattr(transformers, info.get("model_class") or "", None)
-    if cls is None and info.get("auto_class"):
-        cls = getattr(transformers, info["auto_class"], None)
-    if cls is None:
-        raise SynpruneError(f"transformers has neither {info.get('model_class')!r} nor {info.get('auto_class')!r}")
-    return cls
-
-
-def load_pruned(path: str | Path, *, device: str | torch.device | None = None,
-                attn_implementation: str | None = None) -> tuple[nn.Module, Any]:
-    """Load a folder written by `export_pruned`: (model in eval mode, tokenizer or None)."""
-    import transformers
-    from safetensors.torch import load_model
-
-    path = Path(path)
-    info = read_pruning_info(path)
-    config = transformers.AutoConfig.from_pretrained(path)
-    cls = _model_class(info)
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = cls.from_config(config, **kwargs) if hasattr(cls, "from_config") else cls._from_config(config, **kwargs)
-    apply_state(model, info)
-    try:
-        load_model(model, str(path / WEIGHTS_FILE), strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip()
-        raise SynpruneError(f"weights in {path / WEIGHTS_FILE} do not fit the pruned shape: {first}") from None
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model, _load_tokenizer(path)
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "sentencepiece.bpe.model")
-
-
-def _load_tokenizer(path: str | Path) -> Any:
-    """The tokenizer saved with a model, or None: a local folder without tokenizer files has none (transformers
-    would otherwise build an empty one)."""
-    import transformers
-
-    local = Path(path)
-    if local.is_dir() and not any((local / f).exists() for f in TOKENIZER_FILES):
-        return None
-    try:
-        return transformers.AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
-        return None
-
-
-# Heads that pretraining left in a checkpoint and that no synprune task scores: a sentence encoder whose config
-# names `MPNetForMaskedLM` is used (and pruned) as the bare encoder.
-_PRETRAINING_HEADS = ("ForMaskedLM", "ForPreTraining", "ForNextSentencePrediction")
-
-
-def load_source_model(path: str, kind: str | None = None) -> tuple[nn.Module, Any]:
-    """Load an original checkpoint as its task used it: a classifier with its head, an embedding model (`kind`
-    "embedding", or a config naming only a pretraining head) as the bare encoder."""
-    import transformers
-
-    try:
-        config = transformers.AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise SynpruneError(f"cannot load model {path!r}: {str(e).strip().splitlines()[0]}") from None
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    if kind == "embedding" or (arch and arch.endswith(_PRETRAINING_HEADS)):
-        arch = None
-    cls = getattr(transformers, arch, None) if arch else None
-    transformers.utils.logging.disable_progress_bar()
-    model = (cls or transformers.AutoModel).from_pretrained(path)
-    return model.eval(), _load_tokenizer(path)

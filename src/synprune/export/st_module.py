@@ -17,7 +17,7 @@ class PrunedTransformer(Transformer):
 
     def _load_model(self, model_name_or_path: str, transformer_task: Any, config: Any, backend: str,
                     is_peft_model: bool, **model_kwargs: Any) -> Any:
-        from synprune.export.checkpoint import load_pruned
+        from synprune.model.pruned import load_pruned
 
         model, _ = load_pruned(model_name_or_path)
         return model

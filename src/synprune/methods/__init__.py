@@ -1,9 +1,9 @@
 """The catalogue of head-scoring methods. Each is one function registered by name:
 
     @register("magnitude")
-    def magnitude(ctx: Calibration, cfg: PruneConfig) -> HeadScores: ...
+    def magnitude(ctx: Calibration, cfg) -> HeadScores: ...
 
-It reads its options from `cfg` and its data from the shared `Calibration` context (parses, attention statistics, gradients are
+It reads its options from `cfg` (the run's options, a `synprune.config.PruneConfig`: `uses` names those it reads) and its data from the shared `Calibration` context (parses, attention statistics, gradients are
 computed once there and reused across methods) and returns its scores and its pruning order.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -19,7 +19,6 @@ from ..errors import SynpruneError
 
 if TYPE_CHECKING:
     from synprune.calibrate.context import Calibration
-    from ..config import PruneConfig
 
 Head = tuple[int, int]
 
@@ -33,7 +32,7 @@ class HeadScores:
     details: dict = field(default_factory=dict)
 
 
-MethodFn = Callable[["Calibration", "PruneConfig"], HeadScores]
+MethodFn = Callable[["Calibration", Any], HeadScores]  # (context, the run's options)
 METHODS: dict[str, MethodFn] = {}
 USES: dict[str, frozenset[str]] = {}
 NEEDS: dict[str, tuple[str, ...]] = {}
@@ -107,3 +106,11 @@ def unused_options(name: str) -> list[str]:
 def available() -> list[str]:
     _load_all()
     return sorted(METHODS)
+
+
+def score(ctx: "Calibration", cfg) -> HeadScores:
+    """A method's scores, computed once per context and scoring options (not per budget)."""
+    # the seed always: gradient methods draw the output Fisher's directions from it when there are no labels
+    key = ("scores", cfg.method, cfg.seed, *((o, getattr(cfg, o)) for o in sorted(uses(cfg.method))))
+    with ctx.timed("score"):
+        return ctx.memo(key, lambda: get_method(cfg.method)(ctx, cfg))

@@ -13,69 +13,6 @@ from synprune.syntax.dependencies import DependencyRanking
 from ..errors import SynpruneError
 from . import HeadScores, order_by, register
 
-THRESHOLD_KINDS = ("global-mean", "layer-mean", "head-mean", "quantile:Q", "a number")
-HIST_BINS = 20000  # resolution of quantile thresholds (attention to a word lies in [0, 1])
-
-
-class MeanAttention:
-    """Running sums of word-level attention W[i, j], i != j, per head, plus a histogram for quantiles."""
-
-    per_layer = True
-
-    def __init__(self, grid: tuple[int, int]):
-        self.sum = torch.zeros(grid, dtype=torch.float64)
-        self.count = 0
-        self.hist = torch.zeros(HIST_BINS, dtype=torch.float64)
-
-    def update(self, batch: AttentionBatch) -> None:
-        m = batch.pair_mask()  # (B, W, W)
-        w = batch.word_attn  # (B, L, H, W, W)
-        self.sum[batch.rows] += (w * m[:, None, None]).sum(dim=(0, 3, 4)).double()
-        if batch.count_items:
-            self.count += int(m.sum())
-        values = w.permute(0, 3, 4, 1, 2)[m].flatten().clamp(0, 1)
-        self.hist += torch.histc(values.double(), bins=HIST_BINS, min=0.0, max=1.0)
-
-    def threshold(self, kind: str | float) -> torch.Tensor:
-        """tau per head (layers x heads) for a threshold kind."""
-        return tau_from(self.sum / max(self.count, 1), self.hist, kind)
-
-
-def tau_from(per_head: torch.Tensor, hist: torch.Tensor, kind: str | float) -> torch.Tensor:
-    """tau per head from the mean attention of each head and a histogram of all values (for quantiles)."""
-    grid = per_head.shape
-    if isinstance(kind, (int, float)) or _is_number(kind):
-        return torch.full(grid, float(kind), dtype=torch.float64)
-    if kind == "global-mean":
-        return torch.full(grid, float(per_head.mean()), dtype=torch.float64)
-    if kind == "layer-mean":
-        return per_head.mean(dim=1, keepdim=True).expand(grid).clone()
-    if kind == "head-mean":
-        return per_head
-    if kind.startswith("quantile:"):
-        q = float(kind.split(":", 1)[1])
-        cdf = torch.cumsum(hist, 0) / hist.sum().clamp(min=1)
-        b = int(torch.searchsorted(cdf, torch.tensor(q, dtype=torch.float64)))
-        return torch.full(grid, (min(b, HIST_BINS - 1) + 0.5) / HIST_BINS, dtype=torch.float64)
-    raise ValueError(f"unknown threshold {kind!r}; use one of {', '.join(THRESHOLD_KINDS)}")
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def parse_threshold(kind: str) -> str:
-    """Validate a threshold option early (before any model runs)."""
-    if kind in ("global-mean", "layer-mean", "head-mean") or _is_number(kind):
-        return kind
-    if kind.startswith("quantile:") and _is_number(kind[9:]) and 0 <= float(kind[9:]) <= 1:
-        return kind
-    raise ValueError(f"threshold {kind!r} is not one of {', '.join(THRESHOLD_KINDS)} (quantile Q in [0, 1])")
-
 
 class Penalty:
     """SAP penalty per head, and the mean attention over top-k arcs (the tie-break)."""

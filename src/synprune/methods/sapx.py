@@ -20,7 +20,7 @@ from synprune.calibrate.attention import AttentionBatch, most_attended, punct_wo
 from synprune.syntax.dependencies import PUNCT
 from ..errors import SynpruneError
 from . import HeadScores, fuse_orders, get_method, order_by, register
-from .sap import HIST_BINS, parse_threshold, tau_from
+from synprune.calibrate.summary import HIST_BINS, parse_threshold, tau_from
 
 SCORES = ("penalty", "accuracy")
 WEIGHTS = ("paper", "flat", "inverse-frequency")
@@ -145,7 +145,7 @@ class ArcTable:
         return self.column(f"hit_{direction}")
 
     def threshold(self, kind: str, specials: bool, punct: bool) -> np.ndarray:
-        """tau per head: as `sap.MeanAttention.threshold`, over the chosen view and word pairs."""
+        """tau per head: as `summary.MeanAttention.threshold`, over the chosen view and word pairs."""
         return tau_from(self.sums[(specials, punct)] / max(self.pairs[punct], 1), self.hist[specials], kind).numpy()
 
 
@@ -232,10 +232,8 @@ def score_variant(ctx, v: Variant) -> HeadScores:
     def compute() -> HeadScores:
         if v.fuse == "none":
             return variant_scores(arc_table(ctx), calibration_label_counts(ctx), v)
-        from ..config import PruneConfig
-
         syntax = score_variant(ctx, replace(v, fuse="none"))
-        grad = get_method(v.fuse)(ctx, PruneConfig(method=v.fuse, seed=ctx.config.seed))
+        grad = get_method(v.fuse)(ctx, ctx.config.replace(method=v.fuse))  # a gradient method: reads only the seed
         order = fuse_orders(syntax.order, grad.order)
         rank = np.zeros(syntax.scores.shape)
         for i, h in enumerate(order):

@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Callable, Collection, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
 
-from synprune.evaluation.evaluate import Batch
 from synprune.model.load import TaskModel
 
 
@@ -21,7 +20,14 @@ class StopForward(Exception):
     """Raised by a hook to end a forward pass once what it needs has been read."""
 
 
-def model_inputs(tm: TaskModel, batches: Sequence[Batch]) -> Iterator[dict[str, torch.Tensor]]:
+class Inputs(Protocol):
+    """A batch of tokenized inputs (`synprune.evaluation.evaluate.Batch`); `inputs_b`: an embedding model's second sentences."""
+
+    inputs: dict[str, torch.Tensor]
+    inputs_b: dict[str, torch.Tensor] | None
+
+
+def model_inputs(tm: TaskModel, batches: Sequence[Inputs]) -> Iterator[dict[str, torch.Tensor]]:
     """Every model input of the batches: both sentences of an embedding model's pairs are run."""
     device = next(tm.model.parameters()).device
     for b in batches:

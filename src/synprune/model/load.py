@@ -9,9 +9,11 @@ transformers dequantizes it to float32 (it needs the `gguf` package).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Iterator, Literal
 
 import importlib.util
 import torch
@@ -96,6 +98,59 @@ def _resolve(model: str | Path | None) -> tuple[str, str, bool]:
     return str(model), str(model), False
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+DAMAGED = "the file is damaged or incomplete (an interrupted download or copy?): download or export the model again"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else 'no message'}"
+
+
+@contextlib.contextmanager
+def reading(file: str | Path, fix: str = DAMAGED) -> Iterator[None]:
+    """Any failure while transformers (or safetensors, tokenizers) reads `file` as one line naming it and `fix`."""
+    try:
+        yield
+    except SynpruneError:
+        raise
+    except Exception as e:  # the readers raise many types (OSError, ValueError, SafetensorError, JSONDecodeError...)
+        raise SynpruneError(f"could not read {file} ({_first_line(e)}); {fix}") from None
+
+
+def weights_file(folder: Path) -> Path:
+    """The file the weights of a model folder load from (the first of `WEIGHT_FILES` present)."""
+    return next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), folder / WEIGHT_FILES[0])
+
+
+def check_model_files(folder: str | Path) -> None:
+    """Cheap checks of a local model folder before any library reads it: config.json and tokenizer.json parse as
+    JSON, there is a weights file, and every safetensors file's header parses and covers the file (a truncated
+    download fails here). Each failure is one line naming the file and what to do."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    for name in ("config.json", "tokenizer.json"):
+        if (folder / name).is_file():
+            with reading(folder / name):
+                json.loads((folder / name).read_text(encoding="utf-8"))
+    if not any((folder / f).is_file() for f in WEIGHT_FILES) and not any(folder.glob("*.safetensors")):
+        raise SynpruneError(f"model folder {folder} has no weights ({' or '.join(WEIGHT_FILES[::2])}); copy the "
+                            "whole model folder, or download or export it again")
+    for file in sorted(folder.glob("*.safetensors")):
+        with reading(file), safe_open(str(file), framework="pt") as f:
+            f.keys()
+
+
+def _missing_weights(net: nn.Module, info: dict, folder: Path) -> None:
+    """Weights the checkpoint should hold but does not (transformers would start them at random, quietly): an
+    error. A pooler is not counted: many encoder checkpoints ship without one and synprune never reads it."""
+    missing = sorted(k for k in info.get("missing_keys", ()) if ".pooler." not in f".{k}")
+    if missing:
+        raise SynpruneError(f"{weights_file(folder)} lacks {len(missing)} of the model's weights (first: {missing[0]}); "
+                            f"{DAMAGED}")
+
+
 def _from_pretrained(cls, path: str, **kwargs) -> nn.Module:
     """SDPA attention where the architecture has it (faster evaluation); scans switch to eager for the maps."""
     try:
@@ -161,32 +216,64 @@ def with_bos(tok):
     return tok
 
 
+def _auto_class(config):
+    """The Auto class a config's architectures ask for: classifier, causal LM, else the bare model."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    archs = getattr(config, "architectures", None) or []
+    if any("ForSequenceClassification" in a for a in archs):
+        return AutoModelForSequenceClassification
+    return AutoModelForCausalLM if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else AutoModel
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
 def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"] = "auto",
                device: str | torch.device = "cpu") -> TaskModel:
     """Load `model` (folder, hub id, .gguf file, "smollm2", or None for the bundled MiniLM) in eval mode.
     `device="auto"` uses accelerate's device_map over the GPUs when there are any (else the CPU)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     name, path, local = _resolve(model)
     device_map = device_map_for(device)
     if path.lower().endswith(".gguf"):
         net, tok = _load_gguf(path, device_map)
     elif local and (Path(path) / "synprune_pruning.json").is_file():
-        from synprune.export.checkpoint import load_pruned  # a checkpoint with sliced heads needs its own loader
+        from synprune.model.pruned import load_pruned  # a checkpoint with sliced heads needs its own loader
 
-        net, tok = load_pruned(path)
+        check_model_files(path)
+        with reading(f"the pruned model in {path}", "export it again from its result.json (`synprune export`)"):
+            net, tok = load_pruned(path)
+    elif local:
+        from synprune.model.pruned import TOKENIZER_FILES
+
+        folder = Path(path)
+        check_model_files(folder)
+        with reading(folder / "config.json", "fix or replace it; a model type this transformers "
+                     f"({_transformers_version()}) does not know needs a newer transformers"):
+            config = AutoConfig.from_pretrained(path)
+        if not any((folder / f).is_file() for f in TOKENIZER_FILES):  # transformers would build an empty one
+            raise SynpruneError(f"model folder {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); copy the "
+                                "original model's tokenizer files into it, or download the model again")
+        tokenizer_file = folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else f"the tokenizer in {folder}"
+        with reading(tokenizer_file, "copy the original model's tokenizer files (tokenizer.json, tokenizer_config.json) "
+                     "into the folder, or download the model again"):
+            tok = AutoTokenizer.from_pretrained(path, use_fast=True)
+        with reading(weights_file(folder)):
+            net, info = _from_pretrained(_auto_class(config), path, output_loading_info=True,
+                                         **({"device_map": device_map} if device_map else {}))
+        _missing_weights(net, info, folder)
     else:
         try:
             config = AutoConfig.from_pretrained(path)
             tok = AutoTokenizer.from_pretrained(path, use_fast=True)
         except OSError as e:
-            where = "folder" if local else "hub id (needs internet)"
-            raise SynpruneError(f"could not load model {name} as a {where}: {str(e).splitlines()[0]}") from None
-        archs = getattr(config, "architectures", None) or []
-        is_cls = any("ForSequenceClassification" in a for a in archs)
-        is_lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
-        cls = AutoModelForSequenceClassification if is_cls else AutoModelForCausalLM if is_lm else AutoModel
-        net = _from_pretrained(cls, path, **({"device_map": device_map} if device_map else {}))
+            raise SynpruneError(f"could not load model {name} as a hub id (needs internet): {str(e).splitlines()[0]}") from None
+        net = _from_pretrained(_auto_class(config), path, **({"device_map": device_map} if device_map else {}))
     if not getattr(tok, "is_fast", False):
         raise SynpruneError(f"model {name} has no fast tokenizer; synprune needs character offsets (tokenizer.json)")
     get_adapter(net)  # fails early, with the list of supported types, for models without known heads
@@ -200,3 +287,17 @@ def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"
     net.eval()
     weights = (sha256_file(path) if Path(path).is_file() else sha256_dir(path)) if local else None
     return TaskModel(net, tok, detected, name, path, weights)
+
+
+def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
+    """Accept a TaskModel, a (model, tokenizer) pair of objects, or a folder / hub id / None (bundled)."""
+    if isinstance(model, TaskModel):
+        return model
+    if isinstance(model, nn.Module):
+        if tokenizer is None:
+            raise ValueError("pass the model's tokenizer with a model object")
+        kind = model_kind(model)
+        model.eval()
+        return TaskModel(model, with_bos(tokenizer) if kind == "lm" else tokenizer, kind, type(model).__name__,
+                         getattr(model, "name_or_path", ""), None)
+    return load_model(model)

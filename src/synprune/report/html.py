@@ -79,11 +79,25 @@ def _figure(f: Plot) -> str:
             f"<figcaption><b>{escape(f.title)}.</b> {escape(f.caption)} (plots/{escape(f.name)}.png)</figcaption></figure>")
 
 
+def split_words(split: dict) -> tuple[str, str]:
+    """A run record's `split` in words: ("1,500 dev examples (3 cut to --max-length)", "512 examples"), for the
+    evaluation split(s) and the calibration sample; counts of zero are left out."""
+    def cut(key: str) -> str:
+        n = split.get(f"{key}_rows_cut")
+        return f" ({n:,} cut to --max-length)" if isinstance(n, int) and n > 0 else ""
+
+    evaluation = [f"{n:,} {k.removeprefix('evaluation_')} examples{cut(k)}" for k, n in split.items()
+                  if k.startswith("evaluation_") and not k.endswith("_rows_cut") and isinstance(n, int)]
+    n = split.get("calibration")
+    calibration = f"{n:,} examples{cut('calibration')}" if isinstance(n, int) else "unknown"
+    return ", ".join(evaluation) or "unknown", calibration
+
+
 def render(summary: dict, table: SummaryTable, plots: Sequence[Plot]) -> str:
     """The whole page as one string."""
     model, task, split, sweep = summary["model"], summary["task"], summary["split"], summary["sweep"]
     metric = summary["metric"]
-    evaluation = ", ".join(f"{k.removeprefix('evaluation_')} {v}" for k, v in split.items() if k.startswith("evaluation_"))
+    evaluation, calibration = split_words(split)
     seeded = ", ".join(sweep.get("seeded_methods", [])) or "none"
     config = {
         "sweep": {k: sweep[k] for k in ("methods", "sparsities", "seeds", "seeded_methods", "grid", "runs")},
@@ -92,9 +106,8 @@ def render(summary: dict, table: SummaryTable, plots: Sequence[Plot]) -> str:
     }
     sections = [
         f"<h1>synprune sweep: {escape(str(model.get('name')))} on {escape(str(task.get('name')))}</h1>",
-        f'<p class="sub">{escape(metric["name"])} on {escape(metric["split"])} ({escape(evaluation)} examples); '
-        f"calibration: {escape(str(split.get('calibration')))} examples; {sweep['runs']} runs; "
-        f"{summary['timings']['total']:.0f} s in all.</p>",
+        f'<p class="sub">{escape(metric["name"])} on {escape(metric["split"])}; evaluation: {escape(evaluation)}; '
+        f"calibration: {escape(calibration)}; {sweep['runs']} runs; {summary['timings']['total']:.0f} s in all.</p>",
         "<h2>Results</h2>",
         _summary_table(table),
         f"<p>Cells: {escape(metric['name'])} of the pruned model. Methods that depend on the seed ({escape(seeded)}) "

@@ -58,6 +58,33 @@ def _init(path: str, splits: dict, batch_size: int, max_length: int, metric_name
                    calibration=_calibration(tm, calibration, metric_names))
 
 
+def _ignore_interrupt() -> None:
+    """The worker ignores Ctrl-C (the terminal sends it to both processes): this process stops the sweep, says
+    so in one line and ends the worker."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# A worker killed on Ctrl-C leaves a semaphore that multiprocessing's resource tracker removes at exit, with a
+# "leaked semaphore" warning after the sweep's one line. The tracker takes its warning options from this process
+# when it starts (with the first pool), so it is told to skip that one warning.
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
+
+
+def _pool() -> cf.ProcessPoolExecutor:
+    import sys
+
+    if _QUIET_TRACKER not in sys.warnoptions:
+        sys.warnoptions.append(_QUIET_TRACKER)
+    return cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_ignore_interrupt)
+
+
+def _kill(pool: cf.ProcessPoolExecutor) -> None:
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()  # SIGKILL cannot be blocked; the worker holds nothing that needs cleaning up
+
+
 _EARLY: list[cf.ProcessPoolExecutor] = []  # a worker process started ahead (`prestart`), for the next Evaluations
 
 
@@ -74,7 +101,7 @@ def prestart() -> None:
     loading, data, parsing); the next `Evaluations` takes it, and `release_early` ends it if none does."""
     if _cores() >= 2 and not _EARLY:
         try:
-            pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+            pool = _pool()
             pool.submit(_warm)
         except (OSError, RuntimeError):  # no processes here: Evaluations will say so and evaluate in this process
             return
@@ -85,9 +112,14 @@ def release_early() -> None:
     """End a prestarted worker that no `Evaluations` took (e.g. the sweep stopped on bad input) without waiting."""
     while _EARLY:
         pool = _EARLY.pop()
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.kill()  # it only imports: nothing to clean up, and SIGKILL cannot be blocked
+        _kill(pool)  # it only imports
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def worker_possible(tm) -> bool:
+    """Whether `Evaluations` will start a worker process: two cores or more, and a model loaded from a folder."""
+    path = Path(tm.path) if getattr(tm, "path", "") else None
+    return _cores() >= 2 and path is not None and path.is_dir()
 
 
 def _calibration(tm, calibration: tuple | None, metric_names: Sequence[str]) -> Callable[[], Any]:
@@ -192,10 +224,10 @@ class Evaluations:
         self._feeder: threading.Thread | None = None
         path = Path(tm.path) if getattr(tm, "path", "") else None
         if worker is None:
-            worker = _cores() >= 2 and path is not None and path.is_dir()
+            worker = worker_possible(tm)
         if worker and path is not None:
             try:  # one process runs its jobs in order: _init first
-                pool = _EARLY.pop() if _EARLY else cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+                pool = _EARLY.pop() if _EARLY else _pool()
                 windowing = {s: p.windowing for s, p in prepared.items()}  # a causal LM's token windows, as here
                 pool.submit(_init, str(path), splits, batch_size, max_length, self.metric_names, calibration, windowing)
                 checked = pool.submit(_fingerprint)
@@ -367,19 +399,21 @@ class Evaluations:
         self.timeline.append({"who": who, "stage": STAGES[job.fn], "what": what,
                               "start": round(start - self.t0, 3), "seconds": round(seconds, 3)})
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, kill: bool = False) -> None:
         with self._cond:
             pool, self._pool = self._pool, None
             self._closing = True
             self._cond.notify_all()
         if pool is not None:
+            if kill:  # its job's result is no longer wanted: do not wait for it
+                _kill(pool)
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def close(self) -> None:
-        self._shutdown()
+    def close(self, kill: bool = False) -> None:
+        self._shutdown(kill)
 
     def __enter__(self) -> "Evaluations":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(kill=exc_type is not None)

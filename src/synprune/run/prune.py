@@ -6,34 +6,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from synprune.arch import group_size, removed_kv_groups
 from synprune.calibrate.context import Calibration
 from synprune.config import PruneConfig, max_positions
 from synprune.errors import SynpruneError
 from synprune.evaluation.evalcache import cached_dense
 from synprune.evaluation.evaluate import Prepared, evaluate, prepare, task_metrics
-from synprune.methods import HeadScores, get_method, unused_options, uses
-from synprune.model.load import TaskModel, load_model, model_kind, with_bos
+from synprune.methods import HeadScores, get_method, score, unused_options
+from synprune.model.load import TaskModel, as_task_model
 from synprune.progress import log
 from synprune.run.result import PruneResult, versions
 from synprune.selection.select import Selection, group_order, n_to_prune, select
 from synprune.data.tasks import Split, TaskData, align_labels, load_task, make_split
-
-
-def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
-    """Accept a TaskModel, a (model, tokenizer) pair of objects, or a folder / hub id / None (bundled)."""
-    if isinstance(model, TaskModel):
-        return model
-    if isinstance(model, nn.Module):
-        if tokenizer is None:
-            raise ValueError("pass the model's tokenizer with a model object")
-        kind = model_kind(model)
-        model.eval()
-        return TaskModel(model, with_bos(tokenizer) if kind == "lm" else tokenizer, kind, type(model).__name__,
-                         getattr(model, "name_or_path", ""), None)
-    return load_model(model)
 
 
 def refuse_unused_options(cfg: PruneConfig) -> None:
@@ -89,7 +73,7 @@ def choose(ctx: Calibration, cfg: PruneConfig, scores: HeadScores) -> tuple[Sele
         from synprune.selection.budget import budget_report
         from synprune.selection.units import select_units
 
-        selection, info = select_units(ctx, cfg, scores)
+        selection, info = select_units(ctx, cfg, scores, lambda n, neurons: _filter_under(ctx, cfg, scores, n, neurons))
         report = None
         if cfg.budget:
             seq_len = ctx.mean_length()
@@ -128,6 +112,15 @@ def _pick(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, n: int) -> tup
     return select(scores.order, ctx.tm.grid, n, cfg.layer_fraction), []
 
 
+def _filter_under(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, n: int, neurons: list) -> tuple[Selection, list[dict]]:
+    """CF's walk over `n` heads with `neurons` pruned underneath (`--units heads,neurons`)."""
+    from synprune.cf.filter import candidate_filter
+    from synprune.repair import repaired
+
+    with repaired(ctx.tm.model, (), neurons):
+        return candidate_filter(ctx, scores.order, n, cfg.replace(sparsity=n / ctx.tm.n_heads), background=tuple(neurons))
+
+
 def _n_neurons(tm: TaskModel) -> int:
     from synprune.model.masking import neuron_grid
 
@@ -142,7 +135,7 @@ def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned, neurons=
     from synprune.repair import repaired
 
     if pruned and neurons is None and repair is None:
-        from synprune.export.remove import without_heads
+        from synprune.model.remove import without_heads
 
         small = replace(tm, model=without_heads(tm.model, pruned))
         return {split: evaluate(small, p, metric_names) for split, p in prepared.items()}
@@ -156,6 +149,8 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           export: str | Path | None = None, onnx: bool = False, parses_file: str | Path | None = None,
           overwrite: bool = False, **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
+    `method=None` runs the recommended recipe for the model's kind and units (`synprune.run.recipes`), said in
+    the log and in result.json (details.recipe).
 
     Returns the result; with `out`, also writes DIR/result.json atomically; with `export`, also writes the
     physically pruned model there (reload it with `synprune.load_pruned`); an existing non-empty `export`
@@ -163,6 +158,9 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
     sample; evaluation stays on the task.
     """
+    recipe = None
+    if "method" in options and options["method"] is None:
+        model, recipe, options = recommended_options(model, tokenizer, config, sparsity, options)
     cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate().resolved()
     get_method(cfg.method)  # unknown methods fail before any work
     refuse_unused_options(cfg)
@@ -182,15 +180,19 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     data = model_data(tm, data)
     metric_names = task_metrics(tm, data)
     split = make_split(data, cfg.calib_size, cfg.seed, cfg.eval_size)
+    if recipe is not None:  # said once the inputs are checked: a refused run prints its one-line error alone
+        log(recipe["said"])
     if parses_file is None:
         ctx = Calibration(tm, split.calibration, cfg, metric_names, glue_dir=glue_dir)
     else:
-        from synprune.syntax.conllu import gold_calibration
+        from synprune.calibrate.context import gold_calibration
 
         ctx = gold_calibration(tm, parses_file, cfg, metric_names)
         split = Split(ctx.examples, split.evaluation, f"calibration: {len(ctx.examples)} seeded sentences of {parses_file} "
                       f"with gold trees; evaluation: {', '.join(split.evaluation)}")
     result = run(ctx, cfg, data, split)
+    if recipe is not None:
+        result.details["recipe"] = recipe
     if export is not None:
         from synprune.export.checkpoint import export_pruned
 
@@ -201,12 +203,21 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     return result._written(out)  # last: a failed export leaves the previous output set as it was
 
 
-def score(ctx: Calibration, cfg: PruneConfig) -> HeadScores:
-    """A method's scores, computed once per context and scoring options (not per budget)."""
-    # the seed always: gradient methods draw the output Fisher's directions from it when there are no labels
-    key = ("scores", cfg.method, cfg.seed, *((o, getattr(cfg, o)) for o in sorted(uses(cfg.method))))
-    with ctx.timed("score"):
-        return ctx.memo(key, lambda: get_method(cfg.method)(ctx, cfg))
+def recommended_options(model: Any, tokenizer: Any, config: PruneConfig | None, sparsity: float,
+                        options: dict) -> tuple[TaskModel, dict, dict]:
+    """No method given: the model (loaded, to know its kind), what the recommended recipe is, and `options`
+    with its method and options (`synprune.run.recipes`)."""
+    from synprune.run.recipes import KIND_NAMES, recommended
+
+    tm = as_task_model(model, tokenizer)
+    options = {k: v for k, v in options.items() if k != "method"}
+    base = (config or PruneConfig()).replace(sparsity=sparsity, **options)
+    recipe = recommended(tm.kind, base.neurons)
+    record = {"said": f"no --method: running the recommended recipe for {KIND_NAMES.get(tm.kind, tm.kind)}s with "
+                      f"--units {base.units}: {recipe.command_line()} (synprune/run/recipes.py)",
+              "recommended": True, "kind": tm.kind, "units": base.units, "spec": recipe.spec,
+              "method": recipe.method, "options": dict(recipe.options)}
+    return tm, record, recipe.apply(options)
 
 
 def rows_cut(tm: TaskModel, split: Split, cfg: PruneConfig) -> dict[str, int]:

@@ -107,6 +107,15 @@ class Plan:
                 "config": {k: v for k, v in self.base.to_json().items() if k not in PER_RUN}}
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep's runs: how many of them had finished (their folders are complete and a rerun into
+    the same folder reads them back) and where."""
+
+    def __init__(self, finished: int, total: int, out: Path | None):
+        super().__init__(f"{finished} of {total} runs finished")
+        self.finished, self.total, self.out = finished, total, out
+
+
 @dataclass
 class SweepResult:
     """What a sweep produced: one row and one result per run, and where it all was written."""
@@ -332,8 +341,11 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     results: dict[str, PruneResult] = {}
     t0 = time.perf_counter()
     log(f"sweep: {len(plan.runs)} runs ({', '.join(s.label for s in plan.specs)}) on {tm.name} / {data.name}"
-        + (f"; {len(done)} already finished in {out_dir} are reused" if done else ""))
-    worker, timeline = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+        + (f"; read back {len(done)} finished runs from {out_dir}, {len(plan.runs) - len(done)} remain" if done else ""))
+    try:
+        worker, timeline = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(len(results), len(plan.runs), out_dir) from None
     for r in plan.runs:
         res = results[r.name]
         rows.append(_row(r, res, float(res.details.get("run_seconds", 0.0)), list(plan.grid)))
@@ -380,7 +392,7 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
 
     from synprune.cf.filter import pool_size, walk_key
     from synprune.evaluation.evalcache import lookup
-    from synprune.run.evalpool import Evaluations
+    from synprune.run.evalpool import Evaluations, worker_possible
     from synprune.run.prune import assemble, choose_heads, dense_scores, evaluate_chosen, evaluation_inputs, plain_cf, score, walked
     from synprune.run.result import PruneResult
     from synprune.selection.select import n_to_prune
@@ -393,6 +405,7 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
     prepared = evaluation_inputs(ctx, split)
     configs = {r.name: r.config(base).resolved() for r in todo}
     walks = [r for r in todo if plain_cf(configs[r.name])]  # CF runs whose walk either process can make
+    log(expected_time(ctx.tm, prepared, list(configs.values()), len(split.calibration), worker_possible(ctx.tm)))
     chosen: dict[str, tuple[Any, float]] = {}
     threads = torch.get_num_threads()
     with Evaluations(ctx.tm, prepared, split.evaluation, ctx.metric_names, max(base.batch_size, 64),
@@ -471,6 +484,71 @@ def _run_all(ctx, plan: Plan, base: PruneConfig, data: TaskData, split, out_dir:
             torch.set_num_threads(threads)
             ctx.pace = lambda: None
         return dict(evals.worker_stages), evals.timeline
+
+
+# Expected time: (evaluations x one dense pass + CF passes x CF_PASS_SHARE x a pass over the calibration sample)
+# / processes x ETA_FACTOR, the dense pass timed here on one thread (each of the two processes runs one). Both
+# constants fit the default sweep's recorded stage times (benchmarks/results/sweep_time.txt, 441 s: 37
+# evaluations took 335 s and 216 CF passes 506 s, single-threaded, in both processes; parsing, scans and gradients
+# add about 8%). The range printed is ETA_RANGE around it: another machine, other load, other models and tasks.
+ETA_FACTOR = 1.05
+ETA_RANGE = (0.75, 1.4)
+CF_PASS_SHARE = 0.75  # a CF pass runs the calibration sample from the tried head's layer up (cached below it)
+
+
+def dense_pass_seconds(tm, prepared: Mapping) -> float:
+    """Seconds one dense pass over the evaluation inputs takes here on one thread, from one timed forward of a
+    middle-sized batch scaled by the token count of all of them (the faster of two timings: the first warms up)."""
+    import torch
+
+    batches = [(b.inputs, n) for p in prepared.values() for b in (p.sentences or p.batches)
+               for n in [1 + (b.inputs_b is not None) + len(b.choices or ())]]
+    if not batches:
+        return 0.0
+    tokens = [inputs["input_ids"].numel() * n for inputs, n in batches]
+    sample, _ = sorted(batches, key=lambda bn: bn[0]["input_ids"].numel())[len(batches) // 2]
+    device = next(tm.model.parameters()).device
+    sample = {k: v.to(device) for k, v in sample.items()}
+    seconds, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for _ in range(2):
+                t = time.perf_counter()
+                tm.model(**sample)
+                seconds.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return min(seconds) * sum(tokens) / sample["input_ids"].numel()
+
+
+def expected_time(tm, prepared: Mapping, configs: Sequence[PruneConfig], calib_size: int, parallel: bool) -> str:
+    """One line: the sweep's expected time, from the work it has planned (one evaluation per run and the dense
+    one; with CF, the largest pool's heads alone, and for each method one walk trial per head of its largest pool:
+    its walks at other budgets repeat the same first trials, which are made once) and a timed dense pass."""
+    from synprune.cf.filter import pool_size
+
+    n_heads = tm.n_heads
+    evaluations = len(configs) + 1
+    pools: dict[str, int] = {}
+    for c in configs:
+        if c.cf:
+            pools[c.method] = max(pools.get(c.method, 0), pool_size(c, n_heads))
+    cf_passes = (max(pools.values()) + sum(pools.values())) if pools else 0
+    dense = dense_pass_seconds(tm, prepared)
+    n_eval = sum(p.n for p in prepared.values()) or 1
+    work = evaluations * dense + cf_passes * CF_PASS_SHARE * dense * calib_size / n_eval
+    central = ETA_FACTOR * work / (2 if parallel else 1)
+    low, high = (central * f for f in ETA_RANGE)
+    return (f"sweep: expected {_minutes(low)} to {_minutes(high)} ({evaluations} evaluations"
+            + (f" and about {cf_passes} Candidate Filtering passes" if cf_passes else "")
+            + f"; one dense evaluation pass takes {dense:.1f} s on one thread here, "
+            + ("two processes share the work" if parallel else "one process does the work")
+            + "; the time scales with this machine's speed, free cores and load)")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{max(seconds, 1):.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _score_alone(evals, grid: tuple[int, int], heads: Sequence[tuple[int, int]], cfg: PruneConfig) -> None:

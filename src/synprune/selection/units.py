@@ -14,7 +14,7 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -60,14 +60,20 @@ def importances(ctx, cfg, scores: HeadScores, ns: NeuronScores) -> tuple[np.ndar
     return head, ns.scores, None, f"{cfg.method}'s head order carrying the {ns.kind} head values"
 
 
-def select_units(ctx, cfg, scores: HeadScores) -> tuple[Selection, dict]:
-    """Heads and neurons to prune (see the module doc), and what was done."""
+# CF's walk over `n` heads with the given neurons pruned underneath: (selection, CF's log). CF is a later stage,
+# so the run passes it in.
+FilterHeads = Callable[[int, list[Head]], tuple[Selection, list[dict]]]
+
+
+def select_units(ctx, cfg, scores: HeadScores, filter_heads: FilterHeads | None = None) -> tuple[Selection, dict]:
+    """Heads and neurons to prune (see the module doc), and what was done; with `cfg.cf`, `filter_heads` re-chooses
+    the heads."""
     ns = neuron_scores(ctx, cfg)
     model = ctx.tm.model
     info: dict = {"neuron_score": ns.kind, **{f"neuron_{k}": v for k, v in ns.details.items()}}
     if not cfg.budget:
         neurons = sorted(ascending(ns.scores)[:n_to_prune(cfg.sparsity, ns.scores.size)])
-        return _heads(ctx, cfg, scores, n_to_prune(cfg.sparsity, ctx.tm.n_heads), neurons, info), info
+        return _heads(ctx, cfg, scores, n_to_prune(cfg.sparsity, ctx.tm.n_heads), neurons, info, filter_heads), info
     budget = parse_budget(cfg.budget)
     if budget.kind == "heads":
         raise SynpruneError("--budget heads:F counts heads only; with --units heads,neurons use flops:F or params:F")
@@ -88,21 +94,20 @@ def select_units(ctx, cfg, scores: HeadScores) -> tuple[Selection, dict]:
                                                "kept_importance": found.kept_importance},
                  "rearranged": bool(cfg.rearrange and ns.grads is not None), "extra_pruned_to_meet": extra})
     if cfg.cf:  # CF re-chooses which heads (as many as the search pruned), with the searched neurons pruned
-        return _heads(ctx, cfg, scores, len(heads), neurons, info), info
+        return _heads(ctx, cfg, scores, len(heads), neurons, info, filter_heads), info
     removed = sorted(l for l in range(ctx.tm.grid[0]) if sum(1 for x, _ in heads if x == l) == ctx.tm.grid[1])
     return Selection(heads, removed, neurons=neurons), info
 
 
-def _heads(ctx, cfg, scores: HeadScores, n: int, neurons: list[Head], info: dict) -> Selection:
+def _heads(ctx, cfg, scores: HeadScores, n: int, neurons: list[Head], info: dict,
+           filter_heads: FilterHeads | None) -> Selection:
     """`n` heads by the method's order, or by CF's walk with `neurons` pruned underneath."""
     if not cfg.cf:
         s = select(scores.order, ctx.tm.grid, n, cfg.layer_fraction)
         return Selection(s.pruned, s.removed_layers, neurons=neurons)
-    from synprune.cf.filter import candidate_filter
-    from synprune.repair import repaired
-
-    with repaired(ctx.tm.model, (), neurons):
-        s, log = candidate_filter(ctx, scores.order, n, cfg.replace(sparsity=n / ctx.tm.n_heads), background=tuple(neurons))
+    if filter_heads is None:
+        raise ValueError("cfg.cf asks for Candidate Filtering: pass filter_heads")
+    s, log = filter_heads(n, neurons)
     info["cf_log"] = log
     return Selection(s.pruned, s.removed_layers, s.fill, neurons=neurons)
 

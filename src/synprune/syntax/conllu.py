@@ -190,16 +190,3 @@ def read_conllu(path: str | Path, subtypes: bool = False) -> Treebank:
     if not texts:
         raise SynpruneError(f"{path} holds no sentences; pass a CoNLL-U file (blank-line separated token lines)")
     return Treebank(texts, parses, str(path), sha256_file(path), unplaced)
-
-
-def gold_calibration(tm, path: str | Path, config, metric_names: Sequence[str] = ()):
-    """A `Calibration` over a seeded sample (`config.calib_size`, `config.seed`) of a CoNLL-U file's sentences
-    with their gold trees in place of spaCy's. The sentences carry no labels, so CF cannot score them."""
-    from synprune.calibrate.context import Calibration
-    from synprune.data.tasks import Example
-
-    bank = read_conllu(path).sample(config.calib_size, config.seed)
-    examples = [Example(t) for t in bank.texts]
-    ctx = Calibration(tm, examples, config, metric_names, parses=(bank.parses, [None] * len(examples)))
-    ctx.parse_info = {**bank.info(), "sampled": len(examples)}
-    return ctx
