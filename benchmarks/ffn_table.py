@@ -44,7 +44,7 @@ def context(task: str, model: str | None, calib_size: int, eval_size: int | None
     from synprune.config import PruneConfig
     from synprune.evaluation.evaluate import task_metrics
     from synprune.model.load import as_task_model
-    from synprune.run.prune import model_data
+    from synprune.calibrate.context import model_data
     from synprune.data.tasks import load_task, make_split
 
     if model is None:

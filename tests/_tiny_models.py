@@ -54,3 +54,29 @@ def padded_batch(seed: int = 1, batch: int = 3, length: int = 11) -> dict[str, t
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def task_model(family: str, kind: str | None = None, seed: int = 0):
+    """A tiny random `TaskModel` of any registered family with a real tokenizer (the vocabulary resized to it):
+    an encoder with the bundled MiniLM tokenizer (`kind` "embedding", the default, or "classifier" with 3
+    labels), a causal LM with SmolLM2's (`kind` "lm")."""
+    from transformers import AutoTokenizer
+
+    from synprune.model.load import TaskModel, bundled_model_path, with_bos
+
+    adapter = adapters()[family]
+    kind = kind or adapter.task_kinds[0]
+    if adapter.causal:
+        from _tiny_lm import smollm2_tokenizer
+
+        tok = with_bos(smollm2_tokenizer())
+    else:
+        tok = AutoTokenizer.from_pretrained(bundled_model_path())
+    cfg = tiny_config(family)
+    cfg.vocab_size = len(tok)
+    if kind == "classifier":
+        cfg.num_labels = 3
+    torch.manual_seed(seed)
+    auto = {"embedding": tf.AutoModel, "classifier": tf.AutoModelForSequenceClassification, "lm": tf.AutoModelForCausalLM}[kind]
+    model = auto.from_config(cfg, attn_implementation="eager").eval()
+    return TaskModel(model, tok, kind, f"tiny-{family}", "", None)

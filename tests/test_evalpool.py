@@ -14,6 +14,8 @@ from synprune.run.sweep import sweep
 from synprune.data.tasks import Example
 
 from conftest import STSB_ROWS
+from test_cf import one_thread  # noqa: F401 (autouse: both processes evaluate on one thread, as in a sweep whose
+# worker is busy; 1 and 2 threads give different last digits)
 
 SETS = [[], [(0, 1), (2, 3)], [(1, 0)], [(2, 3), (0, 1)]]  # the 4th is the 2nd in another order
 

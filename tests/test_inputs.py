@@ -3,7 +3,8 @@ import pytest
 
 from conftest import tiny_model
 from synprune.cli import main
-from synprune.config import PruneConfig, max_positions
+from synprune.config import PruneConfig
+from synprune.model.load import max_positions
 from synprune.errors import SynpruneError
 from synprune.data.tasks import Example, align_labels, load_file, load_glue
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _tiny_lm import smollm2_tokenizer
+from _tiny_models import task_model
 from conftest import tiny_model
 from synprune.calibrate.attention import calibration_items, scan
 from synprune.syntax.dependencies import DependencyRanking
@@ -37,27 +37,12 @@ def _collectors(grid):
     return [MeanAttention(grid), Penalty(tau, RANKING, "dep2head"), AttentionStats(grid)]
 
 
-def _decoder(family: str):
-    """A tiny causal LM of an adapter's family, sized for the SmolLM2 tokenizer."""
-    from transformers import AutoModelForCausalLM
-
-    from synprune.arch import adapters
-    from synprune.model.load import TaskModel, with_bos
-
-    tok = smollm2_tokenizer()
-    cfg = adapters()[family].tiny_config()
-    cfg.vocab_size = len(tok)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
-    return TaskModel(model, with_bos(tok), "lm", family, "", None)
-
-
 DECODERS = ["llama", "qwen2", "gemma2", "phi3", "gpt2"]
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert", "mpnet", *DECODERS])
 def test_streamed_scan_equals_the_all_layers_scan(family):
-    tm = _decoder(family) if family in DECODERS else tiny_model(family)
+    tm = task_model(family) if family in DECODERS else tiny_model(family)
     grid = tm.grid
     items = calibration_items(tm, TEXTS, PARSES)
     streamed, probe = _collectors(grid), Layers(per_layer=True)

@@ -215,7 +215,7 @@ def test_plan_checks_everything_before_work(monkeypatch):
 
 
 def test_unknown_method_fails_before_loading_anything(tmp_path, monkeypatch):
-    monkeypatch.setattr("synprune.run.sweep.load_task", lambda *a, **k: pytest.fail("data loaded before the check"))
+    monkeypatch.setattr("synprune.calibrate.context.load_task", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(SynpruneError, match="available: "):
         sweep(tiny_model("bert"), task="stsb", methods=["sap", "nope"], out=tmp_path / "o")
     assert not (tmp_path / "o").exists()

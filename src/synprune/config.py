@@ -1,13 +1,13 @@
-"""Every option of a pruning run, with SPEC defaults. The whole object is written into each result."""
+"""Every option of a pruning run, with SPEC defaults, as one flat record: the whole object is written into each
+result, and a sweep compares it to resume. Each stage owns its options as a frozen dataclass beside it, validated
+there (`owners`); `PruneConfig.options(Owner)` gives a stage its own."""
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from .errors import SynpruneError
-
-
-UNITS = ("heads", "kv-groups", "heads,neurons")
 
 
 @dataclass
@@ -39,64 +39,24 @@ class PruneConfig:
     eval_windows: int | None = None  # language modelling: score at most this many (the first) windows
 
     def validate(self) -> "PruneConfig":
-        from synprune.calibrate.attention import DIRECTIONS
-        from synprune.calibrate.summary import parse_threshold
-
+        """Every option checked by its owner (`owners`), after what no owner can see: non-finite numbers and
+        options that conflict across owners."""
         for f in fields(self):  # nan passes every range check written as `not lo <= x <= hi`... or none at all
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise SynpruneError(f"--{f.name.replace('_', '-')} {value}: give a finite number")
-        if _non_finite_number(str(self.threshold)):
-            raise SynpruneError(f"--threshold {self.threshold}: give a finite number or a named threshold")
-        if self.seed < 0:
-            raise SynpruneError(f"--seed {self.seed}: seeds must be non-negative integers, e.g. 0")
-        if not 0 <= self.sparsity < 1:
-            raise SynpruneError(f"sparsity {self.sparsity} is outside [0, 1): it is the fraction of heads to remove")
-        if self.k < 1:
-            raise SynpruneError(f"--k {self.k}: the number of top dependency labels must be at least 1")
-        if self.direction not in DIRECTIONS:
-            raise SynpruneError(f"--direction {self.direction!r}: use one of {', '.join(DIRECTIONS)}")
-        try:
-            parse_threshold(str(self.threshold))
-        except ValueError as e:
-            raise SynpruneError(f"--threshold: {e}") from None
-        if not 0 < self.layer_fraction <= 1:
-            raise SynpruneError(f"--layer-fraction {self.layer_fraction} must be in (0, 1]")
-        if self.calib_size < 1 or self.batch_size < 1 or self.max_length < 4:
-            raise SynpruneError("--calib-size and --batch-size must be positive and --max-length at least 4")
-        if self.eval_size is not None and self.eval_size < 1:
-            raise SynpruneError(f"--eval-size {self.eval_size} must be at least 1 (or left out for the whole split)")
         if self.ppl_window < 2 or (self.eval_windows is not None and self.eval_windows < 1):
             raise SynpruneError(f"--ppl-window {self.ppl_window} must be at least 2 tokens and --eval-windows "
                                 f"{self.eval_windows} at least 1 (or left out for every window)")
-        if self.pool_ratio is not None and not 0 < self.pool_ratio <= 1:
-            raise SynpruneError(f"--pool-ratio {self.pool_ratio} must be in (0, 1]")
-        if not 0 < self.tolerance <= 1.5:
-            raise SynpruneError(f"--tolerance {self.tolerance} must be a ratio of the dense metric, e.g. 0.95")
-        if self.tolerance_abs is not None and self.tolerance_abs < 0:
-            raise SynpruneError(f"--tolerance-abs {self.tolerance_abs} must be a non-negative drop of the metric, e.g. 1.0")
-        if self.units not in UNITS:
-            raise SynpruneError(f"--units {self.units!r}: use one of {', '.join(UNITS)}")
         if self.units == "kv-groups" and self.cf:
             raise SynpruneError("--units kv-groups prunes whole key/value groups, but CF walks single heads; drop +cf or use --units heads")
-        if self.dependencies_from is not None:
-            from synprune.calibrate.depsource import check_source
-
-            check_source(self.dependencies_from)
-        if self.budget is not None:
-            from synprune.selection.budget import parse_budget
-
-            parse_budget(self.budget)
-        from .repair import REPAIRS
-
-        if self.repair not in REPAIRS:
-            raise SynpruneError(f"--repair {self.repair!r}: use one of {', '.join(REPAIRS)}")
-        if self.neuron_score != "auto":
-            from synprune.methods.neurons import SCORERS
-
-            if self.neuron_score not in SCORERS:
-                raise SynpruneError(f"--neuron-score {self.neuron_score!r}: use auto or one of {', '.join(sorted(SCORERS))}")
+        for owner in owners():
+            self.options(owner).validate()
         return self
+
+    def options(self, owner: type) -> Any:
+        """An owner's options (a frozen dataclass whose fields are some of these) with this config's values."""
+        return owner(**{f.name: getattr(self, f.name) for f in fields(owner)})
 
     @property
     def neurons(self) -> bool:
@@ -137,27 +97,14 @@ class PruneConfig:
         return asdict(self)
 
 
+def owners() -> tuple[type, ...]:
+    """The frozen dataclasses of options that a stage owns and validates (a method's: `register(options=...)`);
+    every field of each is a field of `PruneConfig` (the flat record a result keeps), with the same default."""
+    from synprune.calibrate import CalibrationOptions
+    from synprune.cf import CFOptions
+    from synprune.methods import method_options
+    from synprune.methods.neurons import NeuronOptions
+    from synprune.repair import RepairOptions
+    from synprune.selection import SelectionOptions
 
-
-def _non_finite_number(text: str) -> bool:
-    """"nan", "inf", "quantile:nan": a number that parses but is not finite."""
-    tail = text.rpartition(":")[2]
-    try:
-        return not math.isfinite(float(tail))
-    except ValueError:
-        return False
-
-
-# Families whose position ids start after the padding index (RoBERTa's scheme): fewer usable positions.
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "xmod")
-
-
-def max_positions(model) -> int | None:
-    """The longest input `model` can embed, from its config (None when the config does not say)."""
-    cfg = getattr(model, "config", model)
-    n = getattr(cfg, "max_position_embeddings", None)
-    if not isinstance(n, int):
-        return None
-    if getattr(cfg, "model_type", "") in _OFFSET_POSITIONS and getattr(cfg, "position_embedding_type", "absolute") == "absolute":
-        n -= int(getattr(cfg, "pad_token_id", 0) or 0) + 1
-    return n
+    return CalibrationOptions, *method_options(), SelectionOptions, CFOptions, RepairOptions, NeuronOptions

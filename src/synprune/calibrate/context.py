@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -12,11 +13,11 @@ import torch
 
 from synprune.calibrate.attention import CalibItem, Collector, ScanInput, calibration_items, scan, scan_batches
 from synprune.syntax.dependencies import DependencyRanking, label_counts
-from synprune.evaluation.evaluate import Prepared, prepare
-from synprune.model.load import TaskModel
+from synprune.evaluation.evaluate import Prepared, prepare, task_metrics
+from synprune.model.load import TaskModel, as_task_model, max_positions
 from synprune.syntax.parse import Parse, parse_texts
 from synprune.progress import bar, log
-from synprune.data.tasks import Example
+from synprune.data.tasks import Example, Split, TaskData, align_labels, load_task, make_split
 from synprune.data.truncation import Cut, cut_to_kept
 
 
@@ -178,3 +179,51 @@ def gold_calibration(tm: TaskModel, path: str | Path, config: DataOptions, metri
     ctx = Calibration(tm, examples, config, metric_names, parses=(bank.parses, [None] * len(examples)))
     ctx.parse_info = {**bank.info(), "sampled": len(examples)}
     return ctx
+
+
+def model_data(tm: TaskModel, data: TaskData) -> TaskData:
+    """The task's labels in the model's own label ids (classifiers with named labels)."""
+    return align_labels(data, tm.model.config) if tm.kind == "classifier" else data
+
+
+@dataclass
+class Opened:
+    """What a run, a sweep or `explain` works on."""
+
+    tm: TaskModel
+    ctx: Calibration
+    data: TaskData | None = None  # None: explained on a treebank alone
+    split: Split | None = None
+    metric_names: tuple[str, ...] = ()
+
+
+def open_context(model: Any, task: str | TaskData | None, config, *, tokenizer: Any = None,
+                 glue_dir: str | Path | None = None, text_col: str | None = None, text_pair_col: str | None = None,
+                 label_col: str | None = None, parses_file: str | Path | None = None, scored: bool = True,
+                 check: Callable[[TaskData], None] | None = None) -> Opened:
+    """The one way in: load the task (unless given) and hand it to `check` (refusals that need no model), load the
+    model (folder, hub id, .gguf, object with `tokenizer`, TaskModel or None for the bundled MiniLM), refuse a
+    --max-length it cannot embed, put the task's labels in the model's ids and bind its metrics (`scored`;
+    explain scores nothing), draw the seeded split and open the calibration context on its calibration sample,
+    or on a seeded sample of `parses_file`'s sentences with their gold trees (`task` None: no task at all)."""
+    data = None
+    if task is not None:
+        data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
+        if check is not None:
+            check(data)
+    tm = as_task_model(model, tokenizer)
+    config.check_model(max_positions(tm.model))
+    split, metric_names = None, ()
+    if data is not None:
+        if scored:
+            data = model_data(tm, data)
+            metric_names = task_metrics(tm, data)
+        split = make_split(data, config.calib_size, config.seed, config.eval_size)
+    if parses_file is None:
+        ctx = Calibration(tm, split.calibration, config, metric_names, glue_dir=glue_dir)
+    else:
+        ctx = gold_calibration(tm, parses_file, config, metric_names)
+        if split is not None:
+            split = Split(ctx.examples, split.evaluation, f"calibration: {len(ctx.examples)} seeded sentences of "
+                          f"{parses_file} with gold trees; evaluation: {', '.join(split.evaluation)}")
+    return Opened(tm, ctx, data, split, tuple(metric_names))

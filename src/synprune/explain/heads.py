@@ -448,18 +448,9 @@ def explain_model(model: Any = None, task: str = "stsb", out: str | Path | None 
                   sentences: int = 3, min_arcs: int = 10, config: PruneConfig | None = None, **options) -> tuple[Explanation, dict]:
     """`explain` on a model (folder, hub id, TaskModel or None for the bundled MiniLM) and the calibration sample
     of `task` parsed by spaCy, or the sentences of `parses_file` (CoNLL-U) with their gold trees."""
-    from synprune.config import max_positions
-    from synprune.model.load import as_task_model
-    from synprune.data.tasks import load_task, make_split
+    from synprune.calibrate.context import open_context
 
     cfg = (config or PruneConfig()).replace(**options).validate()
-    tm = as_task_model(model)
-    cfg.check_model(max_positions(tm.model))
-    if parses_file is not None:
-        from synprune.calibrate.context import gold_calibration
-
-        ctx = gold_calibration(tm, parses_file, cfg)
-    else:
-        data = load_task(task, glue_dir, text_col, text_pair_col, label_col)
-        ctx = Calibration(tm, make_split(data, cfg.calib_size, cfg.seed).calibration, cfg)
+    ctx = open_context(model, task if parses_file is None else None, cfg, glue_dir=glue_dir, text_col=text_col,
+                       text_pair_col=text_pair_col, label_col=label_col, parses_file=parses_file, scored=False).ctx
     return explain(ctx, cfg, out, results, heads, sentences, min_arcs)

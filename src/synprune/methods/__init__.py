@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -36,6 +36,7 @@ MethodFn = Callable[["Calibration", Any], HeadScores]  # (context, the run's opt
 METHODS: dict[str, MethodFn] = {}
 USES: dict[str, frozenset[str]] = {}
 NEEDS: dict[str, tuple[str, ...]] = {}
+OPTIONS: dict[str, type] = {}  # a method's own options: a frozen dataclass of PruneConfig fields, validated there
 # Collectors of an attention scan a method reads from the calibration context's memo, by memo key: a sweep plans
 # them (`Calibration.planned_scans`) so that the first scan of the run collects them too.
 SCANS: dict[str, dict[str, Callable[["Calibration"], object]]] = {}
@@ -45,18 +46,22 @@ NEED_TEXT = {"parser": "dependency parses (spaCy, or --parses)", "attention": "a
 
 
 def register(name: str, uses: Iterable[str] = (), needs: Iterable[str] = (),
-             scans: dict[str, Callable[["Calibration"], object]] | None = None) -> Callable[[MethodFn], MethodFn]:
-    """Register a method. `uses`: the PruneConfig options its scores depend on besides the calibration data
-    (SAP: k, threshold, ...; random: seed), so a sweep reruns it only when one of those changes. `needs`:
-    keys of `NEED_TEXT`, what it computes or reads. `scans`: memo key -> a new collector it reads (one that
-    looks at arcs with punctuation), for `SCANS`."""
+             scans: dict[str, Callable[["Calibration"], object]] | None = None,
+             options: type | None = None) -> Callable[[MethodFn], MethodFn]:
+    """Register a method. `options`: its own options, a frozen dataclass with `validate()` whose fields are
+    PruneConfig fields (SAP: k, threshold, ...). `uses`: the PruneConfig options its scores depend on besides the
+    calibration data, `options`' fields included (random: seed), so a sweep reruns it only when one of those
+    changes. `needs`: keys of `NEED_TEXT`, what it computes or reads. `scans`: memo key -> a new collector it
+    reads (one that looks at arcs with punctuation), for `SCANS`."""
     unknown = set(needs) - set(NEED_TEXT)
     if unknown:
         raise ValueError(f"unknown needs {sorted(unknown)}; use {sorted(NEED_TEXT)}")
 
     def deco(fn: MethodFn) -> MethodFn:
         METHODS[name] = fn
-        USES[name] = frozenset(uses)
+        USES[name] = frozenset(uses) | frozenset(f.name for f in (fields(options) if options is not None else ()))
+        if options is not None:
+            OPTIONS[name] = options
         NEEDS[name] = tuple(needs)
         SCANS[name] = dict(scans or {})
         return fn
@@ -101,6 +106,12 @@ def unused_options(name: str) -> list[str]:
     """Scoring options some method reads but `name` does not (the seed is never one: it draws the sample)."""
     get_method(name)
     return sorted(set().union(*USES.values()) - USES.get(name, frozenset()) - {"seed"})
+
+
+def method_options() -> list[type]:
+    """Every registered method's own options class, once each."""
+    _load_all()
+    return list(dict.fromkeys(OPTIONS.values()))
 
 
 def available() -> list[str]:

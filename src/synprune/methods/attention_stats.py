@@ -16,14 +16,14 @@ def attention_stats(ctx) -> AttentionStats:
     return ctx.attention_summary()[1]
 
 
-@register("entropy", needs=("attention",))
+@register("entropy", needs=("parser", "attention"))  # the shared scan reads word-aligned items
 def entropy(ctx, cfg) -> HeadScores:
     stats = attention_stats(ctx)
     scores = stats.mean_entropy.numpy()
     return HeadScores(scores, order_by(scores, highest_first=True), {"scores": "mean row entropy (nats)", **stats.details()})
 
 
-@register("confidence", needs=("attention",))
+@register("confidence", needs=("parser", "attention"))
 def confidence(ctx, cfg) -> HeadScores:
     stats = attention_stats(ctx)
     scores = stats.mean_max.numpy()

@@ -44,6 +44,18 @@ NeuronFn = Callable[..., NeuronScores]
 SCORERS: dict[str, NeuronFn] = {}
 
 
+@dataclass(frozen=True)
+class NeuronOptions:
+    """`--neuron-score`: how `--units heads,neurons` scores neurons (`auto`: the method's partner, `PARTNER`)."""
+
+    neuron_score: str = "auto"
+
+    def validate(self) -> "NeuronOptions":
+        if self.neuron_score != "auto" and self.neuron_score not in SCORERS:
+            raise SynpruneError(f"--neuron-score {self.neuron_score!r}: use auto or one of {', '.join(sorted(SCORERS))}")
+        return self
+
+
 def register(name: str) -> Callable[[NeuronFn], NeuronFn]:
     def deco(fn: NeuronFn) -> NeuronFn:
         SCORERS[name] = fn

@@ -5,6 +5,9 @@ Two passes over the calibration data keep memory flat: the first finds tau, the 
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -12,6 +15,48 @@ from synprune.calibrate.attention import AttentionBatch
 from synprune.syntax.dependencies import DependencyRanking
 from ..errors import SynpruneError
 from . import HeadScores, order_by, register
+
+
+@dataclass(frozen=True)
+class SapOptions:
+    """SAP's options: the `k` most frequent dependency labels are top-k; `threshold` (tau: global-mean, layer-mean,
+    head-mean, quantile:Q or a number); the attention `direction` read on an arc; whether punctuation arcs count
+    (`keep_punct`); the dataset the label ranking comes from (`dependencies_from`, default the calibration data)."""
+
+    k: int = 5
+    threshold: str = "global-mean"
+    direction: str = "dep2head"
+    keep_punct: bool = False
+    dependencies_from: str | None = None
+
+    def validate(self) -> "SapOptions":
+        from synprune.calibrate.attention import DIRECTIONS
+        from synprune.calibrate.summary import parse_threshold
+
+        if _non_finite_number(str(self.threshold)):
+            raise SynpruneError(f"--threshold {self.threshold}: give a finite number or a named threshold")
+        if self.k < 1:
+            raise SynpruneError(f"--k {self.k}: the number of top dependency labels must be at least 1")
+        if self.direction not in DIRECTIONS:
+            raise SynpruneError(f"--direction {self.direction!r}: use one of {', '.join(DIRECTIONS)}")
+        try:
+            parse_threshold(str(self.threshold))
+        except ValueError as e:
+            raise SynpruneError(f"--threshold: {e}") from None
+        if self.dependencies_from is not None:
+            from synprune.calibrate.depsource import check_source
+
+            check_source(self.dependencies_from)
+        return self
+
+
+def _non_finite_number(text: str) -> bool:
+    """"nan", "inf", "quantile:nan": a number that parses but is not finite."""
+    tail = text.rpartition(":")[2]
+    try:
+        return not math.isfinite(float(tail))
+    except ValueError:
+        return False
 
 
 class Penalty:
@@ -44,7 +89,7 @@ class Penalty:
             self.n_arcs += len(batch.arcs)
 
 
-@register("sap", uses=("k", "threshold", "direction", "keep_punct", "dependencies_from"), needs=("parser", "attention"))
+@register("sap", options=SapOptions, needs=("parser", "attention"))
 def sap(ctx, cfg) -> HeadScores:
     source = cfg.dependencies_from
     ranking = ctx.dependency_ranking(cfg.k, cfg.keep_punct, source)

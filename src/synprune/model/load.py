@@ -301,3 +301,18 @@ def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
         return TaskModel(model, with_bos(tokenizer) if kind == "lm" else tokenizer, kind, type(model).__name__,
                          getattr(model, "name_or_path", ""), None)
     return load_model(model)
+
+
+# Families whose position ids start after the padding index (RoBERTa's scheme): fewer usable positions.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "xmod")
+
+
+def max_positions(model) -> int | None:
+    """The longest input `model` can embed, from its config (None when the config does not say)."""
+    cfg = getattr(model, "config", model)
+    n = getattr(cfg, "max_position_embeddings", None)
+    if not isinstance(n, int):
+        return None
+    if getattr(cfg, "model_type", "") in _OFFSET_POSITIONS and getattr(cfg, "position_embedding_type", "absolute") == "absolute":
+        n -= int(getattr(cfg, "pad_token_id", 0) or 0) + 1
+    return n

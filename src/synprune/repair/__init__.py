@@ -24,6 +24,18 @@ Unit = tuple[int, int]
 REPAIRS = ("none", "ls", "bias", "ls+bias", "refit")
 
 
+@dataclass(frozen=True)
+class RepairOptions:
+    """`--repair`: none, or the retrain-free repair applied after pruning (`REPAIRS`)."""
+
+    repair: str = "none"
+
+    def validate(self) -> "RepairOptions":
+        if self.repair not in REPAIRS:
+            raise SynpruneError(f"--repair {self.repair!r}: use one of {', '.join(REPAIRS)}")
+        return self
+
+
 @dataclass
 class Repair:
     kind: str

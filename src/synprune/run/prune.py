@@ -7,17 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from synprune.arch import group_size, removed_kv_groups
-from synprune.calibrate.context import Calibration
-from synprune.config import PruneConfig, max_positions
+from synprune.calibrate.context import Calibration, open_context
+from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
 from synprune.evaluation.evalcache import cached_dense
-from synprune.evaluation.evaluate import Prepared, evaluate, prepare, task_metrics
+from synprune.evaluation.evaluate import Prepared, evaluate, prepare
 from synprune.methods import HeadScores, get_method, score, unused_options
-from synprune.model.load import TaskModel, as_task_model
+from synprune.model.load import TaskModel
 from synprune.progress import log
 from synprune.run.result import PruneResult, versions
 from synprune.selection.select import Selection, group_order, n_to_prune, select
-from synprune.data.tasks import Split, TaskData, align_labels, load_task, make_split
+from synprune.data.tasks import Split, TaskData
 
 
 def refuse_unused_options(cfg: PruneConfig) -> None:
@@ -52,11 +52,6 @@ def with_reference(tm: TaskModel, prepared: dict, metric_names) -> dict:
         for p in prepared.values():
             p.reference = outputs(tm, p)
     return prepared
-
-
-def model_data(tm: TaskModel, data: TaskData) -> TaskData:
-    """The task's labels in the model's own label ids (classifiers with named labels)."""
-    return align_labels(data, tm.model.config) if tm.kind == "classifier" else data
 
 
 def task_record(data: TaskData, metric_names) -> dict:
@@ -170,27 +165,19 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         from synprune.io import refuse_to_replace
 
         refuse_to_replace(export, overwrite, "--export")
-    data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
-    if parses_file is not None and cfg.cf and not data.lm:
-        raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
-    refuse_cf_without_labels(data, cfg.cf)
-    refuse_windows_without_text(data, cfg)
-    tm = as_task_model(model, tokenizer)
-    cfg.check_model(max_positions(tm.model))
-    data = model_data(tm, data)
-    metric_names = task_metrics(tm, data)
-    split = make_split(data, cfg.calib_size, cfg.seed, cfg.eval_size)
+
+    def check(data: TaskData) -> None:
+        if parses_file is not None and cfg.cf and not data.lm:
+            raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
+        refuse_cf_without_labels(data, cfg.cf)
+        refuse_windows_without_text(data, cfg)
+
+    opened = open_context(model, task, cfg, tokenizer=tokenizer, glue_dir=glue_dir, text_col=text_col,
+                          text_pair_col=text_pair_col, label_col=label_col, parses_file=parses_file, check=check)
+    tm, data = opened.tm, opened.data
     if recipe is not None:  # said once the inputs are checked: a refused run prints its one-line error alone
         log(recipe["said"])
-    if parses_file is None:
-        ctx = Calibration(tm, split.calibration, cfg, metric_names, glue_dir=glue_dir)
-    else:
-        from synprune.calibrate.context import gold_calibration
-
-        ctx = gold_calibration(tm, parses_file, cfg, metric_names)
-        split = Split(ctx.examples, split.evaluation, f"calibration: {len(ctx.examples)} seeded sentences of {parses_file} "
-                      f"with gold trees; evaluation: {', '.join(split.evaluation)}")
-    result = run(ctx, cfg, data, split)
+    result = run(opened.ctx, cfg, data, opened.split)
     if recipe is not None:
         result.details["recipe"] = recipe
     if export is not None:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, get_type_hints
 
-from synprune.config import PruneConfig, max_positions
+from synprune.config import PruneConfig
 from synprune.errors import SynpruneError
 from synprune.io import atomic_write_json, atomic_write_text
 from synprune.methods import SCANS, available, uses
 from synprune.progress import bar, log
-from synprune.data.tasks import ALIASES, GLUE, TaskData, load_task, make_split
+from synprune.data.tasks import ALIASES, GLUE, TaskData
 
 if TYPE_CHECKING:  # torch-heavy; imported when a sweep runs, so the command line starts fast
     from synprune.run.result import PruneResult
@@ -316,23 +316,18 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     Rerun into the same `out` (e.g. after an interruption), runs already finished there with the same options,
     model and data are read back, not recomputed; a run folder of other options is refused unless `overwrite`.
     """
-    from synprune.calibrate.context import Calibration
-    from synprune.evaluation.evaluate import task_metrics
-    from synprune.run.prune import as_task_model, model_data, refuse_cf_without_labels, task_record
+    from synprune.calibrate.context import open_context
+    from synprune.run.prune import refuse_cf_without_labels, task_record
     from synprune.run.result import PruneResult
 
     base = (config or PruneConfig()).replace(**options).validate()
     plan = plan_sweep(methods, sparsities, seeds, grid, base)
     if model is None and tokenizer is None and _is_other_glue_task(task):
         model = task_model_for(task.name if isinstance(task, TaskData) else task, glue_dir)
-    data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
-    tm = as_task_model(model, tokenizer)
-    base.check_model(max_positions(tm.model))
-    data = model_data(tm, data)
-    refuse_cf_without_labels(data, any(s.cf for s in plan.specs))
-    metric_names = task_metrics(tm, data)
-    split = make_split(data, base.calib_size, base.seed, base.eval_size)
-    ctx = Calibration(tm, split.calibration, base, metric_names, glue_dir=glue_dir)
+    opened = open_context(model, task, base, tokenizer=tokenizer, glue_dir=glue_dir, text_col=text_col,
+                          text_pair_col=text_pair_col, label_col=label_col,
+                          check=lambda data: refuse_cf_without_labels(data, any(s.cf for s in plan.specs)))
+    tm, data, metric_names, split, ctx = opened.tm, opened.data, opened.metric_names, opened.split, opened.ctx
     for spec in plan.specs:  # what several methods' scans can share is collected in one pass
         ctx.planned_scans.update(SCANS.get(spec.name, {}))
     out_dir = Path(out) if out is not None else None

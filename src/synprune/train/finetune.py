@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -358,8 +358,6 @@ def finetune(
     use. `on_step(step, loss)` is called after every step.
     Returns the `finetune.json` record.
     """
-    from transformers import AutoTokenizer
-
     from synprune.model.load import _resolve
 
     t_start, cpu_start = time.time(), time.process_time()
@@ -376,8 +374,80 @@ def finetune(
         raise SynpruneError(f"--out {out} is the base model's own folder; fine-tuning would overwrite it, pass another --out")
     base_hash = sha256_dir(base_path) if local else f"hub:{base_path}"
     fp = _fingerprint(base_hash, data.name, opts, _data_hashes(data))
+    done = _finished_or_cleared(out, fp, fresh, quiet)
+    if done is not None:
+        return done
 
+    dev = pick_device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(threads or _cpu_threads())
     ckpt_path = out / CHECKPOINT_DIR / CHECKPOINT_FILE
+    state = _read_checkpoint(ckpt_path, fp)
+    tokenizer = _load_tokenizer(base_path, base_name)
+    train = training_examples(data, opts)
+    encoded = _encode(tokenizer, train, opts.max_length)
+    lengths = [len(x) for x in encoded.input_ids]
+    regression = data.num_labels == 1
+    run = _Training.start(_build_model(base_path, data.num_labels, opts.seed).to(dev), opts, len(encoded))
+    if state is not None:
+        run.resume(state, dev)
+        _say(f"resuming {data.name} fine-tuning from step {run.step}/{run.total} ({ckpt_path})", quiet)
+    else:
+        torch.manual_seed(opts.seed)
+    del state
+
+    estimate = estimate_seconds(_encoder_params(run.model.config), sum(lengths) * opts.epochs, dev) if not quiet else None
+    _say(f"fine-tuning {base_name} on {data.name}: {len(train)} examples x {opts.epochs} epoch(s) = {run.total} steps "
+         f"on {dev}" + (f", roughly {_fmt_duration(estimate * (run.total - run.step) / run.total)}" if estimate else ""), quiet)
+    train_seconds = _train(run, encoded, lengths, regression, opts, dev,
+                           lambda t_train: _atomic_torch_save(run.checkpoint(fp, dev, (t_start, cpu_start, t_train)), ckpt_path),
+                           checkpoint_every, _Progress(progress and not quiet, run.total, run.step, f"{data.name} fine-tune"),
+                           quiet, on_step)
+
+    # Save as a standard Hugging Face folder, then reload it the way the pruning commands will.
+    run.model.eval()
+    run.model.config.problem_type = "regression" if regression else "single_label_classification"
+    with _QuietHF():
+        run.model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        metrics, eval_seconds = evaluate_folder(out, data, opts.max_length, dev)
+    main_metric = data.metrics[0]
+    record = {
+        "task": data.name,
+        "base": {"name": base_name, "path": base_path, "sha256": base_hash},
+        "metric": main_metric,
+        "score": metrics[data.eval_splits[0]][main_metric],
+        "metrics": metrics,
+        "epochs": opts.epochs,
+        "seed": opts.seed,
+        "options": asdict(opts),
+        "train_examples": len(train),
+        "train_available": len([e for e in data.splits["train"] if e.label is not None]),
+        "steps": run.total,
+        "history": run.history,
+        "resumed_at_steps": run.resumed,
+        "device": str(dev),
+        "estimated_train_seconds": round(estimate, 1) if estimate else None,
+        "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        "time": {"train_seconds": round(train_seconds + run.train_before, 1), "eval_seconds": round(eval_seconds, 1),
+                 "total_seconds": round(run.elapsed_before + time.time() - t_start, 1),
+                 # CPU seconds of all threads: on a machine shared with other jobs, wall time alone misleads
+                 "cpu_seconds": round(run.cpu_before + time.process_time() - cpu_start, 1),
+                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "data": {"source": data.source, "hashes": _data_hashes(data)},
+        "versions": _versions(),
+        "fingerprint": fp,
+    }
+    atomic_write_json(out / RECORD_FILE, record)  # written last: its presence marks a finished folder
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    shown = ", ".join(f"{s} {k} {v:.2f}" for s, m in metrics.items() for k, v in m.items())
+    _say(f"{data.name}: {shown} ({_fmt_duration(record['time']['total_seconds'])}); saved to {out}", quiet)
+    return record
+
+
+def _finished_or_cleared(out: Path, fp: dict[str, Any], fresh: bool, quiet: bool) -> dict[str, Any] | None:
+    """The record of `out` when it is already fine-tuned with these options; refuse a folder that is neither an
+    earlier fine-tuning nor empty, or one fine-tuned otherwise; with `fresh`, clear an earlier fine-tuning first."""
     record_path = out / RECORD_FILE
     if not fresh and not record_path.is_file() and not (out / CHECKPOINT_DIR).is_dir():
         from synprune.io import refuse_to_replace
@@ -395,156 +465,134 @@ def finetune(
             f"{out} already holds a model fine-tuned with different options, base or data; "
             f"pass another --out, or --fresh to retrain into it"
         )
+    return None
 
-    dev = pick_device(device)
-    if dev.type == "cpu":
-        torch.set_num_threads(threads or _cpu_threads())
 
-    state = None
-    if ckpt_path.is_file():
-        try:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a checkpoint from another torch version or a damaged file
-            raise SynpruneError(f"cannot read checkpoint {ckpt_path} ({type(e).__name__}); pass --fresh to restart") from None
-        if state.get("fingerprint") != fp:
-            diff = _fingerprint_diff(state.get("fingerprint") or {}, fp)
-            raise SynpruneError(
-                f"{ckpt_path} was written by a run with different {diff}; rerun with the same options to resume, "
-                f"or pass --fresh to discard it and start again"
-            )
+def _read_checkpoint(ckpt_path: Path, fp: dict[str, Any]) -> dict[str, Any] | None:
+    """The interrupted run's state to resume from, or None; a checkpoint of other options is refused."""
+    if not ckpt_path.is_file():
+        return None
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a checkpoint from another torch version or a damaged file
+        raise SynpruneError(f"cannot read checkpoint {ckpt_path} ({type(e).__name__}); pass --fresh to restart") from None
+    if state.get("fingerprint") != fp:
+        diff = _fingerprint_diff(state.get("fingerprint") or {}, fp)
+        raise SynpruneError(
+            f"{ckpt_path} was written by a run with different {diff}; rerun with the same options to resume, "
+            f"or pass --fresh to discard it and start again"
+        )
+    return state
+
+
+def _load_tokenizer(base_path: str, base_name: str) -> Any:
+    from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base_path, use_fast=True)
+        return AutoTokenizer.from_pretrained(base_path, use_fast=True)
     except OSError as e:
         raise SynpruneError(f"could not load the tokenizer of {base_name}: {str(e).splitlines()[0]}") from None
-    train = training_examples(data, opts)
-    encoded = _encode(tokenizer, train, opts.max_length)
-    lengths = [len(x) for x in encoded.input_ids]
-    regression = data.num_labels == 1
 
-    model = _build_model(base_path, data.num_labels, opts.seed).to(dev)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and LayerNorm
-    # fused: one kernel for all parameters; on CPU the unfused update of the 30k-word embedding costs
-    # as much as the forward pass.
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr, fused=True)
-    per_epoch = math.ceil(len(encoded) / opts.batch_size)
-    total = per_epoch * opts.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(opts.warmup * total), total))
 
-    step, history, resumed, running = 0, [], [], None
-    elapsed_before = cpu_before = train_before = 0.0  # time spent by earlier, interrupted runs
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, history = int(state["step"]), list(state["history"])
-        resumed = list(state.get("resumed", [])) + [step]
-        elapsed_before = float(state.get("elapsed", 0.0))
-        cpu_before = float(state.get("cpu", 0.0))
-        train_before = float(state.get("train", 0.0))
-        running = state.get("loss_ema")
+@dataclass
+class _Training:
+    """The model, its optimizer and schedule, and how far training got (with the time earlier runs spent)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    per_epoch: int
+    total: int
+    step: int = 0
+    history: list = field(default_factory=list)
+    resumed: list = field(default_factory=list)
+    running: float | None = None  # the loss's moving average
+    elapsed_before: float = 0.0  # time spent by earlier, interrupted runs
+    cpu_before: float = 0.0
+    train_before: float = 0.0
+
+    @classmethod
+    def start(cls, model: torch.nn.Module, opts: FinetuneOptions, n_examples: int) -> "_Training":
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and LayerNorm
+        # fused: one kernel for all parameters; on CPU the unfused update of the 30k-word embedding costs
+        # as much as the forward pass.
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr, fused=True)
+        per_epoch = math.ceil(n_examples / opts.batch_size)
+        total = per_epoch * opts.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(opts.warmup * total), total))
+        return cls(model, optimizer, scheduler, per_epoch, total)
+
+    def resume(self, state: dict[str, Any], dev: torch.device) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.history = int(state["step"]), list(state["history"])
+        self.resumed = list(state.get("resumed", [])) + [self.step]
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        self.cpu_before = float(state.get("cpu", 0.0))
+        self.train_before = float(state.get("train", 0.0))
+        self.running = state.get("loss_ema")
         _set_rng_state(state["rng"], dev)
-        _say(f"resuming {data.name} fine-tuning from step {step}/{total} ({ckpt_path})", quiet)
-    else:
-        torch.manual_seed(opts.seed)
-    del state
 
-    def save_checkpoint() -> None:
-        _atomic_torch_save({
-            "fingerprint": fp, "step": step, "history": history, "resumed": resumed, "loss_ema": running,
-            "elapsed": elapsed_before + time.time() - t_start, "cpu": cpu_before + time.process_time() - cpu_start,
-            "train": train_before + time.time() - t_train,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(dev),
-        }, ckpt_path)
+    def checkpoint(self, fp: dict[str, Any], dev: torch.device, clock: tuple[float, float, float]) -> dict[str, Any]:
+        """What `out/.checkpoint/state.pt` holds; `clock`: this run's start (wall, CPU) and training start."""
+        t_start, cpu_start, t_train = clock
+        return {
+            "fingerprint": fp, "step": self.step, "history": self.history, "resumed": self.resumed,
+            "loss_ema": self.running, "elapsed": self.elapsed_before + time.time() - t_start,
+            "cpu": self.cpu_before + time.process_time() - cpu_start, "train": self.train_before + time.time() - t_train,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": _rng_state(dev),
+        }
 
-    estimate = estimate_seconds(_encoder_params(model.config), sum(lengths) * opts.epochs, dev) if not quiet else None
-    _say(f"fine-tuning {base_name} on {data.name}: {len(train)} examples x {opts.epochs} epoch(s) = {total} steps "
-         f"on {dev}" + (f", roughly {_fmt_duration(estimate * (total - step) / total)}" if estimate else ""), quiet)
-    model.train()
-    bar = _Progress(progress and not quiet, total, step, f"{data.name} fine-tune")
-    t_train, first_step = time.time(), step
+
+def _train(run: _Training, encoded: _Encoded, lengths: list[int], regression: bool, opts: FinetuneOptions,
+           dev: torch.device, save_checkpoint: Callable[[float], None], checkpoint_every: int, bar: _Progress, quiet: bool,
+           on_step: Callable[[int, float], None] | None) -> float:
+    """Train from `run.step` to the end, checkpointing (`save_checkpoint(time training started)`) every
+    `checkpoint_every` steps and at each epoch's end; the seconds it took."""
+    run.model.train()
+    t_train, first_step, total = time.time(), run.step, run.total
     order: tuple[int, list[list[int]]] = (-1, [])
     try:
-        while step < total:
-            epoch, i = divmod(step, per_epoch)
+        while run.step < total:
+            epoch, i = divmod(run.step, run.per_epoch)
             if order[0] != epoch:
                 order = (epoch, epoch_batches(lengths, opts.batch_size, opts.seed, epoch))
-            batch_idx = order[1][i]
-            batch = {k: v.to(dev) for k, v in _collate(encoded, batch_idx, regression).items()}
+            batch = {k: v.to(dev) for k, v in _collate(encoded, order[1][i], regression).items()}
             y = batch.pop("labels")
-            logits = model(**batch).logits
+            logits = run.model(**batch).logits
             if regression:
                 loss = torch.nn.functional.mse_loss(logits.squeeze(-1), y)
             else:
                 loss = torch.nn.functional.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
+            run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if opts.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            value = float(loss.detach())
-            running = value if running is None else 0.98 * running + 0.02 * value
-            if step % per_epoch == 0:
-                history.append({"epoch": step // per_epoch, "step": step, "loss_ema": round(running, 6)})
-            bar.update(step, running)
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(), opts.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.step += 1
+            step, value = run.step, float(loss.detach())
+            run.running = value if run.running is None else 0.98 * run.running + 0.02 * value
+            if step % run.per_epoch == 0:
+                run.history.append({"epoch": step // run.per_epoch, "step": step, "loss_ema": round(run.running, 6)})
+            bar.update(step, run.running)
             if step - first_step == 20 and bar.bar is None and step < total:  # a measured estimate, for log files
                 left = (time.time() - t_train) / 20 * (total - step)
                 _say(f"the first 20 steps took {_fmt_duration(time.time() - t_train)}: about "
                      f"{_fmt_duration(left)} left", quiet)
             if on_step is not None:
                 on_step(step, value)
-            if step % checkpoint_every == 0 or step % per_epoch == 0:
-                save_checkpoint()  # also at the last step: an interruption while saving or evaluating loses nothing
+            if step % checkpoint_every == 0 or step % run.per_epoch == 0:
+                save_checkpoint(t_train)  # also at the last step: an interruption while saving or evaluating loses nothing
                 if bar.bar is None:  # no bar (a log file): a line per checkpoint instead
-                    _say(f"step {step}/{total} loss {running:.4f} {_fmt_duration(time.time() - t_train)}", quiet)
+                    _say(f"step {step}/{total} loss {run.running:.4f} {_fmt_duration(time.time() - t_train)}", quiet)
     finally:
         bar.close()
-    train_seconds = time.time() - t_train
-
-    # Save as a standard Hugging Face folder, then reload it the way the pruning commands will.
-    model.eval()
-    model.config.problem_type = "regression" if regression else "single_label_classification"
-    with _QuietHF():
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        metrics, eval_seconds = evaluate_folder(out, data, opts.max_length, dev)
-    main_metric = data.metrics[0]
-    record = {
-        "task": data.name,
-        "base": {"name": base_name, "path": base_path, "sha256": base_hash},
-        "metric": main_metric,
-        "score": metrics[data.eval_splits[0]][main_metric],
-        "metrics": metrics,
-        "epochs": opts.epochs,
-        "seed": opts.seed,
-        "options": asdict(opts),
-        "train_examples": len(train),
-        "train_available": len([e for e in data.splits["train"] if e.label is not None]),
-        "steps": total,
-        "history": history,
-        "resumed_at_steps": resumed,
-        "device": str(dev),
-        "estimated_train_seconds": round(estimate, 1) if estimate else None,
-        "threads": torch.get_num_threads() if dev.type == "cpu" else None,
-        "time": {"train_seconds": round(train_seconds + train_before, 1), "eval_seconds": round(eval_seconds, 1),
-                 "total_seconds": round(elapsed_before + time.time() - t_start, 1),
-                 # CPU seconds of all threads: on a machine shared with other jobs, wall time alone misleads
-                 "cpu_seconds": round(cpu_before + time.process_time() - cpu_start, 1),
-                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        "data": {"source": data.source, "hashes": _data_hashes(data)},
-        "versions": _versions(),
-        "fingerprint": fp,
-    }
-    atomic_write_json(record_path, record)  # written last: its presence marks a finished folder
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    shown = ", ".join(f"{s} {k} {v:.2f}" for s, m in metrics.items() for k, v in m.items())
-    _say(f"{data.name}: {shown} ({_fmt_duration(record['time']['total_seconds'])}); saved to {out}", quiet)
-    return record
+    return time.time() - t_train
 
 
 def _fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
