@@ -52,7 +52,7 @@ class ReconOptions:
 RECON = ReconOptions()  # the recipe benchmarks/results/decoder_width.md measured best
 
 
-@register("recon", needs=("gradients", "activations"))
+@register("recon", needs=("gradients", "activations", "labels"))
 def recon(ctx, cfg) -> HeadScores:
     base = get_method("fisher")(ctx, cfg)
     return HeadScores(base.scores, base.order, {**base.details, "recon": RECON.label(),

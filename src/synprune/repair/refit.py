@@ -276,11 +276,9 @@ def layerwise(model: nn.Module, inputs: Sequence[dict], heads: Sequence[Unit] | 
     nm = mask_from_heads(neuron_grid(model), neurons or []) if (neurons is not None or plan is not None) and neurons_too else None
     originals = {("attn", l): h.out_proj.weight.detach().clone() for l, h in attn.items()}
     originals.update({("ffn", l): f.down.weight.detach().clone() for l, f in ffn.items()})
-    check = [options.holdout > 1 and len(inputs) >= options.holdout and i % options.holdout == options.holdout - 1
-             for i in range(len(inputs))]
     result = Refit()
     if options.pack:
-        from synprune.config import max_positions
+        from synprune.model.load import max_positions
 
         limit = max_positions(model) or getattr(model.config, "n_positions", None) or options.pack
         inputs = packed(inputs, min(options.pack, int(limit)))
