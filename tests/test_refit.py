@@ -47,7 +47,7 @@ def test_refit_lowers_every_sublayers_error_stays_finite_and_exports_as_masked(f
     for store in (rep.weights.attn, rep.weights.ffn):
         assert all(bool(torch.isfinite(A).all()) for _, A in store.values())
     # folded into the weights and sliced, the model computes what the repaired masked model computes
-    from synprune.export.remove import remove_units
+    from synprune.model.remove import remove_units
 
     probe = padded_batch(99, batch=3, length=12)
     keep = probe["attention_mask"].bool()

@@ -109,7 +109,7 @@ def test_params_budget_counts_every_parameter_once_as_the_exported_model_has_the
     import copy
 
     from _tiny_lm import tiny_llama
-    from synprune.export.remove import remove_units
+    from synprune.model.remove import remove_units
     from synprune.selection.budget import CostModel, total_parameters
 
     model = tiny_llama(layers=2)
