@@ -201,7 +201,7 @@ def test_checker_finds_an_upward_import_inside_a_function(tmp_path):
     src = _tree(tmp_path, {"synprune/model/__init__.py": "", "synprune/export/__init__.py": "",
                            "synprune/export/remove.py": "",
                            "synprune/model/load.py": "def f():\n    from synprune.export import remove\n"})
-    assert upward_imports(src) == ["synprune/model/load.py:2 -> synprune.model.remove (model imports export, a later stage)"]
+    assert upward_imports(src) == ["synprune/model/load.py:2 -> synprune.export.remove (model imports export, a later stage)"]
 
 
 def test_checker_finds_a_cycle_of_relative_imports(tmp_path):
