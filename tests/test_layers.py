@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # The pipeline's stages, earliest first; a module may import its own stage and earlier ones. `synprune` itself
 # (`__version__`, a lazy facade) counts as base; `config` composes every stage's options, so it sits above them.
 STAGES = (
-    ("synprune", "errors", "io", "progress"),
+    ("synprune", "errors", "io", "progress", "devices"),  # devices: where tensors are (accelerate device maps)
     ("arch",),
     ("syntax",),  # parsing, trees, CoNLL-U treebanks: no task knowledge (the ewt task reads a treebank)
     ("data",),
