@@ -19,10 +19,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from synprune.devices import tensor
+
 
 def is_conv1d(module: nn.Module) -> bool:
-    """transformers' Conv1D (GPT-2) stores its weight as (in, out), the transpose of nn.Linear."""
-    return type(module).__name__ == "Conv1D"
+    """transformers' Conv1D (GPT-2) stores its weight as (in, out), the transpose of nn.Linear (so does its
+    zero-safe subclass, which a sliced Conv1D becomes)."""
+    return type(module).__name__ in ("Conv1D", "ZeroSafeConv1D")
 
 
 def out_dim(module: nn.Module) -> int:
@@ -59,8 +62,8 @@ def _ZeroSafeConv1D() -> type:
 
 
 def weight_rows(module: nn.Module) -> torch.Tensor:
-    """A Linear's or Conv1D's weight as a detached float64 (out, in) matrix."""
-    w = module.weight.detach().double()
+    """A Linear's or Conv1D's weight as a detached float64 (out, in) matrix on the CPU."""
+    w = tensor(module, "weight").detach().to("cpu", torch.float64)  # also where a device_map offloaded it
     return w.t() if is_conv1d(module) else w
 
 

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
+from synprune.devices import input_device
 from synprune.syntax import align as A
 from synprune.arch import attention_handles
 from synprune.syntax.dependencies import PUNCT, arcs
@@ -248,7 +249,7 @@ def scan(tm: TaskModel, items: Sequence[CalibItem], collectors: Sequence[Collect
     """Feed every batch of `items` to each collector; returns the number of arcs seen. `batches`:
     `scan_batches(tm, items, batch_size, max_length)`, made once for many scans."""
     model = tm.model
-    device = next(model.parameters()).device
+    device = input_device(model)
     batches = scan_batches(tm, items, batch_size, max_length) if batches is None else batches
     stream = all(getattr(c, "per_layer", False) for c in collectors)
     handles = attention_handles(model)

@@ -200,7 +200,8 @@ class Opened:
 def open_context(model: Any, task: str | TaskData | None, config, *, tokenizer: Any = None,
                  glue_dir: str | Path | None = None, text_col: str | None = None, text_pair_col: str | None = None,
                  label_col: str | None = None, parses_file: str | Path | None = None, scored: bool = True,
-                 check: Callable[[TaskData], None] | None = None) -> Opened:
+                 check: Callable[[TaskData], None] | None = None, device_map: str | dict | None = None,
+                 max_memory: dict | None = None) -> Opened:
     """The one way in: load the task (unless given) and hand it to `check` (refusals that need no model), load the
     model (folder, hub id, .gguf, object with `tokenizer`, TaskModel or None for the bundled MiniLM), refuse a
     --max-length it cannot embed, put the task's labels in the model's ids and bind its metrics (`scored`;
@@ -211,7 +212,7 @@ def open_context(model: Any, task: str | TaskData | None, config, *, tokenizer: 
         data = task if isinstance(task, TaskData) else load_task(task, glue_dir, text_col, text_pair_col, label_col)
         if check is not None:
             check(data)
-    tm = as_task_model(model, tokenizer)
+    tm = as_task_model(model, tokenizer, device_map, max_memory)  # placed over devices by a device map, if any
     config.check_model(max_positions(tm.model))
     split, metric_names = None, ()
     if data is not None:

@@ -32,6 +32,8 @@ from torch import nn
 
 from synprune.arch import AttentionHandles, attention_handles, get_adapter, out_dim
 from synprune.evaluation.evaluate import Prepared, evaluate
+from synprune.devices import dispatched
+from synprune.model.activations import forward_replaced
 from synprune.model.masking import HeadMask
 from synprune.model.load import TaskModel
 from synprune.progress import log
@@ -58,7 +60,9 @@ class AblationScorer:
         self.fast = fast
         # a caller's own hooks (e.g. neurons masked underneath CF) would be copied with the model and index its old
         # shapes: then passes stay on the masked model itself
-        self.slicing = fast and not any(m._forward_pre_hooks or m._forward_hooks for m in tm.model.modules())
+        # and a model spread over devices (or offloaded) by a device_map is not copied either
+        self.slicing = fast and not dispatched(tm.model) and not any(
+            m._forward_pre_hooks or m._forward_hooks for m in tm.model.modules())
         self.starts = sorted(set(layers) | {0})
         self.sliced, self.cut = tm, frozenset()  # passes run on `sliced`: tm, or a copy without the `cut` heads
         self._bind()
@@ -152,7 +156,7 @@ class AblationScorer:
         value projections and attention: the heads' cached output goes straight to the (masked) out-projection.
         """
         handles = [self.blocks[0].register_forward_pre_hook(lambda module, args: run.new_call())]
-        stubbed: list[nn.Module] = []
+        stubbed = contextlib.ExitStack()
 
         def output_hook(j: int):
             def hook(module, args, output):
@@ -172,7 +176,7 @@ class AblationScorer:
             def hook(module, args):
                 if run.shortcut and j == run.start:
                     cached = self._states[run.calls - 1][("ctx", j)]
-                    args = (cached if pos is None else cached.index_select(-1, pos), *args[1:])
+                    args = (cached if pos is None else cached.index_select(-1, pos.to(cached.device)), *args[1:])
                 run.states[-1][("ctx", j)] = args[0]
                 return args
             return hook
@@ -189,20 +193,16 @@ class AblationScorer:
                 handles.append(self.blocks[j].register_forward_hook(output_hook(j)))
                 if j in self.starts and j in self.attn:  # prepended: sees the heads' output before HeadMask
                     handles.append(self.attn[j].out_proj.register_forward_pre_hook(heads_hook(j), prepend=True))
-        if run.reuse:
-            for j in range(run.start):
-                self.blocks[j].forward = skipped  # an instance attribute shadows the class's forward, this pass only
-                stubbed.append(self.blocks[j])
+        if run.reuse:  # for this pass only
+            stubbed.enter_context(forward_replaced(self.blocks[:run.start], lambda block: skipped))
             if run.shortcut and run.start in self.attn:
                 a = self.attn[run.start]
-                for proj in dict.fromkeys((a.query, a.key, a.value)):  # one module where q, k and v are fused
-                    proj.forward = zeros(proj)  # their output only feeds the attention we replace
-                    stubbed.append(proj)
+                # one module where q, k and v are fused; their output only feeds the attention we replace
+                stubbed.enter_context(forward_replaced(list(dict.fromkeys((a.query, a.key, a.value))), zeros))
         try:
-            yield
+            with stubbed:
+                yield
         finally:
-            for module in stubbed:
-                del module.forward
             for h in handles:
                 h.remove()
 

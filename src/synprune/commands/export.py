@@ -18,6 +18,9 @@ def read_result(path: Path) -> dict[str, Any]:
     result = read_json(path, "the result.json of a `synprune prune` run")
     if not isinstance(result, dict) or "pruned_heads" not in result:
         raise SynpruneError(f"{path} has no `pruned_heads`; is it a synprune result.json?")
+    if (result.get("details") or {}).get("layerwise"):
+        raise SynpruneError(f"{path} is a layer-local run (--stream/--layerwise), whose repair is folded as each layer is "
+                            "written: re-run it with --export DIR")
     return result
 
 

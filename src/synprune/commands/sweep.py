@@ -56,6 +56,9 @@ def sweep(
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the plots and report.html.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute run folders in OUT that hold other "
                                             "options, model or data (finished matching runs are always reused).")] = False,
+    executor: Annotated[str, typer.Option(help="Where runs are computed: pool (this machine's two processes, sharing "
+                                               "one calibration), inline, or ray / ray:ADDRESS (one Ray task per run; "
+                                               "needs `pip install 'synprune[ray]'`).")] = "pool",
     sap: SapOptions = SapOptions(),
     cf: CfOptions = CfOptions(),
     unit_options: UnitOptions = UnitOptions(),
@@ -71,7 +74,7 @@ def sweep(
         set_quiet(data.quiet)
         result = S.sweep(data.model, task=str(data.task), methods=split_list(methods, str, "--methods"),
                          sparsities=split_list(sparsities, float, "--sparsities"), seeds=split_list(seeds, int, "--seeds"),
-                         grid=S.parse_grid(grid), out=out, report=not no_report, overwrite=overwrite, **data.columns(),
+                         grid=S.parse_grid(grid), out=out, report=not no_report, overwrite=overwrite, executor=executor, **data.columns(),
                          **data.config(), **sap.config(), **cf.config(), **unit_options.config())
     except KeyboardInterrupt as e:
         interrupted(e, out)

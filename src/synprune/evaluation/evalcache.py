@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from synprune.devices import tensor
 from synprune.evaluation.evaluate import Prepared
 from synprune.io import atomic_write_json, cache_dir
 from synprune.model.load import TaskModel
@@ -27,17 +28,24 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def _update_tensors(h, named: Mapping[str, torch.Tensor]) -> None:
+def _update_tensors(h, named: Mapping[str, torch.Tensor], read=lambda name, t: t) -> None:
     for name in sorted(named):
-        t = named[name]
+        t = read(name, named[name])
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         h.update(_tensor_bytes(t))
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer (what the model computes with, not where it was loaded from)."""
+    """Hash of every parameter and buffer (what the model computes with, not where it was loaded from); weights
+    that a device_map offloaded are read back one at a time."""
+    def read(name: str, t: torch.Tensor) -> torch.Tensor:
+        if t.device.type != "meta":
+            return t
+        owner, _, attr = name.rpartition(".")
+        return tensor(model.get_submodule(owner), attr)
+
     h = hashlib.sha256()
-    _update_tensors(h, dict(model.state_dict(keep_vars=False)))
+    _update_tensors(h, model.state_dict(keep_vars=False), read)
     return h.hexdigest()
 
 

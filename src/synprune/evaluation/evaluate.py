@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from synprune.devices import input_device
 from synprune.evaluation import lm as LM
 from synprune.data import metrics as M
 from synprune.errors import SynpruneError
@@ -155,7 +156,7 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 def _model_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    device = next(model.parameters()).device
+    device = input_device(model)
     return {k: v.to(device) for k, v in inputs.items()}
 
 

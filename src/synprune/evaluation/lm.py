@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from synprune.devices import input_device
 from synprune.errors import SynpruneError
 
 LM_BATCH = 8  # texts per forward pass: the logits are batch x tokens x vocabulary floats
@@ -184,7 +185,7 @@ def choice_inputs(tok, texts: Sequence[str], words: Sequence[str]) -> list[dict[
 
 def choice_scores(model: torch.nn.Module, choices: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
     """(batch, labels): summed log-probability of each label word after the prompt, differentiable."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     scores = []
     for c in choices:
         ids, mask, word = (c[k].to(device) for k in ("input_ids", "attention_mask", "word_mask"))
@@ -195,7 +196,7 @@ def choice_scores(model: torch.nn.Module, choices: Sequence[dict[str, torch.Tens
 
 
 def lm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    device = next(model.parameters()).device
+    device = input_device(model)
     return model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False).logits
 
 

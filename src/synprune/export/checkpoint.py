@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from synprune import __version__
+from synprune.devices import dispatched, gathered, input_device
 from synprune.arch import head_grid, kv_grid
 from synprune.errors import SynpruneError
 from synprune.io import atomic_write_json, sha256_dir
@@ -62,17 +63,18 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 12, seed: int =
     ids = torch.randint(min(5, vocab - 1), vocab, (batch, length), generator=g)
     mask = torch.ones(batch, length, dtype=torch.long)
     mask[1:, length // 2:] = 0
-    device = next(model.parameters()).device
+    device = input_device(model)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
 @torch.no_grad()
 def _first_output(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**inputs)[0]
+    device = input_device(model)
+    return model(**{k: v.to(device) for k, v in inputs.items()})[0]
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max())
+    return float((a.float().cpu() - b.float().cpu()).abs().max())
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:
@@ -121,30 +123,7 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     finally:
         if was_training and not in_place:
             model.train()
-    info = {
-        "format_version": FORMAT_VERSION,
-        "synprune_version": __version__,
-        "model_type": small.config.model_type,
-        "model_class": type(small).__name__,
-        "auto_class": auto_class_name(small),
-        "n_layers": len(state["kept_heads"]),
-        "n_heads": head_grid(small)[1],
-        "n_kv_groups": kv_grid(small)[1],
-        "kept_heads": state["kept_heads"],
-        "kept_kv_groups": state["kept_kv_groups"],
-        "kept_neurons": state["kept_neurons"],
-        "removed_layers": state["removed_layers"],
-        "heads_per_layer": [len(k) for k in state["kept_heads"]],
-        "kv_groups_per_layer": [len(k) for k in state["kept_kv_groups"]],
-        "units": state["counts"],
-        "pruned_heads": [list(h) for h in pruned],
-        "pruned_neurons": len(neurons),
-        "repair": None if repair is None else repair.summary(),
-        "parameters": {"dense": n_dense, "pruned": _n_params(small)},
-        "verified_max_abs_diff": max_diff,
-        "source": source,
-        "meta": meta,
-    }
+    info = pruning_info(small, state, pruned, neurons, repair, n_dense, max_diff, source, meta)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp."))
     try:
@@ -164,6 +143,35 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     return out_dir
 
 
+def pruning_info(small: nn.Module, state: dict, pruned: list, neurons: list, repair: Any, n_dense: int,
+                 max_diff: float | None, source: dict, meta: dict) -> dict:
+    """What synprune_pruning.json says about a pruned model (`small`, shaped as `state` says)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "synprune_version": __version__,
+        "model_type": small.config.model_type,
+        "model_class": type(small).__name__,
+        "auto_class": auto_class_name(small),
+        "n_layers": len(state["kept_heads"]),
+        "n_heads": head_grid(small)[1],
+        "n_kv_groups": kv_grid(small)[1],
+        "kept_heads": state["kept_heads"],
+        "kept_kv_groups": state["kept_kv_groups"],
+        "kept_neurons": state["kept_neurons"],
+        "removed_layers": state["removed_layers"],
+        "heads_per_layer": [len(k) for k in state["kept_heads"]],
+        "kv_groups_per_layer": [len(k) for k in state["kept_kv_groups"]],
+        "units": state["counts"],
+        "pruned_heads": [list(h) for h in pruned],
+        "pruned_neurons": len(neurons),
+        "repair": None if repair is None else repair if isinstance(repair, dict) else repair.summary(),
+        "parameters": {"dense": n_dense, "pruned": _n_params(small)},
+        "verified_max_abs_diff": max_diff,
+        "source": source,
+        "meta": meta,
+    }
+
+
 def _slice_checked(model: nn.Module, pruned: list[tuple[int, int]], neurons: list[tuple[int, int]], verify: bool,
                    in_place: bool, repair: Any = None) -> tuple[nn.Module, dict, float | None]:
     """Fold the repair into and slice (a copy of) the model; with `verify` (float32 only), compare with the
@@ -175,7 +183,10 @@ def _slice_checked(model: nn.Module, pruned: list[tuple[int, int]], neurons: lis
         probe = probe_inputs(model)
         with repaired(model, pruned, neurons or None, repair):
             reference = _first_output(model, probe)
-    small = model if in_place else copy.deepcopy(model)
+    if dispatched(model):  # spread over devices or offloaded: a whole copy on the CPU is what is written
+        small = gathered(model)
+    else:
+        small = model if in_place else copy.deepcopy(model)
     fold(small, repair)
     state = remove_units(small, pruned, neurons)
     if not check:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ..arch import attention_handles
+from synprune.devices import tensor
 from synprune.model.masking import kept_heads
 from . import HeadScores, order_by, register
 
@@ -14,7 +15,7 @@ def out_proj_norms(model: torch.nn.Module, grid: tuple[int, int]) -> np.ndarray:
     """(layers, heads) L2 norm of each head's input columns of the output projection; 0 for heads already removed."""
     norms = np.zeros(grid)
     for h in attention_handles(model):
-        w = h.out_proj.weight.detach().double()  # (hidden, kept_heads * head_dim)
+        w = tensor(h.out_proj, "weight").detach().double()  # (hidden, kept_heads * head_dim)
         per_head = w.unflatten(1, (-1, h.head_dim)).pow(2).sum(dim=(0, 2)).sqrt()
         norms[h.layer, kept_heads(h)] = per_head.cpu().numpy()
     return norms

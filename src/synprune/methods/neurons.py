@@ -147,3 +147,16 @@ def wanda(ctx, cfg) -> NeuronScores:
     stats = down_input_stats(ctx)
     scores = np.sqrt(stats["sq"]) * down_column_norms(ctx.tm.model)
     return NeuronScores(scores, "wanda", details={"scores": "||x_i|| over calibration tokens x ||down column i||"})
+
+
+@register("layer-fisher")
+def layer_fisher(ctx, cfg) -> NeuronScores:
+    """sum over tokens of x_i^2 ||down column i||^2: the Fisher diagonal of the down projection's output
+    reconstruction error (methods/layerlocal.py)."""
+    from .layerlocal import dense_moments, neuron_scores as layer_scores
+
+    moments = dense_moments(ctx, "ffn")
+    out = np.zeros(neuron_grid(ctx.tm.model))
+    for f in ffn_handles(ctx.tm.model):
+        out[f.layer, f.kept] = layer_scores("layer-fisher", f, moments[f.layer])
+    return NeuronScores(out, "layer-fisher", details={"scores": "sum over tokens of x_i^2 ||down column i||^2"})

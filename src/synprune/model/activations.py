@@ -13,6 +13,7 @@ from typing import Callable, Collection, Iterator, Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
+from synprune.devices import input_device
 from synprune.model.load import TaskModel
 
 
@@ -29,7 +30,7 @@ class Inputs(Protocol):
 
 def model_inputs(tm: TaskModel, batches: Sequence[Inputs]) -> Iterator[dict[str, torch.Tensor]]:
     """Every model input of the batches: both sentences of an embedding model's pairs are run."""
-    device = next(tm.model.parameters()).device
+    device = input_device(tm.model)
     for b in batches:
         for inputs in (b.inputs, b.inputs_b):
             if inputs is not None:
@@ -73,12 +74,16 @@ class Tap:
         return hook
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows read, on the CPU in float64 whatever device the module ran on."""
         x = x.detach()
+        keep = None if self.keep is None else self.keep.to(x.device)
         if self.pooled is not None and x.dim() == 3:
-            return x[torch.arange(x.shape[0]), pooled_rows(self.keep, x.shape[:2], self.pooled)].double()
-        if self.keep is not None and x.dim() == 3 and x.shape[:2] == self.keep.shape:
-            return x[self.keep].double()
-        return x.reshape(-1, x.shape[-1]).double()
+            x = x[torch.arange(x.shape[0], device=x.device), pooled_rows(keep, x.shape[:2], self.pooled).to(x.device)]
+        elif keep is not None and x.dim() == 3 and x.shape[:2] == keep.shape:
+            x = x[keep]
+        else:
+            x = x.reshape(-1, x.shape[-1])
+        return x.to("cpu", torch.float64)
 
     @torch.no_grad()
     def run(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
@@ -96,6 +101,24 @@ def pooled_rows(keep: torch.Tensor | None, shape, which: str) -> torch.Tensor:
         return torch.full((shape[0],), 0 if which == "first" else shape[1] - 1, dtype=torch.long)
     k = keep.long()
     return k.argmax(1) if which == "first" else shape[1] - 1 - k.flip(1).argmax(1)
+
+
+@contextlib.contextmanager
+def forward_replaced(modules: Sequence[nn.Module], make: Callable[[nn.Module], Callable]) -> Iterator[None]:
+    """Each module's `forward` replaced by `make(module)` inside the block (an instance attribute shadows the
+    class's forward); afterwards each gets back what it had, including a wrapper that accelerate's device hooks
+    set as an instance attribute (a model loaded with a device_map)."""
+    saved = [(m, m.__dict__.get("forward")) for m in modules]
+    for m in modules:
+        m.forward = make(m)
+    try:
+        yield
+    finally:
+        for m, before in saved:
+            if before is None:
+                del m.forward
+            else:
+                m.forward = before
 
 
 class Resume:
@@ -120,18 +143,14 @@ class Resume:
         capture = upto - 1 if upto - 1 > self.level else None
         fresh: list = [None] * len(self.cache)
         hooks = []
-        skipped = self.blocks[:start]
-        for block in skipped:
-            block.forward = self._cached
         if capture is not None:
             def keep(module, args, output):
                 fresh[self.call] = output
             hooks.append(self.blocks[capture].register_forward_hook(keep))
         try:
-            yield
+            with forward_replaced(self.blocks[:start], lambda block: self._cached):
+                yield
         finally:
-            for block in skipped:
-                del block.forward
             for h in hooks:
                 h.remove()
         if capture is not None:

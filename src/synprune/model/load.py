@@ -73,8 +73,10 @@ class TaskModel:
         return layers * heads
 
     def describe(self) -> dict:
+        placed = getattr(self.model, "hf_device_map", None)
         return {"name": self.name, "path": self.path, "kind": self.kind, "weights_sha256": self.weights_hash,
-                "model_type": self.model.config.model_type, "layers": self.grid[0], "heads_per_layer": self.grid[1]}
+                "model_type": self.model.config.model_type, "layers": self.grid[0], "heads_per_layer": self.grid[1],
+                **({"device_map": {k: str(v) for k, v in placed.items()}} if placed else {})}
 
 
 def _resolve(model: str | Path | None) -> tuple[str, str, bool]:
@@ -159,17 +161,20 @@ def _from_pretrained(cls, path: str, **kwargs) -> nn.Module:
         return cls.from_pretrained(path, attn_implementation="eager", **kwargs)
 
 
-def _load_gguf(path: str, device_map: str | None) -> tuple[nn.Module, object]:
+def _load_gguf(path: str, placed: dict) -> tuple[nn.Module, object]:
     """A causal LM and its tokenizer from a GGUF file, dequantized to float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
         raise SynpruneError("loading a .gguf model needs the gguf package: `pip install synprune[gguf]`")
     folder, name = str(Path(path).parent), Path(path).name
+    device_map = placed.get("device_map")
+    if isinstance(device_map, dict) and "disk" in device_map.values():
+        raise SynpruneError("transformers cannot offload a GGUF model to disk: map its modules to GPUs and the CPU, "
+                            "or save it as a safetensors folder first")
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        net = _from_pretrained(AutoModelForCausalLM, folder, gguf_file=name,
-                               **({"device_map": device_map} if device_map else {}))
+        net = _from_pretrained(AutoModelForCausalLM, folder, gguf_file=name, **placed)
     except (OSError, ValueError, KeyError) as e:
         raise SynpruneError(f"could not load {path} as a causal LM from GGUF: {str(e).splitlines()[0]}") from None
     return net, tok
@@ -233,16 +238,23 @@ def _transformers_version() -> str:
 
 
 def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"] = "auto",
-               device: str | torch.device = "cpu") -> TaskModel:
+               device: str | torch.device = "cpu", device_map: str | dict | None = None,
+               max_memory: dict | None = None) -> TaskModel:
     """Load `model` (folder, hub id, .gguf file, "smollm2", or None for the bundled MiniLM) in eval mode.
-    `device="auto"` uses accelerate's device_map over the GPUs when there are any (else the CPU)."""
+    `device="auto"` uses accelerate's device_map over the GPUs when there are any (else the CPU); `device_map`
+    ("auto", "balanced", or {module name: device}, devices including "cpu" and "disk") and `max_memory` place
+    the model explicitly (`synprune.devices`)."""
+    from synprune.devices import placement
     from transformers import AutoConfig, AutoTokenizer
 
     name, path, local = _resolve(model)
-    device_map = device_map_for(device)
+    device_map = device_map if device_map is not None else device_map_for(device)
+    placed = placement(device_map, max_memory)
     if path.lower().endswith(".gguf"):
-        net, tok = _load_gguf(path, device_map)
+        net, tok = _load_gguf(path, placed)
     elif local and (Path(path) / "synprune_pruning.json").is_file():
+        if device_map is not None:
+            raise SynpruneError(f"{name} is a synprune export, which loads whole; drop --device-map")
         from synprune.model.pruned import load_pruned  # a checkpoint with sliced heads needs its own loader
 
         check_model_files(path)
@@ -264,8 +276,7 @@ def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"
                      "into the folder, or download the model again"):
             tok = AutoTokenizer.from_pretrained(path, use_fast=True)
         with reading(weights_file(folder)):
-            net, info = _from_pretrained(_auto_class(config), path, output_loading_info=True,
-                                         **({"device_map": device_map} if device_map else {}))
+            net, info = _from_pretrained(_auto_class(config), path, output_loading_info=True, **placed)
         _missing_weights(net, info, folder)
     else:
         try:
@@ -273,7 +284,7 @@ def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"
             tok = AutoTokenizer.from_pretrained(path, use_fast=True)
         except OSError as e:
             raise SynpruneError(f"could not load model {name} as a hub id (needs internet): {str(e).splitlines()[0]}") from None
-        net = _from_pretrained(_auto_class(config), path, **({"device_map": device_map} if device_map else {}))
+        net = _from_pretrained(_auto_class(config), path, **placed)
     if not getattr(tok, "is_fast", False):
         raise SynpruneError(f"model {name} has no fast tokenizer; synprune needs character offsets (tokenizer.json)")
     get_adapter(net)  # fails early, with the list of supported types, for models without known heads
@@ -289,8 +300,13 @@ def load_model(model: str | Path | None = None, kind: ModelKind | Literal["auto"
     return TaskModel(net, tok, detected, name, path, weights)
 
 
-def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
-    """Accept a TaskModel, a (model, tokenizer) pair of objects, or a folder / hub id / None (bundled)."""
+def as_task_model(model: Any = None, tokenizer: Any = None, device_map: str | dict | None = None,
+                  max_memory: dict | None = None) -> TaskModel:
+    """Accept a TaskModel, a (model, tokenizer) pair of objects, or a folder / hub id / None (bundled); the
+    latter loaded by `device_map` / `max_memory` (`synprune.devices`) when given."""
+    if device_map is not None and isinstance(model, (TaskModel, nn.Module)):
+        raise SynpruneError("device_map places a model that synprune loads: pass the model's folder or hub id, "
+                            "or dispatch the model object with accelerate yourself")
     if isinstance(model, TaskModel):
         return model
     if isinstance(model, nn.Module):
@@ -300,7 +316,7 @@ def as_task_model(model: Any = None, tokenizer: Any = None) -> TaskModel:
         model.eval()
         return TaskModel(model, with_bos(tokenizer) if kind == "lm" else tokenizer, kind, type(model).__name__,
                          getattr(model, "name_or_path", ""), None)
-    return load_model(model)
+    return load_model(model, device_map=device_map, max_memory=max_memory)
 
 
 # Families whose position ids start after the padding index (RoBERTa's scheme): fewer usable positions.

@@ -13,6 +13,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from synprune.devices import tensor
 from synprune.arch import AttentionHandles, attention_handles, ffn_handles, get_adapter, head_grid
 
 Head = tuple[int, int]
@@ -74,7 +75,7 @@ class UnitMask:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             if bool((self.mask[layer].index_select(0, index) != 0).any()):
                 return output
-            return output - module.bias
+            return output - tensor(module, "bias").to(output.device)  # read back where a device_map offloaded it
 
         return hook
 

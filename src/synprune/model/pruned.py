@@ -15,6 +15,7 @@ from synprune.model.remove import apply_state
 
 PRUNING_FILE = "synprune_pruning.json"
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # a sharded export (layer-streamed: one shard per layer)
 FORMAT_VERSION = 2  # 2: kept key/value groups and neurons (format 1 folders still load)
 
 
@@ -53,7 +54,10 @@ def load_pruned(path: str | Path, *, device: str | torch.device | None = None,
     model = cls.from_config(config, **kwargs) if hasattr(cls, "from_config") else cls._from_config(config, **kwargs)
     apply_state(model, info)
     try:
-        load_model(model, str(path / WEIGHTS_FILE), strict=True)
+        if (path / INDEX_FILE).is_file():
+            _load_shards(model, path)
+        else:
+            load_model(model, str(path / WEIGHTS_FILE), strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()
         raise SynpruneError(f"weights in {path / WEIGHTS_FILE} do not fit the pruned shape: {first}") from None
@@ -65,6 +69,30 @@ def load_pruned(path: str | Path, *, device: str | torch.device | None = None,
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model")
+
+
+def _load_shards(model: nn.Module, path: Path) -> None:
+    """Load the shards an index names (a layer-streamed export); every parameter and persistent buffer must
+    be given, a tied one through its partner."""
+    from safetensors.torch import load_file
+
+    files = sorted(set(json.loads((path / INDEX_FILE).read_text())["weight_map"].values()))
+    own = model.state_dict()
+    given: set[int] = set()
+    for f in files:
+        tensors = load_file(str(path / f))
+        unexpected = set(tensors) - set(own)
+        if unexpected:
+            raise RuntimeError(f"unexpected key(s) in {f}: {', '.join(sorted(unexpected)[:3])}")
+        for k, v in tensors.items():
+            if tuple(v.shape) != tuple(own[k].shape):
+                raise RuntimeError(f"size mismatch for {k}: {tuple(v.shape)} in {f}, {tuple(own[k].shape)} in the model")
+            with torch.no_grad():
+                own[k].copy_(v)
+            given.add(own[k].data_ptr())
+    missing = [k for k, v in own.items() if v.data_ptr() not in given and v.numel()]
+    if missing:
+        raise RuntimeError(f"missing key(s): {', '.join(missing[:3])}")
 
 
 def _load_tokenizer(path: str | Path) -> Any:

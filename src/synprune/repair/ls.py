@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from synprune.devices import tensor
 from synprune.model.activations import Resume, StopForward, Tap
 from ..arch import attention_handles, ffn_handles, get_adapter, weight_rows
 from . import Repair, Unit, masks, repaired
@@ -193,7 +194,7 @@ def _moments(model, student: Resume, inputs, heads, neurons, rep, layer, module,
              pooled) -> dict:
     """X^T X and X^T Y of the sublayer (X: the projection's input columns `cols` in the repaired model, Y: the
     target less the bias and, post-norm, the model's own residual), over the fitting and the held-out batches."""
-    b = module.bias.detach().double() if module.bias is not None else None
+    b = tensor(module, "bias").to("cpu", torch.float64) if module.bias is not None else None
     w, hidden = len(cols), weight_rows(module).shape[0]
     stats = {part: {"xtx": torch.zeros(w, w, dtype=torch.float64), "xty": torch.zeros(w, hidden, dtype=torch.float64),
                     "sx": torch.zeros(w, dtype=torch.float64), "sy": torch.zeros(hidden, dtype=torch.float64), "n": 0}

@@ -127,9 +127,10 @@ def evaluate_heads(tm: TaskModel, prepared: dict, metric_names, pruned, neurons=
     """Metrics per split with `pruned` heads (and `neurons`) masked, `repair` applied. Heads alone are scored on
     a copy of the model with them physically removed: the masked model's numbers (a removed head's slice only
     added zeros), at the pruned model's cost."""
+    from synprune.devices import dispatched
     from synprune.repair import repaired
 
-    if pruned and neurons is None and repair is None:
+    if pruned and neurons is None and repair is None and not dispatched(tm.model):  # a device map's weights stay put
         from synprune.model.remove import without_heads
 
         small = replace(tm, model=without_heads(tm.model, pruned))
@@ -142,14 +143,17 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           out: str | Path | None = None, config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
           export: str | Path | None = None, onnx: bool = False, parses_file: str | Path | None = None,
-          overwrite: bool = False, **options) -> PruneResult:
+          overwrite: bool = False, device_map: str | dict | None = None, max_memory: dict | None = None,
+          **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
     `method=None` runs the recommended recipe for the model's kind and units (`synprune.run.recipes`), said in
     the log and in result.json (details.recipe).
 
     Returns the result; with `out`, also writes DIR/result.json atomically; with `export`, also writes the
     physically pruned model there (reload it with `synprune.load_pruned`); an existing non-empty `export`
-    folder is replaced (atomically) only with `overwrite`. With `parses_file` (CoNLL-U),
+    folder is replaced (atomically) only with `overwrite`. `device_map` ("auto", "balanced" or {module: device},
+    "cpu" and "disk" included) and `max_memory` spread a model loaded by name over several devices
+    (`synprune.devices`); the export is gathered on the CPU. With `parses_file` (CoNLL-U),
     SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
     sample; evaluation stays on the task.
     """
@@ -173,7 +177,8 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         refuse_windows_without_text(data, cfg)
 
     opened = open_context(model, task, cfg, tokenizer=tokenizer, glue_dir=glue_dir, text_col=text_col,
-                          text_pair_col=text_pair_col, label_col=label_col, parses_file=parses_file, check=check)
+                          text_pair_col=text_pair_col, label_col=label_col, parses_file=parses_file, check=check,
+                          device_map=device_map, max_memory=max_memory)
     tm, data = opened.tm, opened.data
     if recipe is not None:  # said once the inputs are checked: a refused run prints its one-line error alone
         log(recipe["said"])

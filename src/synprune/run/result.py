@@ -84,11 +84,17 @@ class PruneResult:
 
         out = Path(out_dir)
         d = json.loads((out / "result.json").read_text(encoding="utf-8"))
-        details = dict(d.get("details") or {})
-        details.update({k: d[k] for k in ("dependency_ranking", "threshold") if k in d})
         cf_log = []
         if d["cf"] and (out / "cf_log.jsonl").is_file():
             cf_log = [json.loads(line) for line in (out / "cf_log.jsonl").read_text(encoding="utf-8").splitlines() if line]
+        return cls.from_json(d, cf_log)
+
+    @classmethod
+    def from_json(cls, d: dict, cf_log: list[dict] | None = None) -> "PruneResult":
+        """The result whose `to_json()` is `d` (and whose CF log is `cf_log`)."""
+        details = dict(d.get("details") or {})
+        details.update({k: d[k] for k in ("dependency_ranking", "threshold") if k in d})
+        cf_log = list(cf_log or [])
         return cls(method=d["method"], cf=d["cf"], model=d["model"], task=d["task"], split=d["split"],
                    sparsity=d["sparsity"], n_heads=d["n_heads"], pruned_heads=[tuple(h) for h in d["pruned_heads"]],
                    removed_layers=d["removed_layers"], metric=d["metric"], head_scores=np.asarray(d["head_scores"]),

@@ -306,7 +306,7 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           seeds: Sequence[int] = DEFAULT_SEEDS, grid: Mapping[str, Sequence] | None = None,
           out: str | Path | None = "runs/sweep", config: PruneConfig | None = None, glue_dir: str | Path | None = None,
           text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
-          report: bool = True, overwrite: bool = False, **options) -> SweepResult:
+          report: bool = True, overwrite: bool = False, executor: Any = None, **options) -> SweepResult:
     """Run every method x sparsity (x seed for seeded methods, x grid values for the methods they affect)
     on one calibration context; with `out`, write results.csv/json, runs/*/result.json, plots and report.html.
 
@@ -315,12 +315,17 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
 
     Rerun into the same `out` (e.g. after an interruption), runs already finished there with the same options,
     model and data are read back, not recomputed; a run folder of other options is refused unless `overwrite`.
+
+    `executor` ("inline", "ray", "ray:ADDRESS", or an `executors.Executor`) computes each run as a job of its
+    own instead of in this machine's two-process pool (the default), e.g. spread over a Ray cluster.
     """
     from synprune.calibrate.context import open_context
+    from synprune.run.executors import check_executor, run_on, run_specs
     from synprune.run.prune import refuse_cf_without_labels, task_record
     from synprune.run.result import PruneResult
 
     base = (config or PruneConfig()).replace(**options).validate()
+    executor = check_executor(executor)
     plan = plan_sweep(methods, sparsities, seeds, grid, base)
     if model is None and tokenizer is None and _is_other_glue_task(task):
         model = task_model_for(task.name if isinstance(task, TaskData) else task, glue_dir)
@@ -338,7 +343,14 @@ def sweep(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     log(f"sweep: {len(plan.runs)} runs ({', '.join(s.label for s in plan.specs)}) on {tm.name} / {data.name}"
         + (f"; read back {len(done)} finished runs from {out_dir}, {len(plan.runs) - len(done)} remain" if done else ""))
     try:
-        worker, timeline = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+        if executor is None:
+            worker, timeline = _run_all(ctx, plan, base, data, split, out_dir, done, results)
+        else:  # one job per run, e.g. on a Ray cluster
+            columns = {"glue_dir": glue_dir, "text_col": text_col, "text_pair_col": text_pair_col, "label_col": label_col}
+            described, recorded = tm.describe(), task_record(data, metric_names)
+            run_on(executor, run_specs(plan.runs, base, model, task, columns), out_dir, done,
+                   lambda result: _same_inputs(result, described, recorded), results)
+            worker, timeline = {}, []
     except KeyboardInterrupt:
         raise SweepInterrupted(len(results), len(plan.runs), out_dir) from None
     for r in plan.runs:
