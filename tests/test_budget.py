@@ -144,11 +144,12 @@ def _pipeline_run(glue_dir, **options):
 
 
 def test_budget_through_prune_records_what_was_pruned(glue_dir):
-    res = _pipeline_run(glue_dir, budget="params:0.8", layer_fraction=0.5)
+    # params:F counts the whole model (the tiny BERT is mostly embeddings: all its heads are 1.3% of it)
+    res = _pipeline_run(glue_dir, budget="params:0.995", layer_fraction=0.5)
     b = res.details["budget"]
-    assert b["met"] and b["params_kept"] <= 0.8 and b["heads_pruned"] == len(res.pruned_heads)
+    assert b["met"] and b["params_kept"] <= 0.995 and b["heads_pruned"] == len(res.pruned_heads) > 0
     assert res.sparsity == pytest.approx(len(res.pruned_heads) / 12)  # not the default 0.5
-    assert res.config["sparsity"] == res.sparsity and res.config["budget"] == "params:0.8"
+    assert res.config["sparsity"] == res.sparsity and res.config["budget"] == "params:0.995"
     # with layer_fraction 0.5, two pruned heads of a 4-head layer take the whole layer
     per_layer = res.pruned_per_layer
     assert all(n in (0, 1, 4) for n in per_layer), per_layer

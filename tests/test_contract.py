@@ -140,7 +140,7 @@ def test_method_selects_heads_groups_and_neurons(method, family):
 
     ctx = _shared(family)
     grid, neurons = ctx.tm.grid, neuron_grid(ctx.tm.model)
-    budget = {"budget": "flops:0.7"} if method == "kwon" else {}
+    budget = {"budget": "flops:0.7"} if method in ("kwon", "recon") else {}  # both search under a cost budget
     heads = choose_heads(ctx, _config(method, sparsity=0.5, **budget))
     assert _valid_units(heads.selection.pruned, grid) and (heads.selection.pruned or budget)  # a search may keep every head
     both = choose_heads(ctx, _config(method, sparsity=0.5, units="heads,neurons", **budget))

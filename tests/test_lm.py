@@ -41,7 +41,7 @@ def ud_dir(tmp_path, monkeypatch):
 
 def test_ewt_calibrates_on_dev_and_evaluates_on_test(ud_dir):
     data = load_task("ewt")
-    assert data.lm and data.metrics == ("perplexity",) and data.can_evaluate and not data.has_labels
+    assert data.lm and data.metrics == ("perplexity", "window_perplexity") and data.can_evaluate and not data.has_labels
     split = make_split(data, calib_size=8, seed=3, eval_size=12)
     assert len(split.calibration) == 8 and all(e.text_a.startswith("dog") for e in split.calibration)
     test = split.evaluation["test"]

@@ -36,6 +36,8 @@ class PruneConfig:
     repair: str = "none"  # retrain-free repair after pruning: none, ls, bias (synprune.repair)
     rearrange: bool = True  # budgeted neuron search: Kwon et al.'s mask rearrangement
     layout: str = "adaptive"  # "uniform": every layer keeps as many heads, KV groups, neurons (selection.uniform)
+    ppl_window: int = 256  # language modelling: window_perplexity's window in tokens (capped at the model's limit)
+    eval_windows: int | None = None  # language modelling: score at most this many (the first) windows
 
     def validate(self) -> "PruneConfig":
         """Every option checked by its owner (`owners`), after what no owner can see: non-finite numbers and
@@ -44,6 +46,9 @@ class PruneConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise SynpruneError(f"--{f.name.replace('_', '-')} {value}: give a finite number")
+        if self.ppl_window < 2 or (self.eval_windows is not None and self.eval_windows < 1):
+            raise SynpruneError(f"--ppl-window {self.ppl_window} must be at least 2 tokens and --eval-windows "
+                                f"{self.eval_windows} at least 1 (or left out for every window)")
         if self.units == "kv-groups" and self.cf:
             raise SynpruneError("--units kv-groups prunes whole key/value groups, but CF walks single heads; drop +cf or use --units heads")
         if self.layout == "uniform" and self.cf:
@@ -65,6 +70,12 @@ class PruneConfig:
         """`kwon` is Kwon et al. 2022's whole recipe: heads and neurons, Fisher scores, the search with its
         rearrangement, and least-squares repair (unless another repair is asked for); it needs a FLOPs or
         parameter budget."""
+        if self.method == "recon":  # methods/recon.py: its own selection walk and the refit repair, always
+            if self.budget is None or self.budget.split(":")[0].strip().lower() == "heads":
+                raise SynpruneError("method recon prunes heads and neurons under a cost budget: pass --budget params:F (or flops:F)")
+            if self.repair not in ("none", "refit") or self.cf:
+                raise SynpruneError("method recon re-fits the kept units itself (--repair refit) and has no CF; drop --repair / +cf")
+            return self.replace(units="heads,neurons", repair="refit")
         if self.method != "kwon":
             return self
         if self.budget is None or self.budget.split(":")[0].strip().lower() == "heads":

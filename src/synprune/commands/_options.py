@@ -36,6 +36,11 @@ class DataOptions(OptionSet):
     calib_size: Annotated[int, typer.Option(help="Calibration examples sampled (seeded) from train.")] = _D.calib_size
     eval_size: Annotated[Optional[int], typer.Option(
         help="Evaluate on at most this many (seeded) examples per evaluation split, for quick runs.")] = _D.eval_size
+    ppl_window: Annotated[int, typer.Option(
+        help="Language modelling: window_perplexity's windows in tokens (the texts joined, non-overlapping windows, "
+             "start token first; capped at the model's limit).")] = _D.ppl_window
+    eval_windows: Annotated[Optional[int], typer.Option(
+        help="Language modelling: score window_perplexity on at most this many (the first) windows.")] = _D.eval_windows
     seed: Annotated[int, typer.Option(help="Seed for the calibration sample and random methods.")] = _D.seed
     max_length: Annotated[int, typer.Option(help="Max tokens per input.")] = _D.max_length
     batch_size: Annotated[int, typer.Option(help="Batch size for attention statistics.")] = _D.batch_size

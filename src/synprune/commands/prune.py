@@ -23,10 +23,15 @@ def print_summary(result) -> None:
         heads = ",".join(str(h) for l, h in result.pruned_heads if l == layer)
         table.add_row(str(layer), f"{n}{' (block removed)' if layer in result.removed_layers else ''}", heads)
     console.print(table)
+    if "recipe" in result.details:
+        console.print(f"recommended recipe for this kind of model: {result.details['recipe']['spec']}")
     if result.n_neurons:
         console.print(f"feed-forward neurons pruned: {len(result.pruned_neurons)}/{result.n_neurons}")
     console.print(f"{m['name']} on {m['split']}: dense [bold]{m['dense']:.2f}[/] -> pruned [bold]{m['pruned']:.2f}[/] "
                   f"({m['pruned'] - m['dense']:+.2f})")
+    for name, kind in result.split.get("perplexity_kinds", {}).items():  # language modelling: say which is which
+        dense, pruned = (m["all"][k][m["split"]][name] for k in ("dense", "pruned"))
+        console.print(f"  {name} ({kind}): dense {dense:.2f} -> pruned {pruned:.2f} ({pruned / dense:.2f}x)")
     if result.cf:
         from synprune.cf.filter import summarize
 
@@ -44,7 +49,7 @@ def prune(
     data: DataOptions,
     sparsity: float = typer.Option(0.5, help="Fraction of the units (--units; default: attention heads) to remove, in [0, 1)."),
     out: Path = typer.Option(Path("runs/prune"), help="Output folder for result.json."),
-    method: str = typer.Option("sap", help="Scoring method (see `synprune methods`)."),
+    method: Optional[str] = typer.Option(None, help="Scoring method (see `synprune methods`); default: the recommended recipe for the model's kind and --units (synprune/run/recipes.py; it says which it ran)."),
     sap: SapOptions = SapOptions(),
     parses: Optional[Path] = typer.Option(None, help="CoNLL-U file: calibrate on its sentences with their gold trees instead of spaCy's parses of TASK (evaluation stays on TASK)."),
     cf: bool = typer.Option(False, "--cf", help="Candidate Filtering: re-check each candidate against the task metric on the calibration split."),

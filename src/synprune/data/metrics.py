@@ -24,7 +24,7 @@ METRICS: dict[str, MetricFn] = {
 
 
 # Metrics where a smaller value is better; every other metric is higher-is-better.
-LOWER_IS_BETTER = frozenset({"perplexity", "kl_to_dense"})
+LOWER_IS_BETTER = frozenset({"perplexity", "window_perplexity", "kl_to_dense"})
 
 
 def higher_is_better(name: str) -> bool:

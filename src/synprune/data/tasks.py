@@ -357,7 +357,7 @@ def align_labels(data: TaskData, config) -> TaskData:
                                label_map={n: by_name[n.lower()] for n in data.label_names})
 
 
-LM_METRICS = ("perplexity",)
+LM_METRICS = ("perplexity", "window_perplexity")  # per sentence (the main one), token windows (evaluation.lm)
 EWT = "ewt"
 EWT_FILES = {"dev": "en_ewt-ud-dev.conllu", "test": "en_ewt-ud-test.conllu"}
 

@@ -50,7 +50,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def _prepared_fingerprint(h, prepared: Prepared) -> None:
-    for kind, batches in (("pairs", prepared.batches), ("sentences", prepared.sentences or [])):
+    for kind, batches in (("pairs", prepared.batches), ("sentences", prepared.sentences or []),
+                          ("windows", prepared.windows or [])):
         for i, b in enumerate(batches):
             h.update(f"{kind}{i}|".encode())
             h.update(b.index.tobytes())

@@ -44,6 +44,8 @@ class Prepared:
     sentences: list[Batch] | None = None
     pairs: np.ndarray | None = None
     reference: np.ndarray | None = None  # the dense model's outputs, for label-free scores (`fidelity`)
+    windows: list[Batch] | None = None  # a causal LM's text as token windows (`lm.Windowing`), for window_perplexity
+    windowing: LM.Windowing | None = None
 
     @property
     def lm(self) -> bool:
@@ -85,10 +87,12 @@ def _token_order(tok, texts: Sequence[str], pairs: Sequence[str] | None, max_len
     return np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
 
 
-def prepare(tm: TaskModel, examples: Sequence[Example], batch_size: int = 64, max_length: int = 128) -> Prepared:
-    """Tokenize once, in length-sorted batches (less padding, faster on CPU)."""
+def prepare(tm: TaskModel, examples: Sequence[Example], batch_size: int = 64, max_length: int = 128,
+            windowing: LM.Windowing | None = None) -> Prepared:
+    """Tokenize once, in length-sorted batches (less padding, faster on CPU). With `windowing`, a causal LM's
+    text is also cut into token windows (`window_perplexity`)."""
     if tm.kind == "lm":
-        return _prepare_lm(tm, examples, min(batch_size, LM.LM_BATCH), max_length)
+        return _prepare_lm(tm, examples, min(batch_size, LM.LM_BATCH), max_length, windowing)
     tok = tm.tokenizer
     kw = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     has_labels = bool(examples) and all(e.label is not None for e in examples)
@@ -121,7 +125,8 @@ def prepare(tm: TaskModel, examples: Sequence[Example], batch_size: int = 64, ma
     return prepared
 
 
-def _prepare_lm(tm: TaskModel, examples: Sequence[Example], batch_size: int, max_length: int) -> Prepared:
+def _prepare_lm(tm: TaskModel, examples: Sequence[Example], batch_size: int, max_length: int,
+                windowing: LM.Windowing | None = None) -> Prepared:
     """A causal LM's batches: the texts (language modelling) or the prompted texts with each label word."""
     tok, prompt = tm.tokenizer, tm.prompt
     texts = [e.text_a if prompt is None else prompt.text(e.text_a, e.text_b) for e in examples]
@@ -136,7 +141,13 @@ def _prepare_lm(tm: TaskModel, examples: Sequence[Example], batch_size: int, max
         choices = LM.choice_inputs(tok, chunk, prompt.words) if prompt is not None else None
         batches.append(Batch(idx, inputs, None, labels, lm=prompt is None, choices=choices))
     labels = np.array([e.label for e in examples], dtype=np.float64) if has_labels else None
-    return Prepared(batches, len(examples), labels)
+    prepared = Prepared(batches, len(examples), labels)
+    if windowing is not None and prompt is None and examples:
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        windows = LM.window_batches(LM.text_windows(tok, texts, windowing), pad)
+        prepared.windows = [Batch(np.arange(0), w, None, None, lm=True) for w in windows]
+        prepared.windowing = windowing
+    return prepared
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -211,11 +222,18 @@ def predict(tm: TaskModel, prepared: Prepared) -> np.ndarray:
     return preds
 
 
+def n_windows(prepared: Prepared) -> int:
+    return sum(len(b.inputs["input_ids"]) for b in prepared.windows or [])
+
+
 @torch.no_grad()
-def lm_perplexity(tm: TaskModel, prepared: Prepared) -> float:
-    """Token-weighted perplexity over every text of `prepared`."""
+def lm_perplexity(tm: TaskModel, prepared: Prepared, name: str = LM.SENTENCE) -> float:
+    """Token-weighted perplexity over every text of `prepared` (`perplexity`), or over its token windows
+    (`window_perplexity`)."""
+    if name == LM.WINDOW and prepared.windows is None:
+        raise SynpruneError("window_perplexity needs the text cut into windows: prepare(..., windowing=lm.Windowing(...))")
     nll, tokens = 0.0, 0
-    for b in prepared.batches:
+    for b in prepared.windows if name == LM.WINDOW else prepared.batches:
         out = outputs(tm, b)
         value, n = LM.token_nll(out, b.inputs["input_ids"].to(out.device), b.inputs["attention_mask"].to(out.device))
         nll, tokens = nll + float(value), tokens + int(n)
@@ -224,7 +242,7 @@ def lm_perplexity(tm: TaskModel, prepared: Prepared) -> float:
 
 def evaluate(tm: TaskModel, prepared: Prepared, metric_names: Sequence[str]) -> dict[str, float]:
     if prepared.lm:
-        return {name: lm_perplexity(tm, prepared) for name in metric_names}
+        return {name: lm_perplexity(tm, prepared, name) for name in metric_names}
     if prepared.reference is not None:
         from synprune.evaluation import fidelity
 

@@ -1,7 +1,14 @@
 """Scoring causal language models: perplexity on text, and zero-shot classification by label-word likelihood.
 
-Perplexity is token-weighted: exp(total negative log-likelihood / predicted tokens) over a whole split, each
-text read after the beginning-of-text token (`models.with_bos`), so its first word is predicted too.
+Perplexity is token-weighted: exp(total negative log-likelihood / predicted tokens). Two kinds, both reported
+for language-modelling tasks (`ewt`, a .txt file):
+- `perplexity` (per sentence): each text of the split read alone after the beginning-of-text token
+  (`model.load.with_bos`), so its first word is predicted too;
+- `window_perplexity` (token windows, how WikiText-2 figures are made): the split's texts joined with newlines,
+  tokenized once and cut into non-overlapping windows of `Windowing.size` tokens, each window the start token
+  followed by `size - 1` text tokens, so every text token is predicted exactly once, from the text before it in
+  its window; at most the first `Windowing.limit` windows. `window_perplexity(model, tokenizer, text)` is the
+  same figure for any model and text.
 
 Zero-shot classification (Brown et al. 2020 style): each example is written into the task's prompt, and the
 predicted label is the one whose label word (e.g. " positive") the model finds most likely after it, summing
@@ -20,6 +27,104 @@ from synprune.devices import input_device
 from synprune.errors import SynpruneError
 
 LM_BATCH = 8  # texts per forward pass: the logits are batch x tokens x vocabulary floats
+WINDOW_TOKENS = 1024  # tokens per forward pass of windows (4 windows of 256)
+SENTENCE, WINDOW = "perplexity", "window_perplexity"  # the two metric names
+KINDS = {SENTENCE: "per sentence: each text alone after the start token, token-weighted",
+         WINDOW: "token windows: the texts joined with newlines, cut into non-overlapping windows of N tokens, "
+                 "the start token first in each, token-weighted"}
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """Token-window perplexity's windows: `size` tokens each (the start token and size - 1 text tokens), at
+    most the first `limit` of them (None: all)."""
+
+    size: int = 256
+    limit: int | None = None
+
+    def __post_init__(self):
+        if self.size < 2:
+            raise SynpruneError(f"--ppl-window {self.size}: a window needs at least 2 tokens (the start token and one to predict)")
+        if self.limit is not None and self.limit < 1:
+            raise SynpruneError(f"--eval-windows {self.limit} must be at least 1 (or left out for every window)")
+
+    def describe(self) -> str:
+        return f"windows of {self.size} tokens, start token first" + (f", first {self.limit}" if self.limit else "")
+
+    def to_json(self) -> dict:
+        return {"size": self.size, "limit": self.limit}
+
+
+def fit_window(size: int, max_positions: int | None) -> int:
+    """The window size a model can read: `size`, or the model's position limit if smaller."""
+    return min(size, max_positions) if max_positions else size
+
+
+def start_id(tok) -> int:
+    """The start token a (`with_bos`) tokenizer puts before every text."""
+    ids = tok("a")["input_ids"]
+    plain = tok("a", add_special_tokens=False)["input_ids"]
+    if len(ids) <= len(plain):
+        raise SynpruneError("the tokenizer adds no start token; wrap it with synprune.model.load.with_bos")
+    return ids[0]
+
+
+def cut_windows(ids: Sequence[int], start: int, windowing: Windowing) -> list[list[int]]:
+    """`ids` cut into consecutive, non-overlapping windows of size - 1 tokens (the last may be shorter), each
+    after `start`; the first `windowing.limit` of them."""
+    step = windowing.size - 1
+    n = -(-len(ids) // step)
+    if windowing.limit is not None:
+        n = min(n, windowing.limit)
+    return [[start, *ids[i * step:(i + 1) * step]] for i in range(n)]
+
+
+def text_windows(tok, texts: Sequence[str], windowing: Windowing) -> list[list[int]]:
+    """The windows of `texts` joined with newlines (one tokenization of the whole text)."""
+    joined = "\n".join(t.strip() for t in texts if t.strip())
+    ids = tok(joined, add_special_tokens=False, verbose=False)["input_ids"]
+    if not ids:
+        raise SynpruneError("no tokens to score: the evaluation texts are empty")
+    return cut_windows(ids, start_id(tok), windowing)
+
+
+def window_batches(windows: Sequence[Sequence[int]], pad: int) -> list[dict[str, torch.Tensor]]:
+    """Windows in batches of about WINDOW_TOKENS tokens, right-padded (only the last window can be shorter)."""
+    per = max(1, WINDOW_TOKENS // max(map(len, windows)))
+    out = []
+    for s in range(0, len(windows), per):
+        chunk = windows[s:s + per]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, w in enumerate(chunk):
+            ids[i, :len(w)] = torch.tensor(w)
+            mask[i, :len(w)] = 1
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+@torch.no_grad()
+def window_perplexity(model: torch.nn.Module, tokenizer, text: str | Sequence[str], window: int = 256,
+                      max_windows: int | None = None) -> dict:
+    """Token-window perplexity of any causal LM on `text` (a string, or texts joined with newlines):
+    non-overlapping windows of `window` tokens (fewer if the model's positions are fewer), the start token
+    first in each (`with_bos`'s: the document separator where the vocabulary has one), at most `max_windows`.
+    Returns {"perplexity", "nll", "tokens", "windows", "window"}; the same figure as `--task ewt`'s
+    `window_perplexity` for the same texts and options."""
+    from synprune.model.load import with_bos
+
+    tok = with_bos(tokenizer)
+    size = fit_window(window, getattr(getattr(model, "config", None), "max_position_embeddings", None))
+    windowing = Windowing(size, max_windows)
+    windows = text_windows(tok, [text] if isinstance(text, str) else list(text), windowing)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    nll, tokens = 0.0, 0
+    for inputs in window_batches(windows, pad):
+        value, n = token_nll(lm_logits(model, inputs), *(inputs[k].to(next(model.parameters()).device)
+                                                          for k in ("input_ids", "attention_mask")))
+        nll, tokens = nll + float(value), tokens + int(n)
+    return {"perplexity": perplexity(nll, tokens), "nll": nll, "tokens": tokens, "windows": len(windows), "window": size}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from synprune.model.masking import neuron_grid
 LABEL_FREE = {"output-fisher", "magnitude", "wanda"}
 PARTNER = {"fisher": "fisher", "kwon": "fisher", "michel": "fisher", "michel-iterative": "fisher",
            "output-fisher": "output-fisher", "sap": "output-fisher", "sapx": "output-fisher",
-           "magnitude": "magnitude", "random": "magnitude"}
+           "magnitude": "magnitude", "random": "magnitude", "recon": "fisher"}
 GRADIENT = {"fisher", "output-fisher"}
 
 

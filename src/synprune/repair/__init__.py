@@ -21,7 +21,7 @@ from synprune.model.masking import UnitMask, mask_from_heads, neuron_grid
 from ..progress import log
 
 Unit = tuple[int, int]
-REPAIRS = ("none", "ls", "bias", "ls+bias")
+REPAIRS = ("none", "ls", "bias", "ls+bias", "refit")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class Repair:
     attn_bias: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (hidden,) added to out_proj's output
     ffn_bias: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (hidden,) added to down's output
     skipped: list[str] = field(default_factory=list)  # ls: sublayers whose solve was rejected (scales left at 1)
+    weights: object = None  # refit: the re-fitted output-projection weights (repair.refit.Refit)
 
     def summary(self) -> dict:
         out: dict = {"kind": self.kind, **({"skipped": list(self.skipped)} if self.skipped else {})}
@@ -52,6 +53,10 @@ class Repair:
                 kept = s[s != 0]
                 if kept.numel():
                     out[name] = {"min": float(kept.min()), "mean": float(kept.mean()), "max": float(kept.max())}
+        if self.weights is not None:
+            from .refit import refit_summary
+
+            out.update(refit_summary(self.weights))
         if self.attn_bias or self.ffn_bias:
             out["bias_norms"] = {"attention": {l: float(v.norm()) for l, v in sorted(self.attn_bias.items())},
                                  "ffn": {l: float(v.norm()) for l, v in sorted(self.ffn_bias.items())}}
@@ -63,12 +68,18 @@ class Repair:
         def grid(t):
             return None if t is None else t.double().tolist()
 
+        if self.weights is not None:  # whole matrices: too large for result.json
+            return {"kind": self.kind, "weights": None, "summary": self.summary()}
+
         return {"kind": self.kind, "head_scales": grid(self.head_scales), "neuron_scales": grid(self.neuron_scales),
                 "attn_bias": {str(l): v.double().tolist() for l, v in sorted(self.attn_bias.items())},
                 "ffn_bias": {str(l): v.double().tolist() for l, v in sorted(self.ffn_bias.items())}}
 
     @classmethod
     def from_json(cls, data: dict) -> "Repair":
+        if data.get("kind") == "refit":
+            raise SynpruneError("a --repair refit run keeps its re-fitted weights in memory only (they are whole "
+                                "matrices): export it with `synprune prune ... --export DIR` in the same run")
         try:
             def grid(x):
                 return None if x is None else torch.tensor(x, dtype=torch.float64)
@@ -98,7 +109,12 @@ def repaired(model: nn.Module, heads: Iterable[Unit] = (), neurons: Iterable[Uni
     """Mask `heads` and `neurons` with `repair` applied (None: plain pruning)."""
     hm, nm = masks(model, heads, neurons, repair)
     hooks = []
+    saved = None
     try:
+        if repair is not None and repair.weights is not None:
+            from .refit import write_refit
+
+            saved = write_refit(model, repair.weights)
         with UnitMask(model, hm, nm) as um:
             if repair is not None:
                 for h in attention_handles(model):
@@ -111,6 +127,10 @@ def repaired(model: nn.Module, heads: Iterable[Unit] = (), neurons: Iterable[Uni
     finally:
         for hook in hooks:
             hook.remove()
+        if saved is not None:
+            from .refit import restore_refit
+
+            restore_refit(model, saved)
 
 
 def _add(vector: torch.Tensor):
@@ -129,6 +149,10 @@ def fold(model: nn.Module, repair: Repair | None) -> None:
     cannot take `bias` and are refused."""
     if repair is None:
         return
+    if repair.weights is not None:
+        from .refit import write_refit
+
+        write_refit(model, repair.weights)
     for h in attention_handles(model):
         kept = h.kept_heads
         if repair.head_scales is not None:
@@ -172,6 +196,10 @@ def make_repair(kind: str, model: nn.Module, inputs: list[dict], heads: list[Uni
         from .ls import LSOptions, least_squares
 
         return least_squares(model, inputs, heads, neurons, options=LSOptions(pooled=pooled, bias=kind == "ls+bias"))
+    if kind == "refit":
+        from .refit import refit_repair
+
+        return refit_repair(model, inputs, heads, neurons)
     if kind == "bias":
         from .bias import bias_compensation
 

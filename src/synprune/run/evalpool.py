@@ -42,7 +42,7 @@ def _cores() -> int:
 
 
 def _init(path: str, splits: dict, batch_size: int, max_length: int, metric_names: Sequence[str],
-          calibration: tuple | None = None) -> None:
+          calibration: tuple | None = None, windowing: dict | None = None) -> None:
     import torch
 
     from synprune.evaluation.evaluate import prepare
@@ -53,7 +53,8 @@ def _init(path: str, splits: dict, batch_size: int, max_length: int, metric_name
     set_quiet(True)
     tm = load_model(path)
     _WORKER.update(tm=tm, metric_names=tuple(metric_names),
-                   prepared={s: prepare(tm, ex, batch_size=batch_size, max_length=max_length) for s, ex in splits.items()},
+                   prepared={s: prepare(tm, ex, batch_size=batch_size, max_length=max_length,
+                                        windowing=(windowing or {}).get(s)) for s, ex in splits.items()},
                    calibration=_calibration(tm, calibration, metric_names))
 
 
@@ -227,7 +228,8 @@ class Evaluations:
         if worker and path is not None:
             try:  # one process runs its jobs in order: _init first
                 pool = _EARLY.pop() if _EARLY else _pool()
-                pool.submit(_init, str(path), splits, batch_size, max_length, self.metric_names, calibration)
+                windowing = {s: p.windowing for s, p in prepared.items()}  # a causal LM's token windows, as here
+                pool.submit(_init, str(path), splits, batch_size, max_length, self.metric_names, calibration, windowing)
                 checked = pool.submit(_fingerprint)
                 self._pool = pool
             except (OSError, RuntimeError) as e:  # no processes here: everything runs in this process

@@ -13,7 +13,7 @@ from synprune.errors import SynpruneError
 from synprune.evaluation.evalcache import cached_dense
 from synprune.evaluation.evaluate import Prepared, evaluate, prepare
 from synprune.methods import HeadScores, get_method, score, unused_options
-from synprune.model.load import TaskModel
+from synprune.model.load import TaskModel, max_positions
 from synprune.progress import log
 from synprune.run.result import PruneResult, versions
 from synprune.selection.select import Selection, group_order, n_to_prune, select
@@ -34,6 +34,14 @@ def refuse_cf_without_labels(data: TaskData, cf: bool) -> None:
     if cf and not data.can_evaluate:
         raise SynpruneError(f"task data {data.source} has no labels: Candidate Filtering checks candidates against "
                             "the task metric; drop --cf (or the +cf methods), or pass --label-col")
+
+
+def refuse_windows_without_text(data: TaskData, cfg: PruneConfig) -> None:
+    """--ppl-window / --eval-windows shape language modelling's token windows; on other tasks they do nothing."""
+    default = PruneConfig()
+    if not data.lm and (cfg.ppl_window != default.ppl_window or cfg.eval_windows != default.eval_windows):
+        raise SynpruneError(f"--ppl-window and --eval-windows apply to language modelling (task ewt or a .txt file), "
+                            f"not to task {data.name}; drop them")
 
 
 def with_reference(tm: TaskModel, prepared: dict, metric_names) -> dict:
@@ -156,6 +164,8 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
           overwrite: bool = False, device_map: str | dict | None = None, max_memory: dict | None = None,
           gguf: str | Path | None = None, gguf_type: str = "f16", **options) -> PruneResult:
     """Prune `sparsity` of the heads of `model` on `task` with `config.method` (default SAP) and score it.
+    `method=None` runs the recommended recipe for the model's kind and units (`synprune.run.recipes`), said in
+    the log and in result.json (details.recipe).
 
     Returns the result; with `out`, also writes DIR/result.json atomically; with `export`, also writes the
     physically pruned model there (reload it with `synprune.load_pruned`); an existing non-empty `export`
@@ -166,6 +176,9 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
     SAP calibrates on that file's sentences and gold trees instead of spaCy's parses of the task's train
     sample; evaluation stays on the task.
     """
+    recipe = None
+    if "method" in options and options["method"] is None:
+        model, recipe, options = recommended_options(model, tokenizer, config, sparsity, options)
     cfg = (config or PruneConfig()).replace(sparsity=sparsity, **options).validate().resolved()
     get_method(cfg.method)  # unknown methods fail before any work
     refuse_unused_options(cfg)
@@ -182,6 +195,7 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         if parses_file is not None and cfg.cf and not data.lm:
             raise SynpruneError("--parses gives unlabeled treebank sentences, but CF scores candidates on labeled data; drop --cf or --parses")
         refuse_cf_without_labels(data, cfg.cf)
+        refuse_windows_without_text(data, cfg)
 
     opened = open_context(model, task, cfg, tokenizer=tokenizer, glue_dir=glue_dir, text_col=text_col,
                           text_pair_col=text_pair_col, label_col=label_col, parses_file=parses_file, check=check,
@@ -191,7 +205,11 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
         from synprune.export.gguf import check_target
 
         check_target(tm.model, gguf, gguf_type, overwrite)  # before the work, not after it
+    if recipe is not None:  # said once the inputs are checked: a refused run prints its one-line error alone
+        log(recipe["said"])
     result = run(opened.ctx, cfg, data, opened.split)
+    if recipe is not None:
+        result.details["recipe"] = recipe
     if export is not None:
         from synprune.export.checkpoint import export_pruned
 
@@ -203,6 +221,23 @@ def prune(model: Any = None, tokenizer: Any = None, task: str | TaskData = "stsb
                             **({"source": {"path": tm.path, "hash": tm.weights_hash}}
                                if gguf is not None and str(tm.path).lower().endswith(".gguf") else {})})
     return result._written(out)  # last: a failed export leaves the previous output set as it was
+
+
+def recommended_options(model: Any, tokenizer: Any, config: PruneConfig | None, sparsity: float,
+                        options: dict) -> tuple[TaskModel, dict, dict]:
+    """No method given: the model (loaded, to know its kind), what the recommended recipe is, and `options`
+    with its method and options (`synprune.run.recipes`)."""
+    from synprune.run.recipes import KIND_NAMES, recommended
+
+    tm = as_task_model(model, tokenizer)
+    options = {k: v for k, v in options.items() if k != "method"}
+    base = (config or PruneConfig()).replace(sparsity=sparsity, **options)
+    recipe = recommended(tm.kind, base.neurons)
+    record = {"said": f"no --method: running the recommended recipe for {KIND_NAMES.get(tm.kind, tm.kind)}s with "
+                      f"--units {base.units}: {recipe.command_line()} (synprune/run/recipes.py)",
+              "recommended": True, "kind": tm.kind, "units": base.units, "spec": recipe.spec,
+              "method": recipe.method, "options": dict(recipe.options)}
+    return tm, record, recipe.apply(options)
 
 
 def rows_cut(tm: TaskModel, split: Split, cfg: PruneConfig) -> dict[str, int]:
@@ -263,6 +298,12 @@ def choose_heads(ctx: Calibration, cfg: PruneConfig) -> Chosen:
     t0 = time.perf_counter()
     scores = score(ctx, cfg)
     notes = run_notes(cfg, scores)
+    if cfg.method == "recon":
+        from synprune.repair.refit import recon_run
+
+        with ctx.timed("select"):
+            selection, repair, cfg, budget = recon_run(ctx, cfg, scores, choose)
+        return Chosen(cfg, scores, selection, [], budget, notes, repair, time.perf_counter() - t0)
     with ctx.timed("select" if not cfg.cf else "cf"):
         selection, cf_log, cfg, budget = choose(ctx, cfg, scores)
     repair = None
@@ -288,13 +329,22 @@ def walked(ctx: Calibration, cfg: PruneConfig, scores: HeadScores, selection: Se
     return Chosen(cfg, scores, selection, cf_log, None, run_notes(cfg, scores), None, seconds)
 
 
+def windowing(tm: TaskModel, cfg: PruneConfig):
+    """Language modelling's token windows (`window_perplexity`): --ppl-window tokens, or the model's limit if
+    smaller; at most --eval-windows of them."""
+    from synprune.evaluation.lm import Windowing, fit_window
+
+    return Windowing(fit_window(cfg.ppl_window, max_positions(tm.model)), cfg.eval_windows)
+
+
 def evaluation_inputs(ctx: Calibration, split: Split) -> dict[str, Prepared]:
-    """The evaluation split(s) tokenized once per context (batches of at least 64), with the dense model's
-    outputs where the metrics score against them."""
+    """The evaluation split(s) tokenized once per context (batches of at least 64; a causal LM's text also in
+    token windows), with the dense model's outputs where the metrics score against them."""
     cfg = ctx.config
+    windows = windowing(ctx.tm, cfg) if ctx.tm.kind == "lm" else None
     with ctx.timed("tokenize"):
         return ctx.memo("eval-prepared", lambda: with_reference(ctx.tm, {
-            s: prepare(ctx.tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length)
+            s: prepare(ctx.tm, ex, batch_size=max(cfg.batch_size, 64), max_length=cfg.max_length, windowing=windows)
             for s, ex in split.evaluation.items()}, ctx.metric_names))
 
 
@@ -325,6 +375,21 @@ def run(ctx: Calibration, cfg: PruneConfig, data: TaskData, split: Split, out: s
     return assemble(ctx, chosen, data, split, dense, pruned, out)
 
 
+def window_record(ctx: Calibration, split: Split) -> dict:
+    """What a language-modelling result says about its two perplexities: each one's kind, the windows per split."""
+    from synprune.evaluation.evaluate import n_windows
+    from synprune.evaluation.lm import KINDS
+
+    if not set(KINDS) & set(ctx.metric_names):
+        return {}
+    prepared = evaluation_inputs(ctx, split)
+    windowing = next(iter(prepared.values())).windowing
+    return {"perplexity_kinds": {k: v.replace("N tokens", f"{windowing.size} tokens") if windowing else v
+                                 for k, v in KINDS.items() if k in ctx.metric_names},
+            **({"windowing": windowing.to_json()} if windowing else {}),
+            **{f"evaluation_{s}_windows": n_windows(p) for s, p in prepared.items() if p.windows is not None}}
+
+
 def assemble(ctx: Calibration, chosen: Chosen, data: TaskData, split: Split, dense: tuple[dict, bool],
              pruned: dict, out: str | Path | None = None) -> PruneResult:
     """The result of one run from its chosen heads and its scores (dense, cached?; pruned), written to `out`."""
@@ -339,6 +404,7 @@ def assemble(ctx: Calibration, chosen: Chosen, data: TaskData, split: Split, den
                "calibration_items": len(ctx.items) if "items" in ctx.__dict__ else None,
                "calibration_rows_cut": ctx.texts.rows_cut if "texts" in ctx.__dict__ else None,
                **{f"evaluation_{s}_rows_cut": n for s, n in ctx.memo("eval-rows-cut", lambda: rows_cut(tm, split, cfg)).items()},
+               **window_record(ctx, split),
                "note": split.note},
         sparsity=cfg.sparsity, n_heads=tm.n_heads, pruned_heads=selection.pruned, removed_layers=selection.removed_layers,
         removed_kv_groups=removed_kv_groups(tm.model, selection.pruned),

@@ -2,18 +2,22 @@
 
 A spec is `KIND:F`, F in [0, 1] the fraction to KEEP:
 - `heads:F`  keeps F of the heads: prunes round((1 - F) * N) heads, exactly like `--sparsity 1-F`;
-- `params:F` keeps at most F of the attention + feed-forward parameters;
+- `params:F` keeps at most F of the model's total parameters, as users count them: embeddings, norms, heads
+  and every other parameter included, tied embeddings once (`CostModel.fixed_params`: what pruning units never
+  removes). Before issue 26 it counted the attention + feed-forward parameters alone; with a config instead
+  of a model (no parameters to count) it still does;
 - `flops:F`  keeps at most F of the attention + feed-forward multiply-accumulates at the task's mean
   sequence length n.
 Costs are per unit (`CostModel`; for encoders they are Kwon et al. 2022's: per head 4*d*dh + 3*dh parameters,
 4*n*d*dh + 2*n*n*dh MACs; per layer feed-forward 2*d*di + di + d parameters, 2*n*d*di MACs). Embeddings, norms,
-pooler and task head are not counted: pruning units does not change them. A layer whose heads all go also saves
+pooler and task head are not counted in flops (pruning units does not change them) but are in params (the
+denominator; they are always kept). A layer whose heads all go also saves
 its out-projection bias (d parameters; bias additions are not MACs).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 from synprune.errors import SynpruneError
@@ -70,15 +74,21 @@ class CostModel:
     out_bias: bool = True
     up_bias: bool = True
     down_bias: bool = True
+    fixed_params: float = 0.0  # parameters no unit removes (embeddings, norms, heads): in the params total
 
     @classmethod
     def from_model(cls, model_or_config: Any) -> "CostModel":
+        """The cost model of a model (its total parameter count included) or of a config (the body alone)."""
         from synprune.arch import get_adapter
 
         s = get_adapter(model_or_config).shape(model_or_config)
-        return cls(n_layers=s.n_layers, n_heads=s.n_heads, hidden=s.hidden, head_dim=s.head_dim,
+        cost = cls(n_layers=s.n_layers, n_heads=s.n_heads, hidden=s.hidden, head_dim=s.head_dim,
                    intermediate=s.intermediate, n_kv=s.n_kv, n_up=s.n_up, qkv_bias=s.qkv_bias, out_bias=s.out_bias,
                    up_bias=s.up_bias, down_bias=s.down_bias)
+        if callable(getattr(model_or_config, "parameters", None)):
+            total = total_parameters(model_or_config)
+            return replace(cost, fixed_params=float(max(0, total - cost.total("params"))))
+        return cost
 
     @property
     def kv(self) -> int:
@@ -130,7 +140,8 @@ class CostModel:
                 + self.layer_bias_cost(kind))
 
     def total(self, kind: str, seq_len: float | None = None) -> float:
-        return self.n_layers * (self.attention_cost(kind, seq_len) + self.ffn_cost(kind, seq_len))
+        body = self.n_layers * (self.attention_cost(kind, seq_len) + self.ffn_cost(kind, seq_len))
+        return body + (self.fixed_params if kind == "params" else 0.0)
 
     def saved(self, pruned: Iterable[Head], kind: str, seq_len: float | None = None,
               layer_fraction: float = 1.0, neurons: Iterable[tuple[int, int]] = ()) -> float:
@@ -155,6 +166,16 @@ class CostModel:
                       layer_fraction: float = 1.0, neurons: Iterable[tuple[int, int]] = ()) -> float:
         total = self.total(kind, seq_len)
         return (total - self.saved(pruned, kind, seq_len, layer_fraction, neurons)) / total
+
+
+def total_parameters(model: Any) -> int:
+    """Every parameter of `model`, a tied (shared) tensor counted once: the number users quote."""
+    seen, n = set(), 0
+    for p in model.parameters():  # parameters() already skips a tied tensor's second name; ids guard the rest
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
 
 
 def mean_sequence_length(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None = None,
@@ -210,7 +231,7 @@ def heads_to_prune(model_or_config: Any, ranked: Sequence[Head], spec: str | Bud
     reach = remaining / total
     raise SynpruneError(
         f"budget {budget.kind}:{budget.keep:g} cannot be met: pruning all {len(ranked)} ranked heads keeps "
-        f"{reach:.4f} of the attention + feed-forward {budget.kind}; use a fraction of at least {math.ceil(reach * 1e4) / 1e4:g}")
+        f"{reach:.4f} of the {'parameters' if budget.kind == 'params' else 'attention + feed-forward flops'}; use a fraction of at least {math.ceil(reach * 1e4) / 1e4:g}")
 
 
 def budget_report(model_or_config: Any, pruned: Iterable[Head], spec: str | Budget,

@@ -25,7 +25,7 @@ from synprune.methods.neurons import GRADIENT, NeuronScores, neuron_scores
 from synprune.selection.search import rearrange, search, unit_costs
 from synprune.selection.select import Selection, n_to_prune, select
 
-SAME_FISHER = {"fisher": ("fisher", "kwon"), "output-fisher": ("output-fisher",)}
+SAME_FISHER = {"fisher": ("fisher", "kwon", "recon"), "output-fisher": ("output-fisher",)}
 
 
 def ascending(values: np.ndarray) -> list[Head]:
