@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, get_type_hints
 
 from .errors import SynpruneError
 
@@ -111,3 +111,23 @@ def owners() -> tuple[type, ...]:
     from synprune.selection import SelectionOptions
 
     return CalibrationOptions, *method_options(), SelectionOptions, CFOptions, RepairOptions, NeuronOptions
+
+
+def coerce_option(key: str, value: Any) -> Any:
+    """An option value given as text (a --grid value, a recipe) or already typed, as the PruneConfig field's type."""
+    kind = get_type_hints(PruneConfig)[key]
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    optional = type(None) in getattr(kind, "__args__", ())
+    if optional and text.lower() == "none":
+        return None
+    base = next((t for t in getattr(kind, "__args__", (kind,)) if t is not type(None)), kind)
+    try:
+        if base is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return base(text)
+    except ValueError:
+        raise SynpruneError(f"--grid {key}: {text!r} is not a valid {base.__name__}") from None

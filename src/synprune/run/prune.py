@@ -13,7 +13,7 @@ from synprune.errors import SynpruneError
 from synprune.evaluation.evalcache import cached_dense
 from synprune.evaluation.evaluate import Prepared, evaluate, prepare
 from synprune.methods import HeadScores, get_method, score, unused_options
-from synprune.model.load import TaskModel, max_positions
+from synprune.model.load import TaskModel, as_task_model, max_positions
 from synprune.progress import log
 from synprune.run.result import PruneResult, versions
 from synprune.selection.select import Selection, group_order, n_to_prune, select

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from synprune.config import PruneConfig
+from synprune.config import PruneConfig, coerce_option
 from synprune.errors import SynpruneError
 
 
@@ -47,8 +47,6 @@ class Recipe:
 
 def parse_recipe(text: str) -> Recipe:
     """`METHOD[/key=value...]` -> Recipe, each value typed as its PruneConfig field."""
-    from synprune.run.sweep import coerce_option
-
     method, *pairs = [p.strip() for p in text.strip().split("/")]
     if not method:
         raise SynpruneError(f"recipe {text!r}: write METHOD[/key=value...], e.g. fisher/repair=ls")

@@ -16,9 +16,9 @@ import re
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, get_type_hints
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from synprune.config import PruneConfig
+from synprune.config import PruneConfig, coerce_option
 from synprune.errors import SynpruneError
 from synprune.io import atomic_write_json, atomic_write_text
 from synprune.methods import SCANS, available, uses
@@ -127,30 +127,6 @@ class SweepResult:
     out: Path | None
     files: dict[str, Path] = field(default_factory=dict)
     breakdown: str = ""  # where the time went, stage by stage (the command prints it at the end)
-
-
-def _field_types() -> dict[str, Any]:
-    return get_type_hints(PruneConfig)
-
-
-def coerce_option(key: str, value: Any) -> Any:
-    """A grid value given as text (or already typed) as the PruneConfig field's type."""
-    kind = _field_types()[key]
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    optional = type(None) in getattr(kind, "__args__", ())
-    if optional and text.lower() == "none":
-        return None
-    base = next((t for t in getattr(kind, "__args__", (kind,)) if t is not type(None)), kind)
-    try:
-        if base is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        return base(text)
-    except ValueError:
-        raise SynpruneError(f"--grid {key}: {text!r} is not a valid {base.__name__}") from None
 
 
 def parse_grid(items: Iterable[str]) -> dict[str, list]:
