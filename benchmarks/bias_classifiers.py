@@ -31,7 +31,7 @@ def main(argv=None) -> None:
 
     from ffn_table import context
     from synprune.model.activations import model_inputs
-    from synprune.evaluation.fidelity import outputs
+    from synprune.evaluation.evaluate import dense_outputs as outputs
     from synprune.io import atomic_write_text
     from synprune.data.metrics import compute
     from synprune.run.prune import choose_heads, evaluation_inputs

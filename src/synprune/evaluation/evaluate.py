@@ -246,7 +246,24 @@ def evaluate(tm: TaskModel, prepared: Prepared, metric_names: Sequence[str]) -> 
     if prepared.reference is not None:
         from synprune.evaluation import fidelity
 
-        return fidelity.compute(metric_names, fidelity.outputs(tm, prepared), prepared.reference)
+        return fidelity.compute(metric_names, dense_outputs(tm, prepared), prepared.reference)
     if prepared.labels is None:
         raise SynpruneError("evaluation needs labels; pass --label-col for a data file")
     return M.compute(metric_names, predict(tm, prepared), prepared.labels)
+
+
+@torch.no_grad()
+def dense_outputs(tm, prepared) -> np.ndarray:
+    """Per example (original order): the mean-pooled embedding(s) of an embedding model, a classifier's logits
+    (what the label-free scores of `fidelity` compare with the dense model's)."""
+    rows: list[np.ndarray | None] = [None] * prepared.n
+    for b in prepared.batches:
+        if tm.kind == "embedding":
+            out = embed(tm, b.inputs)
+            if b.inputs_b is not None:
+                out = torch.cat([out, embed(tm, b.inputs_b)], dim=-1)
+        else:
+            out = outputs(tm, b)
+        for i, row in zip(b.index, out.float().cpu().numpy()):
+            rows[int(i)] = row
+    return np.stack(rows) if rows else np.zeros((0, 0))

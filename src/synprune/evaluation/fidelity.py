@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from synprune.errors import SynpruneError
 
@@ -26,25 +25,6 @@ def metrics_for(kind: str, task_name: str) -> tuple[str, ...]:
         raise SynpruneError(f"task {task_name} has no labels; a {kind} model has no label-free score here: "
                             "pass --label-col, or an embedding model or classifier")
     return BY_KIND[kind]
-
-
-@torch.no_grad()
-def outputs(tm, prepared) -> np.ndarray:
-    """Per example (original order): the mean-pooled embedding(s) of an embedding model, a classifier's logits."""
-    from synprune.evaluation.evaluate import embed
-    from synprune.evaluation.evaluate import outputs as model_outputs
-
-    rows: list[np.ndarray | None] = [None] * prepared.n
-    for b in prepared.batches:
-        if tm.kind == "embedding":
-            out = embed(tm, b.inputs)
-            if b.inputs_b is not None:
-                out = torch.cat([out, embed(tm, b.inputs_b)], dim=-1)
-        else:
-            out = model_outputs(tm, b)
-        for i, row in zip(b.index, out.float().cpu().numpy()):
-            rows[int(i)] = row
-    return np.stack(rows) if rows else np.zeros((0, 0))
 
 
 def compute(names: Sequence[str], out: np.ndarray, reference: np.ndarray) -> dict[str, float]:

@@ -46,11 +46,12 @@ def refuse_windows_without_text(data: TaskData, cfg: PruneConfig) -> None:
 
 def with_reference(tm: TaskModel, prepared: dict, metric_names) -> dict:
     """Label-free runs score against the dense model's outputs, computed here once, before any mask."""
-    from synprune.evaluation.fidelity import NAMES, outputs
+    from synprune.evaluation.evaluate import dense_outputs
+    from synprune.evaluation.fidelity import NAMES
 
     if set(metric_names) <= NAMES:
         for p in prepared.values():
-            p.reference = outputs(tm, p)
+            p.reference = dense_outputs(tm, p)
     return prepared
 
 
