@@ -186,7 +186,7 @@ def test_michel_iterative_starts_with_one_shot_and_rescores_with_heads_masked():
 @pytest.mark.parametrize("method", available())
 def test_prune_runs_with_every_method(method, glue_dir):
     """End to end through `prune` (tests/test_contract.py checks every method's scores and selections)."""
-    budget = {"budget": "flops:0.7"} if method == "kwon" else {}  # kwon searches heads and neurons under a budget
+    budget = {"budget": "flops:0.7"} if method in ("kwon", "recon") else {}  # they prune heads and neurons under a budget
     res = prune(tiny_model("bert"), task="stsb", sparsity=0.5, glue_dir=glue_dir, calib_size=4, method=method, **budget)
     assert res.method == method and res.split["calibration"] == 4 and (budget or len(res.pruned_heads) == 6)
     assert np.asarray(res.head_scores).shape == (3, 4)

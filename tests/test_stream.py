@@ -165,7 +165,7 @@ def test_prune_layerwise_end_to_end(lm_folder, tmp_path):
 
     folder, text = lm_folder
     kw = dict(calib_size=8, eval_size=8, max_length=32, batch_size=4, method="flap", units="heads,neurons",
-              budget="params:0.7", repair="ls")
+              budget="flops:0.7", repair="ls")
     s = prune_layerwise(str(folder), str(text), stream=True, export=tmp_path / "exp", out=tmp_path / "s", **kw)
     m = prune_layerwise(str(folder), str(text), stream=False, out=tmp_path / "m", **kw)
     assert (s.pruned_heads, s.pruned_neurons) == (m.pruned_heads, m.pruned_neurons) and s.pruned_neurons

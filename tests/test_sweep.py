@@ -256,7 +256,8 @@ def test_cli_prune_still_takes_the_shared_options(monkeypatch):
         synprune.cli.main(["prune", "--sparsity", "0.3", "--k", "3", "--threshold", "head-mean", "--calib-size", "9",
                            "--text-col", "t", "-q"])
     assert (seen["sparsity"], seen["k"], seen["threshold"], seen["calib_size"], seen["text_col"]) == (0.3, 3, "head-mean", 9, "t")
-    assert seen["method"] == "sap" and seen["seed"] == 0 and seen["parser"] == "en_core_web_sm"
+    # no --method: the command leaves it to prune(), which runs the recommended recipe (tests/test_recipes.py)
+    assert seen["method"] is None and seen["seed"] == 0 and seen["parser"] == "en_core_web_sm"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -46,9 +46,6 @@ class PruneConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise SynpruneError(f"--{f.name.replace('_', '-')} {value}: give a finite number")
-        if self.ppl_window < 2 or (self.eval_windows is not None and self.eval_windows < 1):
-            raise SynpruneError(f"--ppl-window {self.ppl_window} must be at least 2 tokens and --eval-windows "
-                                f"{self.eval_windows} at least 1 (or left out for every window)")
         if self.units == "kv-groups" and self.cf:
             raise SynpruneError("--units kv-groups prunes whole key/value groups, but CF walks single heads; drop +cf or use --units heads")
         if self.layout == "uniform" and self.cf:

@@ -58,6 +58,20 @@ REFUSED = {
 }
 
 
+def body_share(budget: Budget | None, cost: CostModel) -> Budget | None:
+    """`params:F` keeps F of the model's total parameters, embeddings included; every layer keeps the same share
+    of its own attention + feed-forward parameters, so that share is what the whole-model fraction leaves for the
+    body: (F x total - fixed) / body."""
+    if budget is None or budget.kind != "params" or not cost.fixed_params:
+        return budget
+    body = cost.total("params") - cost.fixed_params
+    keep = (budget.keep * cost.total("params") - cost.fixed_params) / body
+    if keep <= 0:
+        raise SynpruneError(f"budget params:{budget.keep} keeps less than the {cost.fixed_params:,.0f} parameters no unit "
+                            "removes (embeddings, norms): use a larger fraction")
+    return Budget("params", min(1.0, keep))
+
+
 @dataclass(frozen=True)
 class Recipe:
     """What the layer-local recipe does: head and neuron scores (neurons None: heads only), a budget or a
@@ -190,6 +204,7 @@ def prune_layers(source: LayerSource, calib: list[dict], evals: list[dict], reci
                                 f"{adapter.family} models have none there: use --repair ls")
     shape = adapter.shape(model)
     cost = CostModel.from_model(model)
+    layer_budget = body_share(recipe.budget, cost)
     masks = [c.get("attention_mask") for c in calib]
     emasks = [e.get("attention_mask") for e in evals]
     seq_len = float(sum(int(m.sum()) if m is not None else c["input_ids"].numel() for m, c in zip(masks, calib))
@@ -251,7 +266,7 @@ def prune_layers(source: LayerSource, calib: list[dict], evals: list[dict], reci
                 ns = np.full(shape.intermediate, np.inf)
                 ns[ffn.kept] = neuron_scores(recipe.neurons, ffn, ffn_m)
             head_grid[i] = np.where(np.isfinite(hs), hs, 0)
-            ph, pn = select_layer(cost, hs, ns, budget=recipe.budget, sparsity=recipe.sparsity, seq_len=seq_len,
+            ph, pn = select_layer(cost, hs, ns, budget=layer_budget, sparsity=recipe.sparsity, seq_len=seq_len,
                                   same_scale=recipe.heads == recipe.neurons == "layer-fisher")
             vectors = {}
             if recipe.repair == "bias":

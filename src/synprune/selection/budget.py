@@ -175,6 +175,13 @@ def total_parameters(model: Any) -> int:
         if id(p) not in seen:
             seen.add(id(p))
             n += p.numel()
+    # a skeleton not yet tied (the layer-streamed reader's, on the meta device) still shares its output embedding
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "tie_word_embeddings", False) and hasattr(model, "get_output_embeddings"):
+        out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+        if out is not None and inp is not None and out.weight is not inp.weight and out.weight.shape == inp.weight.shape:
+            n -= out.weight.numel()
     return n
 
 

@@ -39,7 +39,7 @@ def select_layer(cost: CostModel, heads: np.ndarray, neurons: np.ndarray | None,
     if budget.kind == "heads":
         raise SynpruneError("the layer-local recipe divides a params:F or flops:F budget over the layers; for a "
                             "fraction of heads pass --sparsity")
-    one = replace(cost, n_layers=1)
+    one = replace(cost, n_layers=1, fixed_params=0.0)  # a layer's share is of its own cost, not the embeddings'
     if ns is None:
         ns = np.zeros((1, 0))
     if same_scale:  # one scale: Kwon et al.'s search trades heads against neurons by their real costs
