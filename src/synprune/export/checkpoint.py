@@ -26,6 +26,7 @@ from synprune import __version__
 from synprune.devices import dispatched, gathered, input_device
 from synprune.arch import head_grid, kv_grid
 from synprune.errors import SynpruneError
+from synprune.selection.budget import total_parameters
 from synprune.io import atomic_write_json, sha256_dir
 from synprune.model.pruned import FORMAT_VERSION, PRUNING_FILE, WEIGHTS_FILE
 from synprune.model.remove import remove_units, validate_heads, validate_neurons
@@ -56,10 +57,6 @@ def auto_class_name(model: nn.Module) -> str | None:
         if value == name or (isinstance(value, (tuple, list)) and name in value):
             return auto
     return None
-
-
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def probe_inputs(model: nn.Module, batch: int = 2, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -129,7 +126,7 @@ def export_pruned(model: nn.Module, tokenizer: Any, pruned: Iterable[tuple[int, 
     source = meta.pop("source", None) or _source(model)
     was_training = model.training
     model.eval()
-    n_dense = _n_params(model)
+    n_dense = total_parameters(model)
     try:
         small, state, max_diff = _slice_checked(model, pruned, neurons, verify, in_place, repair)
     finally:
@@ -194,7 +191,7 @@ def pruning_info(small: nn.Module, state: dict, pruned: list, neurons: list, rep
         "pruned_heads": [list(h) for h in pruned],
         "pruned_neurons": len(neurons),
         "repair": None if repair is None else repair if isinstance(repair, dict) else repair.summary(),
-        "parameters": {"dense": n_dense, "pruned": _n_params(small)},
+        "parameters": {"dense": n_dense, "pruned": total_parameters(small)},
         "verified_max_abs_diff": max_diff,
         "source": source,
         "meta": meta,
