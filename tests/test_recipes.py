@@ -49,3 +49,8 @@ def test_no_method_runs_the_decoder_recipe_and_says_so(tmp_path):
     chosen = prune(tiny_lm(), None, _text(tmp_path), 0.25, method="magnitude", units="heads,neurons",
                    calib_size=4, eval_size=4)
     assert chosen.method == "magnitude" and "recipe" not in chosen.details and chosen.config["repair"] == "none"
+
+
+def test_a_bad_recipe_value_is_named_as_the_recipes():
+    with pytest.raises(SynpruneError, match=r"recipe 'fisher/calib_size=abc': 'abc' is not a valid value for calib_size"):
+        parse_recipe("fisher/calib_size=abc")

@@ -57,7 +57,10 @@ def parse_recipe(text: str) -> Recipe:
         key = key.strip().replace("-", "_")
         if not sep or key not in fields:
             raise SynpruneError(f"recipe {text!r}: {pair!r} is not key=value with key a prune option")
-        options.append((key, coerce_option(key, value)))
+        try:
+            options.append((key, coerce_option(key, value)))
+        except SynpruneError:  # its message names --grid, where most values come from
+            raise SynpruneError(f"recipe {text!r}: {value.strip()!r} is not a valid value for {key}") from None
     return Recipe(method, tuple(options))
 
 
