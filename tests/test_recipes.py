@@ -39,11 +39,12 @@ def test_no_method_runs_the_decoder_recipe_and_says_so(tmp_path):
     from synprune.run.prune import prune
 
     expected = recommended("lm", True)
-    r = prune(tiny_lm(), None, _text(tmp_path), 0.25, method=None, units="heads,neurons", calib_size=4,
-              eval_size=4, out=tmp_path / "p")
+    r = prune(tiny_lm(), None, _text(tmp_path), 0.25, method=None, units="heads,neurons", budget="flops:0.7",
+              calib_size=4, eval_size=4, out=tmp_path / "p")
     saved = json.loads((tmp_path / "p" / "result.json").read_text())
     assert saved["details"]["recipe"]["spec"] == expected.spec and saved["details"]["recipe"]["kind"] == "lm"
-    assert r.method == expected.method and r.config["repair"] == dict(expected.options).get("repair", "none")
+    own = {"recon": "refit", "kwon": "ls"}.get(expected.method, "none")  # methods that always repair
+    assert r.method == expected.method and r.config["repair"] == dict(expected.options).get("repair", own)
     heads_only = prune(tiny_lm(), None, _text(tmp_path), 0.25, method=None, calib_size=4, eval_size=4)
     assert heads_only.method == recommended("lm", False).method
     chosen = prune(tiny_lm(), None, _text(tmp_path), 0.25, method="magnitude", units="heads,neurons",

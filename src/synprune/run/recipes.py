@@ -67,7 +67,7 @@ def parse_recipe(text: str) -> Recipe:
 # (model kind, feed-forward neurons pruned too) -> recipe. The decoder row is the one line to change when the
 # benchmark finds a better one.
 RECOMMENDED: dict[tuple[str, bool], Recipe] = {
-    ("lm", True): Recipe("fisher", (("repair", "ls"),)),
+    ("lm", True): Recipe("recon"),
     ("classifier", True): Recipe("kwon"),
     ("embedding", True): Recipe("output-fisher", (("repair", "bias"),)),
     ("lm", False): Recipe("sap"),
