@@ -289,7 +289,7 @@ def load_cell_model(cell: dict, attn: str):
     if (folder / "model.pt").is_file():
         model = torch.load(folder / "model.pt", weights_only=False)
     else:
-        from synprune.export.checkpoint import load_pruned
+        from synprune.model.pruned import load_pruned
 
         model, _ = load_pruned(folder)
     model.set_attn_implementation(attn)
