@@ -47,7 +47,8 @@ def quality(work: Path, models: list[str]) -> None:
     from synprune.evaluation.evaluate import task_metrics
     from synprune.export.checkpoint import export_pruned
     from synprune.model.load import load_model
-    from synprune.run.prune import dense_scores, model_data, run
+    from synprune.calibrate.context import model_data
+    from synprune.run.prune import dense_scores, run
 
     out_file = work / "quality.json"
     rows = json.loads(out_file.read_text()) if out_file.exists() else []
