@@ -11,7 +11,8 @@ safetensors shards (random weights say nothing about quality, only about memory 
 Every measured run is its own process (`/usr/bin/time -v` style: the child's peak RSS from getrusage), with the
 recipe `flap` heads + `wanda` neurons, `--budget params:0.7`, `--repair none`, EWT sentences (at most 128
 tokens, about 15 on average) for calibration (evaluation on 16 sentences, so that most of the time is the pruning). `--layers K` stops a streamed run
-after K layers (to time a model whose whole run does not fit the time; the table says so where it did).
+after K layers (to time a model whose whole run does not fit the time; the table says so where it did);
+`--export` makes each run write its export as well (measured, then removed).
 A checkpoint is written shard by shard (one layer per shard), never holding the model in memory.
 
 `profile` runs one measured run in this process with a thread sampling the resident memory (VmRSS) every 5 ms,
@@ -90,19 +91,28 @@ def write_checkpoint(folder: Path, name: str) -> Path:
     return out
 
 
-def run_one(model: str, mode: str, calib: int, layers: int | None, out: Path) -> dict:
-    """One run of the recipe, in this process; prints a JSON line with its own measurements."""
+def run_one(model: str, mode: str, calib: int, layers: int | None, out: Path, export: bool = False) -> dict:
+    """One run of the recipe, in this process; prints a JSON line with its own measurements. `export`: the
+    run writes its export too (to OUT-export, measured, then removed)."""
+    import shutil
+
     from synprune.run import stream
 
     if layers:
         stream.STOP_AFTER = layers
     t0 = time.perf_counter()
+    folder = out.with_name(out.name + "-export") if export else None
     result = stream.prune_layerwise(model, "ewt", stream=mode == "stream", calib_size=calib, eval_size=16,
                                     max_length=128, batch_size=8, method="flap", units="heads,neurons",
-                                    budget="params:0.7", out=out)
+                                    budget="params:0.7", out=out, export=folder, overwrite=True)
+    seconds = time.perf_counter() - t0
+    exported = None
+    if folder is not None:
+        exported = sum(f.stat().st_size for f in folder.iterdir()) / 1e9
+        shutil.rmtree(folder)
     d = result.details
     return {"model": model, "mode": mode, "calib": calib, "layers_run": len(d["seconds_per_layer"]),
-            "seconds_per_layer": d["seconds_per_layer"], "seconds": time.perf_counter() - t0,
+            "seconds_per_layer": d["seconds_per_layer"], "seconds": seconds, "export_gb": exported,
             "dense_perplexity": result.metric["dense"], "perplexity": result.metric["pruned"],
             "pruned_heads": len(result.pruned_heads), "pruned_neurons": len(result.pruned_neurons or []),
             "params_kept": (d.get("budget") or {}).get("params_kept"),
@@ -180,11 +190,13 @@ def profile(model: str, mode: str, calib: int) -> str:
     return "\n".join(lines)
 
 
-def measure(model: str, mode: str, calib: int, layers: int | None, scratch: Path) -> dict:
+def measure(model: str, mode: str, calib: int, layers: int | None, scratch: Path, export: bool = False) -> dict:
     out = scratch / f"{Path(model).name}-{mode}-{calib}"
     cmd = [sys.executable, __file__, "run", model, "--mode", mode, "--calib", str(calib), "--out", str(out)]
     if layers:
         cmd += ["--layers", str(layers)]
+    if export:
+        cmd += ["--export"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -219,6 +231,7 @@ def main() -> None:
     r.add_argument("--calib", type=int, default=16)
     r.add_argument("--layers", type=int, default=None)
     r.add_argument("--out", type=Path, default=Path("/tmp/synprune-scale"))
+    r.add_argument("--export", action="store_true", help="write the export too (measured, then removed)")
     f = sub.add_parser("profile")
     f.add_argument("model")
     f.add_argument("--mode", choices=("stream", "memory"), required=True)
@@ -228,6 +241,7 @@ def main() -> None:
     t.add_argument("--modes", default="memory,stream")
     t.add_argument("--calib", default="16,32")
     t.add_argument("--layers", type=int, default=None)
+    t.add_argument("--export", action="store_true", help="each run writes its export too (measured, then removed)")
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if a.cmd == "write":
@@ -238,13 +252,13 @@ def main() -> None:
     elif a.cmd == "profile":
         print(profile(a.model, a.mode, a.calib), flush=True)
     elif a.cmd == "run":
-        print(json.dumps(run_one(a.model, a.mode, a.calib, a.layers, a.out)), flush=True)
+        print(json.dumps(run_one(a.model, a.mode, a.calib, a.layers, a.out, a.export)), flush=True)
     else:
         rows = []
         for model in a.models:
             for mode in a.modes.split(","):
                 for calib in (int(c) for c in a.calib.split(",")):
-                    rows.append(measure(model, mode, calib, a.layers, Path("/tmp/synprune-scale")))
+                    rows.append(measure(model, mode, calib, a.layers, Path("/tmp/synprune-scale"), a.export))
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         print(table(rows))
 

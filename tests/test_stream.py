@@ -66,12 +66,15 @@ def test_dense_perplexity_is_the_models_own(family, tmp_path):
 
 
 @pytest.mark.parametrize("family,repair", [("llama", "bias"), ("qwen2", "ls"), ("gemma3", "none")])
-def test_sharded_export_loads_and_computes_the_recipe(family, repair, tmp_path):
-    """The export (one shard per layer) loads with load_pruned and its perplexity is the recipe's."""
+def test_sharded_export_loads_and_computes_the_recipe(family, repair, tmp_path, monkeypatch):
+    """The export (one shard per layer; the embedding and head written 7 rows at a time) loads with
+    load_pruned and its perplexity is the recipe's."""
+    import synprune.model.layers as layers
     from synprune.evaluation.lm import perplexity, token_nll
     from synprune.model.pruned import load_pruned
     from synprune.export.shards import ShardedExport
 
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 4 * tiny_model(family, "lm").config.hidden_size * 7)
     folder = _saved(family, tmp_path / family)
     source = FileLayers(folder, attn_implementation="eager")
     writer = ShardedExport(tmp_path / "out", source.n_layers + 1)
@@ -253,3 +256,22 @@ def test_a_token_outside_the_embedding_is_one_line(tmp_path):
     bad = [{**CALIB[0], "input_ids": CALIB[0]["input_ids"].clone().fill_(500)}]
     with pytest.raises(SynpruneError, match="outside the 100 rows"):
         prune_layers(FileLayers(folder, attn_implementation="eager"), bad, [], Recipe("flap", None, None, 0.5))
+
+
+def test_save_pieces_writes_what_safetensors_reads(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from synprune.export.shards import save_pieces
+    from synprune.model.layers import Pieces
+
+    whole = {"a": torch.randn(7, 5).to(torch.bfloat16), "b": torch.randn(3), "c": torch.arange(6).reshape(2, 3)}
+    big = torch.randn(10, 4)
+    save_pieces({**whole, "e": Pieces((10, 4), torch.float32, lambda: (big[i:i + 3] for i in range(0, 10, 3)))},
+                tmp_path / "x.safetensors", {"format": "pt"})
+    got = load_file(tmp_path / "x.safetensors")
+    assert all(torch.equal(got[k], v) for k, v in whole.items()) and torch.equal(got["e"], big)
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    with pytest.raises(ValueError, match="bytes"):
+        save_pieces({"e": Pieces((10, 4), torch.float32, lambda: iter([big[:9]]))}, tmp_path / "y.safetensors")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +40,15 @@ def _prefixes(model: nn.Module) -> list[str]:
     """Each layer's parameter-name prefix ("model.layers.3."), found by module identity."""
     names = {id(m): n for n, m in model.named_modules()}
     return [names[id(layer)] + "." for layer in get_adapter(model).layers(model)]
+
+
+class Pieces(NamedTuple):
+    """A tensor given in pieces (for writing, `export.shards.save_pieces`): its shape and dtype, and
+    `pieces()`, its rows in order (tensors of that dtype whose first dimensions add up to shape[0])."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    pieces: Callable[[], Iterator[torch.Tensor]]
 
 
 class LayerSource:
@@ -74,8 +83,9 @@ class LayerSource:
         own (so that a streamed and an in-memory run compute the head from equal tensors alike)."""
         raise NotImplementedError
 
-    def outside_tensors(self) -> dict[str, torch.Tensor]:
-        """The parameters outside the layers as stored (one name per tied group), in `save_dtype`."""
+    def outside_tensors(self) -> dict[str, torch.Tensor | Pieces]:
+        """The parameters outside the layers as stored (one name per tied group), in `save_dtype`: whole, or
+        (from files) a matrix as `Pieces` read a range of rows at a time when written."""
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -287,11 +297,25 @@ class FileLayers(LayerSource):
     def head_rows(self, start: int, stop: int) -> torch.Tensor:
         return _own(self.read(self._name(self.model.get_output_embeddings()), slice(start, stop)).float())
 
-    def outside_tensors(self) -> dict[str, torch.Tensor]:
-        out = {}
+    def _shape(self, name: str) -> tuple[int, ...]:
+        if self.gguf:
+            return tuple(self._gguf_tensors[self._index[name]].shape)
+        from safetensors import safe_open
+
+        with safe_open(self._index[name], "pt") as f:
+            return tuple(f.get_slice(name).get_shape())
+
+    def outside_tensors(self) -> dict[str, torch.Tensor | Pieces]:
+        out: dict[str, torch.Tensor | Pieces] = {}
         for name in self._outside():
             if name in self._index:
-                out[name] = self.read(name).to(self.save_dtype).contiguous()
+                shape = self._shape(name)
+                if len(shape) == 2 and shape[0] > _chunk_rows(shape[1]):  # an embedding, an output head
+                    step = _chunk_rows(shape[1])
+                    out[name] = Pieces(shape, self.save_dtype, lambda name=name, n=shape[0], step=step: (
+                        self.read(name, slice(a, min(n, a + step))).to(self.save_dtype) for a in range(0, n, step)))
+                else:
+                    out[name] = self.read(name).to(self.save_dtype).contiguous()
             elif not self.has(name):
                 raise SynpruneError(f"{self.path} has no tensor {name!r}")
         return out

@@ -36,8 +36,8 @@ from synprune.errors import SynpruneError
 from synprune.evaluation import lm as LM
 from synprune.methods.layerlocal import HEAD_SCORES, NEURON_SCORES, PARTNER, Moments, head_scores, neuron_scores
 from synprune.model.activations import StopForward, Tap
-from synprune.model.layers import (FileLayers, LayerSource, ModelLayers, call_layer, capture, final_logits,
-                                   head_ranges, trim_memory)
+from synprune.model.layers import (FileLayers, LayerSource, ModelLayers, Pieces, call_layer, capture,
+                                   final_logits, head_ranges, trim_memory)
 from synprune.progress import log
 from synprune.repair.layerwise import (LSMoments, add_bias, fit_scales, fold_scales, held_out, pruned_bias)
 from synprune.repair.ls import LSOptions
@@ -316,8 +316,9 @@ def prune_layers(source: LayerSource, calib: list[dict], evals: list[dict], reci
             pruned.set(i, pruned_out)
             epruned.set(i, epruned_out)
             del dense_out, edense_out, pruned_out, epruned_out, targets
-            if write is not None:
-                write(i, {source.prefix(i) + k: v.detach().to(source.save_dtype).contiguous()
+            if write is not None:  # each tensor converted to the checkpoint's dtype as it is written
+                write(i, {source.prefix(i) + k: Pieces(tuple(v.shape), source.save_dtype,
+                                                       lambda v=v: iter([v.detach().to(source.save_dtype)]))
                           for k, v in layer.state_dict().items()})
             source.release(i)
             all_heads += [(i, h) for h in ph]
