@@ -334,7 +334,7 @@ def _chunk_rows(width: int) -> int:
 
 def _own(x: torch.Tensor) -> torch.Tensor:
     """A float32 copy in memory torch allocated (a numpy-backed tensor or a view in, a fresh tensor out)."""
-    return torch.empty(x.shape, dtype=torch.float32).copy_(x)
+    return torch.empty(x.shape, dtype=torch.float32, device=x.device).copy_(x)
 
 
 def head_ranges(source: LayerSource) -> Iterator[tuple[int, int]]:
