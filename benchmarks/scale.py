@@ -129,13 +129,13 @@ def profile(model: str, mode: str, calib: int) -> str:
     import importlib
     import threading
 
-    stages: list[list] = []  # [name, rss at start, peak, rss at end]
+    stages: list[list] = []  # [name, rss at start, peak, rss at end, start time]
 
     def mark(name: str) -> None:
         rss = _rss_mb()
         if stages:
             stages[-1][2], stages[-1][3] = max(stages[-1][2], rss), rss
-        stages.append([name, rss, rss, rss])
+        stages.append([name, rss, rss, rss, time.perf_counter()])
 
     def sample() -> None:
         while True:
@@ -184,9 +184,9 @@ def profile(model: str, mode: str, calib: int) -> str:
     mark("end")
     lines = [f"`python benchmarks/scale.py profile {model} --mode {mode} --calib {calib}`: peak "
              f"{row['peak_rss_mb']:.0f} MB (getrusage)", "",
-             "| stage | RSS at start (MB) | peak in stage (MB) | RSS at end (MB) |", "|---|---:|---:|---:|"]
-    for name, start, peak, end in stages[:-1]:
-        lines.append(f"| {name} | {start:.0f} | {peak:.0f} | {end:.0f} |")
+             "| stage | RSS at start (MB) | peak in stage (MB) | RSS at end (MB) | seconds |", "|---|---:|---:|---:|---:|"]
+    for (name, start, peak, end, t), following in zip(stages, stages[1:]):
+        lines.append(f"| {name} | {start:.0f} | {peak:.0f} | {end:.0f} | {following[4] - t:.1f} |")
     return "\n".join(lines)
 
 

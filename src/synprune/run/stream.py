@@ -339,49 +339,43 @@ def prune_layers(source: LayerSource, calib: list[dict], evals: list[dict], reci
 
 def _perplexities(source: LayerSource, evals: list[dict], streams: list[States]) -> list[float]:
     """Token-weighted perplexity of each stream of last-layer states (dense, pruned): the model's own final
-    norm and head (and e.g. logit soft-capping) run on them one text at a time, over one range of the
-    vocabulary at a time (`head_ranges`: each range of the head's weights read once, for every text of every
-    stream), each text keeping a running log-sum-exp over the ranges and its next tokens' logits, so neither
-    the head nor a text's whole logits are ever in memory."""
-    rows = [(b, r) for b, inputs in enumerate(evals) for r in range(inputs["input_ids"].shape[0])]
-    # per stream and text: running max, sum of exp(logit - max), and the next token's logit, per position
-    runs = [[[None, None, None] for _ in rows] for _ in streams]
+    norm and head (and e.g. logit soft-capping) run on them a batch at a time, over one range of the
+    vocabulary at a time (`head_ranges`: each range of the head's weights read once, for every batch of every
+    stream), each position keeping a running log-sum-exp over the ranges and its next token's logit, so
+    neither the head nor a batch's whole logits are ever in memory."""
+    runs: list[list] = [[None] * len(evals) for _ in streams]  # per stream and batch: (max, sum, target logit)
     for start, stop in head_ranges(source):
         for k, states in enumerate(streams):
-            j = 0
             for b, inputs in enumerate(evals):
-                state = states[b]  # read back once per range where the states were spilled to disk
-                for r in range(state.shape[0]):
-                    _head_range(source.model, {key: v[r:r + 1] for key, v in inputs.items()}, state[r:r + 1],
-                                start, stop, runs[k][j])
-                    j += 1
+                runs[k][b] = _head_range(source.model, inputs, states[b], start, stop, runs[k][b])
     out = []
     for k in range(len(streams)):
         nll, tokens = 0.0, 0
-        for j, (b, r) in enumerate(rows):
-            m, s, t = runs[k][j]
-            real = evals[b]["attention_mask"][r, 1:] != 0
+        for b, inputs in enumerate(evals):
+            m, s, t = runs[k][b]
+            real = inputs["attention_mask"][:, 1:] != 0
             nll, tokens = nll + float((m + torch.log(s) - t)[real].sum()), tokens + int(real.sum())
         out.append(LM.perplexity(nll, tokens))
     return out
 
 
-def _head_range(model, row: dict, state: torch.Tensor, start: int, stop: int, run: list) -> None:
-    """Fold one text's logits over vocabulary range start:stop into its running [max, sum of exp, next token's
-    logit] per position (`_perplexities`)."""
-    logits = final_logits(model, row, state)[0, :-1].double()
+def _head_range(model, inputs: dict, state: torch.Tensor, start: int, stop: int, run):
+    """Fold a batch's logits over vocabulary range start:stop into its running (max, sum of exp(logit - max),
+    next token's logit) per position, float64 (`_perplexities`); `run` None: the first range."""
+    logits = final_logits(model, inputs, state)[:, :-1]
     top = logits.max(-1).values
-    total = torch.exp(logits - top[:, None]).sum(-1)
-    targets = row["input_ids"][0, 1:]
-    inside = (targets >= start) & (targets < stop)
-    m, s, t = run
-    if m is None:
+    total = (logits - top[..., None]).exp_().sum(-1, dtype=torch.float64)
+    top = top.double()
+    if run is None:
         m, s, t = top, total, torch.zeros_like(top)
     else:
+        m, s, t = run
         new = torch.maximum(m, top)
         m, s = new, s * torch.exp(m - new) + total * torch.exp(top - new)
-    t[inside] = logits[inside.nonzero()[:, 0], targets[inside] - start]
-    run[:] = [m, s, t]
+    targets = inputs["input_ids"][:, 1:]
+    at = ((targets >= start) & (targets < stop)).nonzero(as_tuple=True)
+    t[at] = logits[at[0], at[1], targets[at] - start].double()
+    return m, s, t
 
 
 def _source_and_model(model: Any, stream: bool):
