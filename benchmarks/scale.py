@@ -7,6 +7,7 @@ safetensors shards (random weights say nothing about quality, only about memory 
     python benchmarks/scale.py run MODEL --mode stream|memory [--calib N] [--layers K]  # one measured run
     python benchmarks/scale.py table DIR [--shapes ...] [--calib 16,32] > benchmarks/results/scale.md
     python benchmarks/scale.py profile MODEL --mode stream|memory [--calib N]   # where the peak comes from
+    python benchmarks/scale.py parts      # what single pieces cost (gguf's reader, scipy, a tokenizer copy)
 
 Every measured run is its own process (`/usr/bin/time -v` style: the child's peak RSS from getrusage), with the
 recipe `flap` heads + `wanda` neurons, `--budget params:0.7`, `--repair none`, EWT sentences (at most 128
@@ -219,6 +220,37 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PARTS = {  # what one piece of a run costs: (setup, the piece), each pair in a fresh process
+    "gguf.GGUFReader(SmolLM2's file), held": ("import gguf, torch, transformers", "r = gguf.GGUFReader(path)"),
+    "model.gguf_file.GGUFFile(the same file), held": (
+        "import gguf, torch, transformers; from synprune.model.gguf_file import GGUFFile", "r = GGUFFile(path)"),
+    "scipy.stats + sklearn.metrics, imported after transformers' model code and synprune.run.stream": (
+        "import torch, transformers, transformers.modeling_utils, synprune.run.stream",
+        "import scipy.stats, sklearn.metrics"),
+    "SmolLM2's tokenizer, deep-copied (with_bos before)": (
+        "import copy, torch, transformers; t = transformers.AutoTokenizer.from_pretrained(str(path.parent), "
+        "gguf_file=path.name)", "u = copy.deepcopy(t)"),
+}
+
+
+def parts() -> str:
+    """`PARTS`, each measured in its own process: resident memory before, peak during, and after (held)."""
+    code = ("import sys\nfrom synprune.model.load import smollm2_path\npath = smollm2_path()\n"
+            "def rss(k):\n    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(k)) / 1024\n"
+            "exec(sys.argv[1])\nimport gc; gc.collect()\nbefore = rss('VmRSS')\n"
+            "open('/proc/self/clear_refs', 'w').write('5')\nexec(sys.argv[2])\n"
+            "print(before, rss('VmHWM'), rss('VmRSS'))\n")
+    lines = ["| piece | RSS before (MB) | peak (MB) | after, held (MB) | cost held (MB) |", "|---|---:|---:|---:|---:|"]
+    for name, (setup, piece) in PARTS.items():
+        out = subprocess.run([sys.executable, "-c", code, setup, piece], capture_output=True, text=True)
+        if out.returncode:
+            lines.append(f"| {name} | failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:80]} | | | |")
+            continue
+        before, peak, after = map(float, out.stdout.split()[-3:])
+        lines.append(f"| {name} | {before:.0f} | {peak:.0f} | {after:.0f} | {after - before:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -232,6 +264,7 @@ def main() -> None:
     r.add_argument("--layers", type=int, default=None)
     r.add_argument("--out", type=Path, default=Path("/tmp/synprune-scale"))
     r.add_argument("--export", action="store_true", help="write the export too (measured, then removed)")
+    sub.add_parser("parts")
     f = sub.add_parser("profile")
     f.add_argument("model")
     f.add_argument("--mode", choices=("stream", "memory"), required=True)
@@ -249,6 +282,8 @@ def main() -> None:
             t0 = time.perf_counter()
             path = write_checkpoint(a.dir, name)
             print(f"{path}: written in {time.perf_counter() - t0:.0f} s", flush=True)
+    elif a.cmd == "parts":
+        print(parts(), flush=True)
     elif a.cmd == "profile":
         print(profile(a.model, a.mode, a.calib), flush=True)
     elif a.cmd == "run":

@@ -1,9 +1,10 @@
 """A GGUF file's metadata and tensor table, read without holding more than the values themselves.
 
 `gguf.GGUFReader` turns every element of every metadata array into numpy views (a 49152-token vocabulary and
-its merges: about 160 MB of small objects for SmolLM2's 98 MB file), and transformers reads a GGUF config
-through it. `GGUFFile` parses the same header with `struct` into plain Python values (a few MB) and keeps the
-tensors' places in a memory map: a tensor, or a range of its rows, is read (and dequantized) only when asked.
+its merges: 159 MB of small objects for SmolLM2's 98 MB file, `benchmarks/scale.py parts`), and transformers
+reads a GGUF config through it. `GGUFFile` parses the same header with `struct` into plain Python values (14
+MB) and keeps where each tensor is: a tensor, or a range of its rows, is read from the file (and dequantized
+by the caller) only when asked.
 
 `lean_config_reader()` lets transformers' own GGUF config parsing (`load_gguf_checkpoint`, used by
 `AutoConfig` and `AutoTokenizer` for the architectures its faster reader does not cover) read a `GGUFFile`

@@ -382,9 +382,9 @@ def return_freed_memory() -> None:
     """Ask glibc to give freed memory back to the system promptly, for the rest of the process (elsewhere:
     nothing). By default glibc raises its threshold for mapping a block on its own to the largest block freed
     so far (up to 32 MB), so a layer's weights and activations, once freed, make every later block of that
-    size come from the heap, where freed memory stays resident (SmolLM2 streamed: ~90 MB per layer above
-    what is live). Fixed at 128 KB (glibc's starting value), blocks of that size or more are mapped and
-    unmapped on their own, for a little more time a layer (benchmarks/results/scale.md)."""
+    size come from the heap, where freed memory stays resident, growing from layer to layer. Fixed at 128
+    KB (glibc's starting value), blocks of that size or more are mapped and unmapped on their own, for a
+    little more time a layer."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
