@@ -2,6 +2,8 @@
 each metric's direction."""
 from __future__ import annotations
 
+import copy
+
 import math
 
 import numpy as np
@@ -89,6 +91,8 @@ def test_with_bos_starts_every_text_with_a_special_token_once():
     assert enc.sequence_ids(0)[0] is None
     assert with_bos(tok) is tok  # already starts with it: unchanged
     assert smollm2_tokenizer()("a")["input_ids"] != tok("a")["input_ids"]  # the original is not modified
+    own = copy.deepcopy(smollm2_tokenizer())  # not the cached one
+    assert with_bos(own, copy=False) is own and own("a")["input_ids"] == tok("a")["input_ids"]  # changed in place
 
 
 def _manual_nll(model, ids: list[int]) -> tuple[float, int]:

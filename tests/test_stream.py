@@ -66,12 +66,15 @@ def test_dense_perplexity_is_the_models_own(family, tmp_path):
 
 
 @pytest.mark.parametrize("family,repair", [("llama", "bias"), ("qwen2", "ls"), ("gemma3", "none")])
-def test_sharded_export_loads_and_computes_the_recipe(family, repair, tmp_path):
-    """The export (one shard per layer) loads with load_pruned and its perplexity is the recipe's."""
+def test_sharded_export_loads_and_computes_the_recipe(family, repair, tmp_path, monkeypatch):
+    """The export (one shard per layer; the embedding and head written 7 rows at a time) loads with
+    load_pruned and its perplexity is the recipe's."""
+    import synprune.model.layers as layers
     from synprune.evaluation.lm import perplexity, token_nll
     from synprune.model.pruned import load_pruned
     from synprune.export.shards import ShardedExport
 
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 4 * tiny_model(family, "lm").config.hidden_size * 7)
     folder = _saved(family, tmp_path / family)
     source = FileLayers(folder, attn_implementation="eager")
     writer = ShardedExport(tmp_path / "out", source.n_layers + 1)
@@ -198,3 +201,77 @@ def test_export_command_refuses_a_layerwise_result(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["export", str(tmp_path / "result.json"), "--out", str(tmp_path / "x")])
     assert exc.value.code == 2 and "--export" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_small_ranges_of_embedding_and_head_agree(family, tmp_path, monkeypatch):
+    """With the embedding and the output head read a few rows at a time (`CHUNK_BYTES` of 7 rows: many
+    ranges, the last one short), streamed and in-memory runs still agree bit for bit, the dense perplexity
+    is still the model's own, and the streamed model held only the embedding rows of the tokens it saw."""
+    import synprune.model.layers as layers
+    from synprune.evaluation.lm import perplexity, token_nll
+
+    folder = _saved(family, tmp_path / family)
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 4 * tiny_model(family, "lm").config.hidden_size * 7)
+    source = FileLayers(folder, attn_implementation="eager")
+    seen = {}
+    load = source.load_outside
+
+    def spy(which, tokens=None):
+        load(which, tokens)
+        if which == "input":
+            seen["rows"] = source.model.get_input_embeddings().weight.shape[0]
+    source.load_outside = spy
+    recipe = _recipe(family, "ls")
+    streamed = prune_layers(source, CALIB, EVALS, recipe)
+    whole = _loaded(folder)
+    memory = prune_layers(ModelLayers(whole), CALIB, EVALS, recipe)
+    assert "forward" not in vars(whole.get_output_embeddings())  # the head is the model's own again
+    assert (streamed.pruned_heads, streamed.pruned_neurons, streamed.metrics) == \
+        (memory.pruned_heads, memory.pruned_neurons, memory.metrics)
+    used = torch.unique(torch.cat([b["input_ids"].reshape(-1) for b in CALIB + EVALS]))
+    assert seen["rows"] == len(used) < source.model.config.vocab_size
+    assert "forward" not in vars(source.model.get_input_embeddings())  # the lookup is the model's own again
+    dense = prune_layers(FileLayers(folder, attn_implementation="eager"), CALIB, EVALS, Recipe("flap", None, None, 0.0))
+    model, nll, n = _loaded(folder), 0.0, 0
+    with torch.no_grad():
+        for b in EVALS:
+            v, c = token_nll(model(**b).logits, b["input_ids"], b["attention_mask"])
+            nll, n = nll + float(v), n + int(c)
+    assert dense.metrics["dense"] == pytest.approx(perplexity(nll, n), rel=1e-5)
+
+
+def test_the_streamed_run_imports_no_scipy():
+    """Perplexity needs neither scipy nor scikit-learn (about 40 MB resident once imported)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, synprune.run.stream, synprune.evaluation.evaluate, synprune.run.prune; "
+            "sys.exit(any(m.split('.')[0] in ('scipy', 'sklearn') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_token_outside_the_embedding_is_one_line(tmp_path):
+    folder = _saved("llama", tmp_path / "l")
+    bad = [{**CALIB[0], "input_ids": CALIB[0]["input_ids"].clone().fill_(500)}]
+    with pytest.raises(SynpruneError, match="outside the 100 rows"):
+        prune_layers(FileLayers(folder, attn_implementation="eager"), bad, [], Recipe("flap", None, None, 0.5))
+
+
+def test_save_pieces_writes_what_safetensors_reads(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from synprune.export.shards import save_pieces
+    from synprune.model.layers import Pieces
+
+    whole = {"a": torch.randn(7, 5).to(torch.bfloat16), "b": torch.randn(3), "c": torch.arange(6).reshape(2, 3)}
+    big = torch.randn(10, 4)
+    save_pieces({**whole, "e": Pieces((10, 4), torch.float32, lambda: (big[i:i + 3] for i in range(0, 10, 3)))},
+                tmp_path / "x.safetensors", {"format": "pt"})
+    got = load_file(tmp_path / "x.safetensors")
+    assert all(torch.equal(got[k], v) for k, v in whole.items()) and torch.equal(got["e"], big)
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    with pytest.raises(ValueError, match="bytes"):
+        save_pieces({"e": Pieces((10, 4), torch.float32, lambda: iter([big[:9]]))}, tmp_path / "y.safetensors")

@@ -9,17 +9,29 @@ import warnings
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics as skm
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
+
+def _skm():
+    # imported when a metric needs it: 38 MB with scipy (benchmarks/scale.py parts), which perplexity never needs
+    from sklearn import metrics
+
+    return metrics
+
+
+def _stats():
+    from scipy import stats
+
+    return stats
+
+
 METRICS: dict[str, MetricFn] = {
-    "accuracy": lambda p, y: float(skm.accuracy_score(y, p)),
-    "f1": lambda p, y: float(skm.f1_score(y, p)),
-    "matthews": lambda p, y: float(skm.matthews_corrcoef(y, p)),
-    "pearson": lambda p, y: float(stats.pearsonr(p, y)[0]),
-    "spearman": lambda p, y: float(stats.spearmanr(p, y)[0]),
+    "accuracy": lambda p, y: float(_skm().accuracy_score(y, p)),
+    "f1": lambda p, y: float(_skm().f1_score(y, p)),
+    "matthews": lambda p, y: float(_skm().matthews_corrcoef(y, p)),
+    "pearson": lambda p, y: float(_stats().pearsonr(p, y)[0]),
+    "spearman": lambda p, y: float(_stats().spearmanr(p, y)[0]),
 }
 
 
@@ -51,7 +63,7 @@ def compute(names: Sequence[str], predictions: Sequence, labels: Sequence) -> di
     out = {}
     for name in names:
         with warnings.catch_warnings():  # constant input is handled here (0), and common under heavy pruning
-            warnings.simplefilter("ignore", stats.ConstantInputWarning)
+            warnings.simplefilter("ignore", _stats().ConstantInputWarning)
             value = METRICS[name](p, y) if len(p) else float("nan")
         out[name] = 0.0 if value != value and len(p) else 100.0 * value
     return out

@@ -11,7 +11,9 @@ For each layer i, with only layer i's weights in memory (float32; the checkpoint
 4. run the pruned layer on the pruned model's hidden states, and both layers on the evaluation texts;
 5. write the pruned layer into the export (one safetensors shard per layer) and drop it.
 Hidden states live in memory up to a bound and on disk beyond it (`States`). Perplexity of the dense and the
-pruned model comes out of the same pass: the model's final norm and head read the carried states.
+pruned model comes out of the same pass: the model's final norm and head read the carried states, the head one
+range of vocabulary rows at a time (`_perplexities`), as the first layer's inputs come from the embedding rows
+of the tokens used only; neither the embedding nor the head is ever whole in memory (`FileLayers`).
 
 Which methods can stream, and why the others cannot: `STREAMABLE`, `REFUSED` (docs/big-models.md).
 """
@@ -34,7 +36,8 @@ from synprune.errors import SynpruneError
 from synprune.evaluation import lm as LM
 from synprune.methods.layerlocal import HEAD_SCORES, NEURON_SCORES, PARTNER, Moments, head_scores, neuron_scores
 from synprune.model.activations import StopForward, Tap
-from synprune.model.layers import FileLayers, LayerSource, ModelLayers, call_layer, capture, final_logits
+from synprune.model.layers import (FileLayers, LayerSource, ModelLayers, Pieces, call_layer, capture,
+                                   final_logits, head_ranges, trim_memory)
 from synprune.progress import log
 from synprune.repair.layerwise import (LSMoments, add_bias, fit_scales, fold_scales, held_out, pruned_bias)
 from synprune.repair.ls import LSOptions
@@ -210,7 +213,7 @@ def prune_layers(source: LayerSource, calib: list[dict], evals: list[dict], reci
     seq_len = float(sum(int(m.sum()) if m is not None else c["input_ids"].numel() for m, c in zip(masks, calib))
                     / max(1, sum(len(c["input_ids"]) for c in calib)))
     # the arguments each layer is called with, and the first layer's inputs
-    source.load_outside("input")
+    source.load_outside("input", tokens=torch.cat([c["input_ids"].reshape(-1) for c in calib + evals]))
     calls, first = [], []
     for inputs in calib + evals:
         h0, per_layer = capture(model, inputs)
@@ -313,8 +316,9 @@ def prune_layers(source: LayerSource, calib: list[dict], evals: list[dict], reci
             pruned.set(i, pruned_out)
             epruned.set(i, epruned_out)
             del dense_out, edense_out, pruned_out, epruned_out, targets
-            if write is not None:
-                write(i, {source.prefix(i) + k: v.detach().to(source.save_dtype).contiguous()
+            if write is not None:  # each tensor converted to the checkpoint's dtype as it is written
+                write(i, {source.prefix(i) + k: Pieces(tuple(v.shape), source.save_dtype,
+                                                       lambda v=v: iter([v.detach().to(source.save_dtype)]))
                           for k, v in layer.state_dict().items()})
             source.release(i)
             all_heads += [(i, h) for h in ph]
@@ -325,7 +329,7 @@ def prune_layers(source: LayerSource, calib: list[dict], evals: list[dict], reci
         metrics = {}
         if evals and len(seconds) == source.n_layers:
             source.load_outside("output")
-            metrics = {"dense": _perplexity(model, evals, edense), "pruned": _perplexity(model, evals, epruned)}
+            metrics = dict(zip(("dense", "pruned"), _perplexities(source, evals, [edense, epruned])))
             source.release_outside()
     finally:
         if folder is not None:
@@ -333,18 +337,45 @@ def prune_layers(source: LayerSource, calib: list[dict], evals: list[dict], reci
     return LayerwiseRun(sorted(all_heads), sorted(all_neurons), head_grid, metrics, seconds, notes, folder is not None, seq_len)
 
 
-def _perplexity(model, evals: list[dict], states: States) -> float:
-    """Token-weighted perplexity from the last layer's states, one text at a time (a text's logits are
-    tokens x vocabulary floats; a batch's would dominate the memory of a small model)."""
-    nll, tokens = 0.0, 0
-    for b, inputs in enumerate(evals):
-        state = states[b]
-        for r in range(state.shape[0]):
-            row = {k: v[r:r + 1] for k, v in inputs.items()}
-            logits = final_logits(model, row, state[r:r + 1])
-            value, count = LM.token_nll(logits, row["input_ids"], row["attention_mask"])
-            nll, tokens = nll + float(value), tokens + int(count)
-    return LM.perplexity(nll, tokens)
+def _perplexities(source: LayerSource, evals: list[dict], streams: list[States]) -> list[float]:
+    """Token-weighted perplexity of each stream of last-layer states (dense, pruned): the model's own final
+    norm and head (and e.g. logit soft-capping) run on them a batch at a time, over one range of the
+    vocabulary at a time (`head_ranges`: each range of the head's weights read once, for every batch of every
+    stream), each position keeping a running log-sum-exp over the ranges and its next token's logit, so
+    neither the head nor a batch's whole logits are ever in memory."""
+    runs: list[list] = [[None] * len(evals) for _ in streams]  # per stream and batch: (max, sum, target logit)
+    for start, stop in head_ranges(source):
+        for k, states in enumerate(streams):
+            for b, inputs in enumerate(evals):
+                runs[k][b] = _head_range(source.model, inputs, states[b], start, stop, runs[k][b])
+    out = []
+    for k in range(len(streams)):
+        nll, tokens = 0.0, 0
+        for b, inputs in enumerate(evals):
+            m, s, t = runs[k][b]
+            real = inputs["attention_mask"][:, 1:] != 0
+            nll, tokens = nll + float((m + torch.log(s) - t)[real].sum()), tokens + int(real.sum())
+        out.append(LM.perplexity(nll, tokens))
+    return out
+
+
+def _head_range(model, inputs: dict, state: torch.Tensor, start: int, stop: int, run):
+    """Fold a batch's logits over vocabulary range start:stop into its running (max, sum of exp(logit - max),
+    next token's logit) per position, float64 (`_perplexities`); `run` None: the first range."""
+    logits = final_logits(model, inputs, state)[:, :-1]
+    top = logits.max(-1).values
+    total = (logits - top[..., None]).exp_().sum(-1, dtype=torch.float64)
+    top = top.double()
+    if run is None:
+        m, s, t = top, total, torch.zeros_like(top)
+    else:
+        m, s, t = run
+        new = torch.maximum(m, top)
+        m, s = new, s * torch.exp(m - new) + total * torch.exp(top - new)
+    targets = inputs["input_ids"][:, 1:]
+    at = ((targets >= start) & (targets < stop)).nonzero(as_tuple=True)
+    t[at] = logits[at[0], at[1], targets[at] - start].double()
+    return m, s, t
 
 
 def _source_and_model(model: Any, stream: bool):
@@ -361,6 +392,7 @@ def _source_and_model(model: Any, stream: bool):
     import transformers
 
     from synprune.io import sha256_dir, sha256_file
+    from synprune.model.gguf_file import lean_config_reader
 
     name, path, local = _resolve(model)
     if not local:
@@ -368,12 +400,16 @@ def _source_and_model(model: Any, stream: bool):
     source = FileLayers(path)
     p = Path(path)
     try:
-        tok = (transformers.AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name) if source.gguf
-               else transformers.AutoTokenizer.from_pretrained(path))
+        if source.gguf:
+            with lean_config_reader():  # transformers would parse the file's metadata into numpy views
+                tok = transformers.AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+        else:
+            tok = transformers.AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise SynpruneError(f"could not load the tokenizer of {name}: {str(e).splitlines()[0]}") from None
+    trim_memory()  # what parsing the tokenizer freed
     weights = sha256_file(path) if p.is_file() else sha256_dir(path)
-    return source, TaskModel(source.model, with_bos(tok), "lm", name, path, weights)
+    return source, TaskModel(source.model, with_bos(tok, copy=False), "lm", name, path, weights)
 
 
 def prune_layerwise(model: Any = None, task: str = "ewt", *, stream: bool = True, config: PruneConfig | None = None,
@@ -406,7 +442,7 @@ def prune_layerwise(model: Any = None, task: str = "ewt", *, stream: bool = True
     split = make_split(data, cfg.calib_size, cfg.seed, cfg.eval_size)
     main_split = next(iter(split.evaluation))
     calib = [dict(b.inputs) for b in prepare(tm, split.calibration, cfg.batch_size, cfg.max_length).batches]
-    evals = [dict(b.inputs) for b in prepare(tm, split.evaluation[main_split], 64, cfg.max_length).batches]
+    evals = [dict(b.inputs) for b in prepare(tm, split.evaluation[main_split], cfg.batch_size, cfg.max_length).batches]
     key = sha256_texts([str(tm.weights_hash), str(recipe.to_json()),
                         *(str(c["input_ids"].tolist()) for c in calib + evals)])[:24]
     n_dense = sum(p.numel() for p in tm.model.parameters())
