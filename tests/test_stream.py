@@ -275,3 +275,24 @@ def test_save_pieces_writes_what_safetensors_reads(tmp_path):
         assert f.metadata() == {"format": "pt"}
     with pytest.raises(ValueError, match="bytes"):
         save_pieces({"e": Pieces((10, 4), torch.float32, lambda: iter([big[:9]]))}, tmp_path / "y.safetensors")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_params_budget_is_reported_of_the_whole_model(lm_folder, tmp_path, stream):
+    """`params:F` is F of the TOTAL parameters (embeddings included): the result's params_kept is what the
+    exported model really keeps of the dense one, in both modes (the streamed skeleton holds only some
+    embedding rows, so its own parameter count is not the model's)."""
+    from synprune.model.load import load_model
+    from synprune.run.stream import prune_layerwise
+    from synprune.selection.budget import total_parameters
+
+    folder, text = lm_folder
+    model = load_model(str(folder)).model
+    dense, body = total_parameters(model), CostModel.from_model(model.config).total("params")
+    F = round(1 - 0.3 * body / dense, 6)  # 30% of the body: embeddings are most of a tiny model
+    r = prune_layerwise(str(folder), str(text), stream=stream, export=tmp_path / "exp", out=tmp_path / "o",
+                        calib_size=8, eval_size=8, max_length=32, batch_size=4, method="flap",
+                        units="heads,neurons", budget=f"params:{F}", repair="none")
+    kept = total_parameters(load_model(str(tmp_path / "exp")).model) / dense
+    assert kept <= F + 1e-3 and kept < 1 - 0.2 * body / dense
+    assert r.details["budget"]["params_kept"] == pytest.approx(kept, abs=2e-3) and r.details["budget"]["met"]

@@ -157,6 +157,7 @@ class LayerwiseRun:
     notes: list[str] = field(default_factory=list)
     spilled: bool = False
     seq_len: float = 0.0  # mean real tokens per calibration text (the n of a flops budget)
+    cost: CostModel | None = None  # the costs the budget was met under (the whole model's parameters counted)
 
 
 def peak_rss_mb() -> float:
@@ -334,7 +335,8 @@ def prune_layers(source: LayerSource, calib: list[dict], evals: list[dict], reci
     finally:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
-    return LayerwiseRun(sorted(all_heads), sorted(all_neurons), head_grid, metrics, seconds, notes, folder is not None, seq_len)
+    return LayerwiseRun(sorted(all_heads), sorted(all_neurons), head_grid, metrics, seconds, notes, folder is not None, seq_len,
+                        cost)
 
 
 def _perplexities(source: LayerSource, evals: list[dict], streams: list[States]) -> list[float]:
@@ -457,7 +459,8 @@ def prune_layerwise(model: Any = None, task: str = "ewt", *, stream: bool = True
         state = pruning_state(tm.model)
         budget = None
         if recipe.budget is not None:
-            budget = budget_report(tm.model, run.pruned_heads, cfg.budget, run.seq_len, neurons=run.pruned_neurons)
+            budget = budget_report(run.cost or tm.model, run.pruned_heads, cfg.budget, run.seq_len,
+                                   neurons=run.pruned_neurons)
         mode = "stream" if stream else "memory"
         details = {"layerwise": mode, "recipe": recipe.to_json(), "source": source.describe(),
                    "seconds_per_layer": [round(s, 3) for s in run.seconds_per_layer],

@@ -244,9 +244,9 @@ def heads_to_prune(model_or_config: Any, ranked: Sequence[Head], spec: str | Bud
 def budget_report(model_or_config: Any, pruned: Iterable[Head], spec: str | Budget,
                   mean_seq_len: float | None = None, neurons: Iterable[tuple[int, int]] = ()) -> dict[str, Any]:
     """What a selection keeps (fraction of heads, parameters and, with a sequence length, FLOPs) and whether
-    that meets the budget. `pruned` lists every removed head (a removed layer's heads all appear)."""
+    that meets the budget, for a model, a config or a CostModel. `pruned` lists every removed head (a removed layer's heads all appear)."""
     budget = spec if isinstance(spec, Budget) else parse_budget(spec)
-    cost = CostModel.from_model(model_or_config)
+    cost = model_or_config if isinstance(model_or_config, CostModel) else CostModel.from_model(model_or_config)
     pruned = sorted({(int(l), int(h)) for l, h in pruned})
     kinds = ("heads", "params") + (("flops",) if mean_seq_len else ())
     neurons = sorted({(int(l), int(i)) for l, i in neurons})
