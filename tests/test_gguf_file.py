@@ -1,7 +1,7 @@
 """Reading a GGUF file without gguf.GGUFReader's numpy views (synprune.model.gguf_file): the same metadata
 values, tensors and row ranges as gguf's reader, the same config and tokenizer through transformers, and a
 GGUF model streamed layer by layer prunes and scores as the same file loaded whole (the families whose GGUF
-config transformers reads whole; Qwen3's lacks its head_dim, which `export.gguf.gguf_config` fills in)."""
+config transformers reads whole, and Qwen3's, whose head_dim `model.gguf_file.gguf_config` fills in from the file)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +12,7 @@ import transformers as tf
 from _tiny_gguf import SAMPLES, byte_level_tokenizer
 from _tiny_models import padded_batch, tiny_config
 from synprune.errors import SynpruneError
-from synprune.model.gguf_file import GGUFFile, lean_config_reader
+from synprune.model.gguf_file import GGUFFile, gguf_config, lean_config_reader
 from synprune.model.layers import FileLayers, ModelLayers
 from synprune.run.stream import Recipe, prune_layers
 from synprune.selection.budget import parse_budget
@@ -87,7 +87,7 @@ def test_not_a_gguf_file(tmp_path):
         GGUFFile(bad)
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma2", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"])
 def test_streamed_gguf_equals_the_file_loaded_whole(tmp_path, family, monkeypatch):
     """A Q8_0 file streamed (its embedding and head read a few rows at a time) and the same file loaded by
     transformers: the same units, the same perplexities, bit for bit."""
@@ -101,8 +101,31 @@ def test_streamed_gguf_equals_the_file_loaded_whole(tmp_path, family, monkeypatc
     recipe = Recipe("flap", "wanda", parse_budget("params:0.6"), 0.5, "ls")
     streamed = prune_layers(source, calib, evals, recipe)
     whole = tf.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
-                                                    attn_implementation="eager").eval()
+                                                    config=gguf_config(path), attn_implementation="eager").eval()
     memory = prune_layers(ModelLayers(whole), calib, evals, recipe)
     assert streamed.pruned_heads or streamed.pruned_neurons
     assert (streamed.pruned_heads, streamed.pruned_neurons, streamed.metrics) == \
         (memory.pruned_heads, memory.pruned_neurons, memory.metrics)
+
+
+def test_synprune_loads_a_qwen3_gguf_with_its_head_dim(tmp_path):
+    """transformers alone reads a Qwen3 GGUF with head_dim = hidden / heads (wrong for Qwen3, whose head_dim is
+    its own); synprune's loader takes it from the file, so the loaded model computes the written one."""
+    from synprune.export.gguf import write_gguf
+    from synprune.model.load import load_model
+
+    tok = byte_level_tokenizer()
+    cfg = tiny_config("qwen3")
+    cfg.vocab_size = len(tok)
+    cfg.head_dim = 2 * cfg.hidden_size // cfg.num_attention_heads  # not hidden / heads, as in real Qwen3 models
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    path = tmp_path / "qwen3.gguf"
+    write_gguf(model, tok, path, "f32", verify=False)
+    plain = tf.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    assert getattr(plain, "head_dim", None) != cfg.head_dim  # what this test guards against
+    tm = load_model(str(path))
+    assert tm.model.config.head_dim == cfg.head_dim
+    ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
+    with torch.no_grad():
+        assert torch.allclose(tm.model(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from synprune.errors import SynpruneError
+from synprune.model.gguf_file import gguf_config  # noqa: F401  (re-exported: the readback and its users)
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 Q8_BLOCK = 32
@@ -436,29 +437,6 @@ def write_gguf(model: nn.Module, tokenizer: Any, path: str | Path, gtype: str = 
     if log:
         log(f"wrote {path}: {fam.arch}, {gtype}, {info['bytes']:,} bytes")
     return info
-
-
-def gguf_config(path: str | Path) -> Any:
-    """transformers' config for a GGUF file, with what its GGUF reader leaves out filled in from the file.
-
-    transformers (5.x) reads `attention.key_length` only for Gemma 2/3 and `rope.dimension_count` only for
-    Llama, so a Qwen2/Qwen3 file whose head_dim is not hidden_size / heads (every head-pruned one, and Qwen3
-    always) gets the wrong head_dim; and it leaves Gemma 2/3's query_pre_attn_scalar at the class default
-    (256), where llama.cpp scales attention by 1/sqrt(key_length). This sets both from the file.
-    """
-    from transformers import AutoConfig
-    from transformers.integrations.gguf import read_gguf_metadata
-
-    p = Path(path)
-    config = AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name)
-    metadata, _ = read_gguf_metadata(str(p))
-    arch = metadata["general.architecture"]
-    key_length = metadata.get(f"{arch}.attention.key_length")
-    if key_length is not None:
-        config.head_dim = int(key_length)
-        if arch in ("gemma2", "gemma3"):
-            config.query_pre_attn_scalar = int(key_length)
-    return config
 
 
 @torch.no_grad()

@@ -133,10 +133,9 @@ class FileLayers(LayerSource):
         self.path = Path(path)
         self.gguf = self.path.suffix.lower() == ".gguf"
         if self.gguf:
-            from synprune.model.gguf_file import lean_config_reader
+            from synprune.model.gguf_file import gguf_config
 
-            with lean_config_reader():
-                config = transformers.AutoConfig.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
+            config = gguf_config(self.path)
         else:
             config = transformers.AutoConfig.from_pretrained(str(self.path))
         archs = getattr(config, "architectures", None) or []

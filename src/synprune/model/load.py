@@ -173,8 +173,10 @@ def _load_gguf(path: str, placed: dict) -> tuple[nn.Module, object]:
         raise SynpruneError("transformers cannot offload a GGUF model to disk: map its modules to GPUs and the CPU, "
                             "or save it as a safetensors folder first")
     try:
+        from synprune.model.gguf_file import gguf_config
+
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        net = _from_pretrained(AutoModelForCausalLM, folder, gguf_file=name, **placed)
+        net = _from_pretrained(AutoModelForCausalLM, folder, gguf_file=name, config=gguf_config(path), **placed)
     except (OSError, ValueError, KeyError) as e:
         raise SynpruneError(f"could not load {path} as a causal LM from GGUF: {str(e).splitlines()[0]}") from None
     return net, tok
