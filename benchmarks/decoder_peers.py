@@ -417,7 +417,8 @@ def render(args, dense: dict, results: dict[float, list[dict]], speeds: dict[flo
                              f"{_speed(sp, rand[0]['key'], 'prefill')} | {_speed(sp, rand[0]['key'], 'decode')} |")
                 continue
             if "error" in c:
-                lines.append(f"| {c['label']} | failed: {c['error'].replace('|', '/')} | - | - | - | - | - | - |")
+                what = c["error"] if c["error"] == "not run yet" else f"failed: {c['error']}"
+                lines.append(f"| {c['label']} | {what.replace('|', '/')} | - | - | - | - | - | - |")
                 continue
             p = c["ppl"]["perplexity"]
             lines.append(f"| {c['label']} | {p:,.2f} | {p / dense['ppl']['perplexity']:.2f} | "
@@ -486,6 +487,8 @@ def main(argv=None) -> int:
         results[budget] = cells
         if args.rounds and not args.render:
             speeds[budget] = speed(args, budget, cells, dense_folder)
+        elif (args.work / f"speed-{budget:g}.json").is_file():  # --render: the speeds measured before
+            speeds[budget] = json.loads((args.work / f"speed-{budget:g}.json").read_text())
         if args.out:
             args.out.write_text(render(args, dense, results, speeds))
     print(render(args, dense, results, speeds))
