@@ -39,3 +39,17 @@ def byte_fallback_tokenizer(vocab: int = 400):
     tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=vocab + 256, special_tokens=specials,
                                                       show_progress=False))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def llama_cpp_config(family: str, tokenizer):
+    """The family's tiny config (tests/_tiny_models) as llama.cpp's architecture has it: the tokenizer's
+    vocabulary, no biases in Llama, no sliding window in Mistral."""
+    from _tiny_models import tiny_config
+
+    cfg = tiny_config(family)
+    cfg.vocab_size = len(tokenizer)
+    if family == "llama":
+        cfg.attention_bias = cfg.mlp_bias = False
+    if family == "mistral":
+        cfg.sliding_window = None
+    return cfg

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import synprune.commands.export  # noqa: F401  (registers the subcommand)
 import synprune.export.gguf as gguf_mod
-from _tiny_gguf import SAMPLES, byte_fallback_tokenizer, byte_level_tokenizer
+from _tiny_gguf import SAMPLES, byte_fallback_tokenizer, byte_level_tokenizer, llama_cpp_config
 from _tiny_models import padded_batch, tiny_config, tiny_model
 from synprune.cli import app
 from synprune.errors import SynpruneError
@@ -35,12 +35,7 @@ def tiny_decoder(family: str, tokenizer=None, seed: int = 0) -> torch.nn.Module:
     """The family's tiny config with the tokenizer's vocabulary, no biases where llama.cpp has none, no sliding
     window where llama.cpp's architecture has none; random norm weights (ones would hide a norm offset)."""
     tokenizer = tokenizer or byte_level_tokenizer()
-    cfg = tiny_config(family)
-    cfg.vocab_size = len(tokenizer)
-    if family == "llama":
-        cfg.attention_bias = cfg.mlp_bias = False
-    if family == "mistral":
-        cfg.sliding_window = None
+    cfg = llama_cpp_config(family, tokenizer)
     torch.manual_seed(seed)
     model = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     with torch.no_grad():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers as tf
 
-from _tiny_gguf import SAMPLES, byte_level_tokenizer
+from _tiny_gguf import SAMPLES, byte_level_tokenizer, llama_cpp_config
 from _tiny_models import padded_batch, tiny_config
 from synprune.errors import SynpruneError
 from synprune.model.gguf_file import GGUFFile, gguf_config, lean_config_reader
@@ -24,12 +24,7 @@ def _written(tmp_path, family: str, gtype: str):
     from synprune.export.gguf import write_gguf
 
     tok = byte_level_tokenizer()
-    cfg = tiny_config(family)
-    cfg.vocab_size = len(tok)
-    if family == "llama":
-        cfg.attention_bias = cfg.mlp_bias = False
-    if family == "mistral":
-        cfg.sliding_window = None
+    cfg = llama_cpp_config(family, tok)
     torch.manual_seed(0)
     model = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     path = tmp_path / f"{family}.gguf"
