@@ -160,21 +160,22 @@ def lean_config_reader() -> Iterator[None]:
         gguf.GGUFReader = real
 
 
-def gguf_config(path: str | Path) -> Any:
+def gguf_config(path: str | Path, header: "GGUFFile | None" = None) -> Any:
     """transformers' config for a GGUF file, with what its GGUF reader leaves out filled in from the file.
 
     transformers (5.x) reads `attention.key_length` only for Gemma 2/3 and `rope.dimension_count` only for
     Llama, so a Qwen2/Qwen3 file whose head_dim is not hidden_size / heads (every head-pruned one, and Qwen3
     always) gets the wrong head_dim; and it leaves Gemma 2/3's query_pre_attn_scalar at the class default
     (256), where llama.cpp scales attention by 1/sqrt(key_length). This sets both from the file. Read with
-    the lean header reader (`lean_config_reader`): the file's tensors are never loaded.
+    the lean header reader (`lean_config_reader`): the file's tensors are never loaded. `header`: the file's
+    GGUFFile where the caller already has one.
     """
     from transformers import AutoConfig
 
     p = Path(path)
     with lean_config_reader():
         config = AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name)
-    header = GGUFFile(p)
+    header = header or GGUFFile(p)
     arch = header.value("general.architecture")
     key_length = header.value(f"{arch}.attention.key_length")
     if key_length is not None:

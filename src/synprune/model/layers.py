@@ -133,9 +133,10 @@ class FileLayers(LayerSource):
         self.path = Path(path)
         self.gguf = self.path.suffix.lower() == ".gguf"
         if self.gguf:
-            from synprune.model.gguf_file import gguf_config
+            from synprune.model.gguf_file import GGUFFile, gguf_config
 
-            config = gguf_config(self.path)
+            self._file = GGUFFile(self.path)
+            config = gguf_config(self.path, self._file)
         else:
             config = transformers.AutoConfig.from_pretrained(str(self.path))
         archs = getattr(config, "architectures", None) or []
@@ -183,10 +184,7 @@ class FileLayers(LayerSource):
     def _gguf_index(self) -> dict[str, str]:
         from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
-        from synprune.model.gguf_file import GGUFFile
-
-        self._file = GGUFFile(self.path)
-        arch = self._file.value("general.architecture")
+        arch = self._file.value("general.architecture")  # the header read for the config (__init__)
         cfg = self.model.config  # what the tensor processors read (head counts), as transformers parses them
         self._processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config={
             k: getattr(cfg, k) for k in ("num_attention_heads", "num_key_value_heads", "hidden_size", "model_type")
