@@ -61,7 +61,7 @@ for v in a.variants.split(","):
     name, _, rest = v.partition(":")
     if name == "recon":
         opts = dict(kv.split("=") for kv in rest.split(";") if kv)
-        conv = {"allocation": str, "head_ratio": float, "rechoose_heads": lambda s: s == "True", "ridge": float, "min_heads": int, "drift": lambda s: s == "True"}
+        conv = {"allocation": str, "head_ratio": float, "rechoose_heads": lambda s: s == "True", "ridge": float, "min_heads": int, "drift": lambda s: s == "True", "smooth": float}
         R.RECON = R.ReconOptions(**{"ridge": a.ridge, "drift": a.drift, **{k: conv[k](x) for k, x in opts.items()}})
         cfg = cfg0.replace(method="recon", budget=a.budget, repair="refit")
     else:

@@ -11,7 +11,7 @@ from _tiny_models import padded_batch, tiny_model
 from synprune.arch import adapters, attention_handles, ffn_handles
 from synprune.errors import SynpruneError
 from synprune.repair import Repair, fold, make_repair, repaired
-from synprune.repair.refit import layerwise, obs_drop, recon_choose, ridge_fit
+from synprune.repair.refit import layerwise, obs_drop, recon_choose, ridge_fit, smoothed, spd_inverse, spd_solve
 from synprune.methods.recon import ReconOptions
 from synprune.selection.budget import Budget, CostModel
 from synprune.selection.budget import total_parameters
@@ -77,6 +77,29 @@ def test_ridge_fit_recovers_exact_weights_and_falls_back_to_the_original_ones():
     H, C = X.t() @ X, X.t() @ (X @ W_true.t())
     assert torch.allclose(ridge_fit(H, C, W_old, 1e-10), W_true, atol=1e-6)
     assert torch.allclose(ridge_fit(H, C, W_old, 1e8), W_old, atol=1e-5)
+
+
+def test_spd_solve_and_inverse_agree_with_the_general_ones_and_fall_back_where_cholesky_fails():
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(50, 5, generator=g, dtype=torch.float64)
+    B = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    M = X.t() @ X + 0.1 * torch.eye(5, dtype=torch.float64)
+    assert torch.allclose(spd_solve(M, B), torch.linalg.solve(M, B), atol=1e-10)
+    assert torch.allclose(spd_inverse(M), torch.linalg.inv(M), atol=1e-10)
+    indefinite = torch.diag(torch.tensor([2.0, -1.0, 3.0], dtype=torch.float64))  # no Cholesky factor
+    assert torch.allclose(spd_solve(indefinite, B[:3]), torch.linalg.solve(indefinite, B[:3]))
+    assert torch.allclose(spd_inverse(indefinite), torch.linalg.inv(indefinite))
+
+
+def test_smoothed_counts_keep_their_total_and_move_towards_the_mean():
+    counts = [0, 40, 7, 1, 12]
+    assert smoothed(counts, 0.0) == counts
+    for w in (0.25, 0.5, 0.9, 1.0):
+        got = smoothed(counts, w)
+        assert sum(got) == sum(counts)
+        assert max(got) - min(got) <= max(counts) - min(counts)
+        assert all(abs(g - ((1 - w) * c + w * 12)) < 1 for g, c in zip(got, counts))
+    assert max(smoothed(counts, 1.0)) - min(smoothed(counts, 1.0)) <= 1
 
 
 def test_obs_drops_a_redundant_column_first_and_a_useless_group_before_a_useful_one():
