@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="write the table as markdown here")
     p.add_argument("--model", default="smollm2", help="causal LM: smollm2 (default), a .gguf file or a folder")
     p.add_argument("--results", default="", help="comma-separated result.json files whose pruned heads to time")
+    p.add_argument("--exports", default="", help="comma-separated folders written by `synprune prune --export` (any "
+                   "units, any repair: e.g. recon's re-fitted weights, which result.json does not hold), timed as loaded")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--prompt", type=int, default=16, help="prompt tokens before greedy decoding (batch 1)")
@@ -78,6 +80,17 @@ def result_variants(paths: str) -> list[tuple[str, list[tuple[int, int]]]]:
     return out
 
 
+def export_units(folder: Path, n_heads: int, n_neurons: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The query heads and feed-forward neurons an exported folder no longer has (its synprune_pruning.json's
+    kept lists per layer; None: the layer kept all)."""
+    rec = json.loads((folder / "synprune_pruning.json").read_text())
+
+    def gone(kept, n):
+        return [(l, u) for l, k in enumerate(kept or []) if k is not None for u in sorted(set(range(n)) - set(k))]
+
+    return gone(rec.get("kept_heads"), n_heads), gone(rec.get("kept_neurons"), n_neurons)
+
+
 def cache_bytes(cache) -> int:
     """Bytes of every tensor a transformers cache object holds."""
     seen, total = set(), 0
@@ -108,10 +121,18 @@ def build(args: argparse.Namespace, workdir: Path) -> list[Variant]:
     n_params = sum(p.numel() for p in dense.parameters())
     out = [Variant("dense as loaded", dense, [], n_params)]
     # every timed model, dense included, goes through the same export and reload, so that only the pruning differs
-    for name, pruned in [("dense", [])] + (result_variants(args.results) or magnitude_variants(tm)):
-        folder = export_pruned(dense, tm.tokenizer, pruned, workdir / f"v{len(out)}")
+    exports = [Path(f) for f in args.exports.split(",") if f.strip()]
+    chosen = [("dense", [])] + (result_variants(args.results) if args.results or exports else magnitude_variants(tm))
+    for name, pruned in chosen + [(str(f), None) for f in exports]:
+        neurons = []
+        if pruned is None:  # an export made elsewhere: timed as written
+            folder = pruned_folder = Path(name)
+            pruned, neurons = export_units(pruned_folder, tm.grid[1], cost.intermediate)
+            name = f"{pruned_folder.name} ({len(pruned)} heads, {len(neurons)} neurons)"
+        else:
+            folder = export_pruned(dense, tm.tokenizer, pruned, workdir / f"v{len(out)}")
         model, _ = load_pruned(folder, attn_implementation=dense.config._attn_implementation)
-        saved = cost.saved(pruned, "flops", args.seq)
+        saved = cost.saved(pruned, "flops", args.seq, neurons=neurons)
         out.append(Variant(name, model, pruned, sum(p.numel() for p in model.parameters()),
                            predicted=total / (total - saved), predicted_all=(total + head) / (total + head - saved)))
     return out

@@ -25,12 +25,12 @@ p.add_argument("--model", default="smollm2")
 p.add_argument("--budget", default="params:0.8")
 p.add_argument("--calib", type=int, default=64)
 p.add_argument("--eval", type=int, default=32)
-p.add_argument("--ridge", type=float, default=0.1)
-p.add_argument("--drift", action="store_true")
+p.add_argument("--ridge", type=float, help="refit/OBS ridge (default: RefitOptions' for METHOD:refit, ReconOptions' for recon)")
+p.add_argument("--drift", action="store_true", help="METHOD:refit also cancels the residual drift (recon: its own default)")
 p.add_argument("--variants", default="fisher:ls,fisher:refit,recon")
 a = p.parse_args()
 import synprune.repair.refit as RF
-RF.DEFAULT = RF.RefitOptions(ridge=a.ridge, drift=a.drift)
+RF.DEFAULT = RF.RefitOptions(**({"ridge": a.ridge} if a.ridge else {}), drift=a.drift)
 tm = load_model(a.model); model, tok = tm.model, tm.tokenizer
 data = load_ewt()
 bos = tok("a")["input_ids"][0]
@@ -61,8 +61,8 @@ for v in a.variants.split(","):
     name, _, rest = v.partition(":")
     if name == "recon":
         opts = dict(kv.split("=") for kv in rest.split(";") if kv)
-        conv = {"allocation": str, "head_ratio": float, "rechoose_heads": lambda s: s == "True", "ridge": float, "min_heads": int, "drift": lambda s: s == "True", "smooth": float}
-        R.RECON = R.ReconOptions(**{"ridge": a.ridge, "drift": a.drift, **{k: conv[k](x) for k, x in opts.items()}})
+        conv = {"allocation": str, "head_ratio": float, "rechoose_heads": lambda s: s == "True", "ridge": float, "min_heads": int, "drift": lambda s: s == "True"}
+        R.RECON = R.ReconOptions(**{**({"ridge": a.ridge} if a.ridge else {}), **{k: conv[k](x) for k, x in opts.items()}})
         cfg = cfg0.replace(method="recon", budget=a.budget, repair="refit")
     else:
         cfg = cfg0.replace(method=name, budget=f"params:{body_keep:.6f}", repair=rest or "none")

@@ -201,6 +201,9 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]]
     causal: ClassVar[bool] = False
     pre_norm: ClassVar[bool] = False
+    # each sublayer's output is normalised before the residual add (Gemma 2/3's sandwich norms): the residual
+    # stream's drift cannot be cancelled through the output projection (`RefitOptions.drift` is then off)
+    sublayer_output_norm: bool = False
     attention_attr: ClassVar[str] = "attention"  # attribute of a layer that holds its attention block
 
     # --- where things are -------------------------------------------------------------------------------------

@@ -56,9 +56,10 @@ class DecoderAdapter(Adapter):
     head_dim_in_config = True  # the attention reads config.head_dim (Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3)
 
     def __init__(self, family: str, model_types: tuple[str, ...], config_class: str, *,
-                 bias_switches: dict[str, str] | None = None, **tiny_extra: Any):
+                 bias_switches: dict[str, str] | None = None, sublayer_output_norm: bool = False, **tiny_extra: Any):
         self.family, self.model_types, self.config_class, self.tiny_extra = family, model_types, config_class, tiny_extra
         self.bias_switches = bias_switches or {}
+        self.sublayer_output_norm = sublayer_output_norm
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(model.base_model.layers)

@@ -10,6 +10,6 @@ ATTENTION_BIAS = {"attention": "attention_bias"}  # the config switch for q/k/v/
 
 register(DecoderAdapter("gemma", ("gemma",), "GemmaConfig", bias_switches=ATTENTION_BIAS))
 register(DecoderAdapter("gemma2", ("gemma2",), "Gemma2Config", bias_switches=ATTENTION_BIAS,
-                         query_pre_attn_scalar=8, sliding_window=16))
+                         sublayer_output_norm=True, query_pre_attn_scalar=8, sliding_window=16))
 register(DecoderAdapter("gemma3", ("gemma3_text",), "Gemma3TextConfig", bias_switches=ATTENTION_BIAS,
-                         query_pre_attn_scalar=8, sliding_window=16))
+                         sublayer_output_norm=True, query_pre_attn_scalar=8, sliding_window=16))

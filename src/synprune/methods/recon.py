@@ -28,23 +28,20 @@ class ReconOptions:
     query heads pruned over fraction of neurons pruned. rechoose_heads: OBS re-chooses a layer's heads too (else
     the allocation's heads stay, and only the neurons are re-chosen). ridge: pull of the re-fit towards the
     original weights (relative to the mean input energy). min_heads: heads every layer keeps. drift: the re-fit
-    targets also cancel the pruned residual stream's drift from the dense one (`RefitOptions.drift`).
-    smooth (fisher allocation): how far each layer's count of pruned neurons moves from the Fisher allocation's
-    towards the layers' mean (0: Fisher's counts; 1: the same number in every layer), the total unchanged."""
+    targets also cancel the pruned residual stream's drift from the dense one (`RefitOptions.drift`)."""
 
     allocation: str = "fisher"
     head_ratio: float = 1.0
     rechoose_heads: bool = False
     ridge: float = 1e-2
     min_heads: int = 1
-    drift: bool = False
-    smooth: float = 0.0
+    drift: bool = True
 
     def validate(self) -> "ReconOptions":
         if self.allocation not in ALLOCATIONS:
             raise SynpruneError(f"recon allocation={self.allocation!r}: use one of {', '.join(ALLOCATIONS)}")
-        if self.head_ratio < 0 or self.ridge <= 0 or self.min_heads < 1 or not 0 <= self.smooth <= 1:
-            raise SynpruneError("recon: head_ratio >= 0, ridge > 0, min_heads >= 1 and 0 <= smooth <= 1")
+        if self.head_ratio < 0 or self.ridge <= 0 or self.min_heads < 1:
+            raise SynpruneError("recon: head_ratio >= 0, ridge > 0 and min_heads >= 1")
         return self
 
     def label(self) -> str:

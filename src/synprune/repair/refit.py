@@ -28,6 +28,7 @@ so each layer runs a few times in all instead of the whole model per sublayer.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -55,7 +56,7 @@ class RefitOptions:
     ridge: float = 1e-1  # OBS's damping, and the re-fit's where there are no held-out batches
     ridges: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0)  # the re-fit tries each, keeps the best on held-out batches
     pack: int = 128  # calibration texts joined into windows of this many tokens, no padding (0: batches as given)
-    drift: bool = False  # targets also cancel the pruned residual stream's drift (families without sublayer output norms)
+    drift: bool = False  # targets also cancel the pruned residual stream's drift (off where the family normalises sublayer outputs)
     holdout: int = 4
     min_heads: int = 1
     block: float = 1 / 32
@@ -300,6 +301,9 @@ def layerwise(model: nn.Module, inputs: Sequence[dict], heads: Sequence[Unit] | 
         inputs = packed(inputs, min(options.pack, int(limit)))
     check = [options.holdout > 1 and len(inputs) >= options.holdout and i % options.holdout == options.holdout - 1
              for i in range(len(inputs))]
+    if options.drift and adapter.sublayer_output_norm:  # a normalised sublayer output cannot carry the correction
+        options = dataclasses.replace(options, drift=False)
+        result.skipped.append(f"drift: off ({adapter.family} normalises each sublayer's output before the residual add)")
     stream = LayerStream(model, inputs)
     dense = list(stream.first)
     pruned = list(stream.first)
@@ -491,19 +495,6 @@ def plan_of(model: nn.Module, heads: Sequence[Unit], neurons: Sequence[Unit]) ->
     return LayerPlan(h, n)
 
 
-def smoothed(counts: Sequence[int], weight: float) -> list[int]:
-    """`counts` moved `weight` of the way towards their mean, rounded so that the total stays the same (largest
-    remainders first; ties to the lower index)."""
-    if weight <= 0 or not counts:
-        return list(counts)
-    mean = sum(counts) / len(counts)
-    exact = [(1 - weight) * c + weight * mean for c in counts]
-    out = [math.floor(x) for x in exact]
-    for j in sorted(range(len(counts)), key=lambda j: (out[j] - exact[j], j))[:sum(counts) - sum(out)]:
-        out[j] += 1
-    return out
-
-
 def _keep_a_head(model: nn.Module, heads: Sequence[Unit], neurons: Sequence[Unit], min_heads: int,
                  scores=None) -> tuple[list[Unit], list[Unit]]:
     """A layer left with fewer than `min_heads` heads gets heads back (the highest `scores`, layers x heads) and, for each, as many more neurons pruned in that layer as
@@ -533,7 +524,6 @@ def recon_choose(model: nn.Module, inputs: Sequence[dict], heads: Sequence[Unit]
     (heads only with options.rechoose_heads; else the allocation's heads), the kept units re-fitted."""
     heads, neurons = _keep_a_head(model, heads, neurons, options.min_heads, head_scores)
     plan = plan_of(model, heads, neurons)
-    plan = LayerPlan(plan.heads, smoothed(plan.neurons, getattr(options, "smooth", 0.0)))
     keep_heads = None
     if not options.rechoose_heads:
         keep_heads, plan = list(heads), LayerPlan([0] * len(plan.heads), plan.neurons)
