@@ -232,7 +232,8 @@ def main() -> None:
                 cpp_rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "greedy"}), file=sys.stderr)
     pruning = json.loads((Path(args.export) / "synprune_pruning.json").read_text())
-    lines = ["# GGUF round trip: written by synprune, read back by transformers", "",
+    lines = ["# GGUF round trip: written by synprune, read back by transformers"
+             + (" and run by llama.cpp" if args.llama_cpp else ""), "",
              "| file | size MB | max abs logit diff | relative to max logit | mean abs diff | top-1 agreement | perplexity |",
              "|---|---|---|---|---|---|---|"]
     for r in rows + cpp_rows:
