@@ -131,7 +131,7 @@ def _load(row: dict, name: str):
     return load_pruned(row["dir"])[0]
 
 
-def speed(work: Path, out: Path, rounds: int, threads: int) -> None:
+def speed(work: Path, out: Path, rounds: int, threads: int, note: str = "") -> None:
     torch.set_num_threads(threads)
     rows = json.loads((work / "quality.json").read_text())
     for name in dict.fromkeys(r["model"] for r in rows):
@@ -157,7 +157,7 @@ def speed(work: Path, out: Path, rounds: int, threads: int) -> None:
             r["ms"] = 1000 * statistics.median(t)
         del models
     (work / "quality.json").write_text(json.dumps(rows, indent=1))
-    out.write_text(render(rows, rounds, threads, out.read_text() if out.is_file() else ""))
+    out.write_text(render(rows, rounds, threads, out.read_text() if out.is_file() else "", note))
     print(out.read_text())
 
 
@@ -174,8 +174,8 @@ def kept_sections(previous: str) -> dict[str, str]:
     return {sec.split(" ", 1)[0].rstrip(":"): "## " + sec.rstrip("\n") + "\n" for sec in previous.split("\n## ")[1:]}
 
 
-def render(rows: list[dict], rounds: int, threads: int, previous: str = "") -> str:
-    lines = ["# The price of uniformity: uniform vs adaptive layouts at the same budgets", "",
+def render(rows: list[dict], rounds: int, threads: int, previous: str = "", note: str = "") -> str:
+    lines = ["# The price of uniformity: uniform vs adaptive layouts at the same budgets", "", *([note, ""] if note else []),
              "Method `kwon` (Fisher scores, Kwon et al.'s search and rearrangement, least-squares repair), one "
              "calibration sample and one set of scores per model for both layouts. Speed: the exported models "
              f"(standard folders loaded with plain `from_pretrained`, adaptive with `synprune.load_pruned`), float32 CPU, "
@@ -234,16 +234,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", default=",".join(CASES))
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--note", default="", help="render: a line under the title (e.g. why a column is empty)")
+    p.add_argument("--note", default="", help="a line under the title (e.g. why a column is empty, or that the "
+                   "timing ran under load)")
     a = p.parse_args(argv)
     if a.phase == "quality":
         quality(a.work, a.models.split(","))
     elif a.phase == "speed":
-        speed(a.work, a.out, a.rounds, a.threads)
+        speed(a.work, a.out, a.rounds, a.threads, a.note)
     else:  # the table from WORK/quality.json as it is (speed columns empty until `speed` ran)
-        text = render(json.loads((a.work / "quality.json").read_text()), a.rounds, a.threads,
-                      a.out.read_text() if a.out.is_file() else "")
-        a.out.write_text(text.replace("\n\n", f"\n\n{a.note}\n\n", 1) if a.note else text)
+        a.out.write_text(render(json.loads((a.work / "quality.json").read_text()), a.rounds, a.threads,
+                                a.out.read_text() if a.out.is_file() else "", a.note))
 
 
 if __name__ == "__main__":
