@@ -99,12 +99,13 @@ def n_params(model: torch.nn.Module) -> int:
 
 # ------------------------------------------------------------------------------------------- peers (own venv)
 
-def ensure_venv(venv: Path) -> Path:
-    """The peers' interpreter: a venv seeing this environment's packages through a .pth line, with the peers
-    installed into the venv itself (--no-deps: torch and transformers stay this environment's)."""
+def ensure_venv(venv: Path, packages: tuple[str, ...] = tuple(PEERS.values())) -> Path:
+    """The peers' interpreter: a venv seeing this environment's packages through a .pth line, with `packages`
+    (pip requirements or wheel files) installed into the venv itself (--no-deps: torch and transformers stay
+    this environment's). Also used by gguf_roundtrip.py for llama.cpp's binding."""
     py = venv / "bin" / "python"
     marker = venv / "peers.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("peers") == sorted(PEERS.values()):
+    if marker.is_file() and json.loads(marker.read_text()).get("peers") == sorted(packages):
         return py
     import site
     import sysconfig
@@ -114,9 +115,9 @@ def ensure_venv(venv: Path) -> Path:
                                   check=True, capture_output=True, text=True).stdout.strip())
     here = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
     (purelib / "_main_env.pth").write_text("\n".join(dict.fromkeys(here)) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(purelib),
-                    *PEERS.values()], check=True)
-    marker.write_text(json.dumps({"peers": sorted(PEERS.values()), "python": sys.version}))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target",
+                    str(purelib), *packages], check=True)
+    marker.write_text(json.dumps({"peers": sorted(packages), "python": sys.version}))
     return py
 
 

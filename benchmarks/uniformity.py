@@ -3,20 +3,23 @@ standard checkpoint) against `--layout adaptive` (per-layer sizes) at the same b
 speed side by side.
 
 - decoder: SmolLM2-135M-Instruct (`smollm2`) on UD English EWT (perplexity), params:0.9/0.8/0.7;
-- encoder: the bundled all-MiniLM-L6-v2 on STS-B (Spearman of cosine similarities), flops:0.6/0.5/0.4. On a
-  BERT config uniform means "all heads, the same neurons in every layer" (its head size is hidden / heads), so
-  a budget the attention alone exceeds has no uniform layout (shown as such).
+- encoders, flops:0.6/0.5/0.4: the four GLUE task models (`sst2`, `cola`, `mrpc`, `stsb`: the bundled
+  all-MiniLM-L6-v2 fine-tuned by `synprune finetune`, scripts/build-task-models.sh; scored on all of the task's
+  dev set with its metric, 512 calibration examples, as `synprune prune` does by default) and the bundled
+  MiniLM itself zero-shot on STS-B (`minilm`: Spearman of cosine similarities). On a BERT config uniform means
+  "all heads, the same neurons in every layer" (its head size is hidden / heads), so a budget the attention
+  alone exceeds has no uniform layout (shown as such).
 Method: `kwon` (Fisher scores of heads and neurons, Kwon et al.'s search, rearrangement, least-squares repair),
 the same calibration sample and scores for both layouts (one calibration context per model).
-The GLUE task models of the issue need fine-tuning first and are not cached here: not run.
 
 Two phases, so the timing runs alone:
-    heavy python benchmarks/uniformity.py quality --work runs/uniformity
+    heavy python benchmarks/uniformity.py quality --work runs/uniformity [--models sst2,cola,mrpc,stsb,minilm]
     heavy --alone python benchmarks/uniformity.py speed --work runs/uniformity --out benchmarks/results/uniformity.md
 `quality` exports every pruned model (checked against the masked model) to WORK/<model>/<budget>-<layout> and
 writes WORK/quality.json; `speed` loads each export back (standard folders with plain from_pretrained, adaptive
 ones with synprune.load_pruned), times forward passes interleaved (each round runs every model of a group once,
-in a shuffled order; medians over rounds) and writes the table.
+in a shuffled order; medians over rounds) and writes the table. A model with no rows in WORK/quality.json
+keeps its section of the existing --out file as it was, marked as kept from the earlier run.
 """
 from __future__ import annotations
 
@@ -30,13 +33,27 @@ from pathlib import Path
 
 import torch
 
+ENCODER = ["flops:0.6", "flops:0.5", "flops:0.4"]
 CASES = {
-    "smollm2": {"task": "ewt", "budgets": ["params:0.9", "params:0.8", "params:0.7"], "calib": 16, "eval": 60,
-                "batch": (4, 128)},
-    "minilm": {"task": "stsb", "budgets": ["flops:0.6", "flops:0.5", "flops:0.4"], "calib": 64, "eval": 500,
-               "batch": (32, 32)},
+    "smollm2": {"model": "smollm2", "task": "ewt", "budgets": ["params:0.9", "params:0.8", "params:0.7"],
+                "calib": 16, "eval": 60, "batch": (4, 128)},
+    # timed at the dev set's mean length in tokens, where the FLOPs budget is counted
+    **{task: {"finetuned": True, "task": task, "budgets": ENCODER, "calib": 512, "eval": None, "batch": (32, length),
+              "title": f"MiniLM fine-tuned on {task}"} for task, length in
+       (("sst2", 25), ("cola", 12), ("mrpc", 53), ("stsb", 31))},
+    "minilm": {"model": None, "task": "stsb", "budgets": ENCODER, "calib": 64, "eval": 500, "batch": (32, 32),
+               "title": "the bundled MiniLM zero-shot on stsb"},
 }
 LAYOUTS = ("adaptive", "uniform")
+
+
+def model_of(name: str):
+    """What `load_model` takes for a case: a fine-tuned case's cached task model (built first if missing)."""
+    if CASES[name].get("finetuned"):
+        from synprune.run.sweep import task_model_for
+
+        return task_model_for(CASES[name]["task"], None)
+    return CASES[name]["model"]
 
 
 def quality(work: Path, models: list[str]) -> None:
@@ -55,7 +72,7 @@ def quality(work: Path, models: list[str]) -> None:
     for name in models:
         case = CASES[name]
         t0 = time.perf_counter()
-        tm = load_model(None if name == "minilm" else name)
+        tm = load_model(model_of(name))
         data = model_data(tm, load_task(case["task"]))
         metrics = task_metrics(tm, data)
         base = PruneConfig(method="kwon", calib_size=case["calib"], eval_size=case["eval"], batch_size=8)
@@ -103,7 +120,7 @@ def _load(row: dict, name: str):
     if row["dir"] is None:
         from synprune.model.load import load_model
 
-        return load_model(None if name == "minilm" else name).model
+        return load_model(model_of(name)).model
     info = json.loads((Path(row["dir"]) / "synprune_pruning.json").read_text())
     if info["standard"]:
         import transformers
@@ -114,7 +131,7 @@ def _load(row: dict, name: str):
     return load_pruned(row["dir"])[0]
 
 
-def speed(work: Path, out: Path, rounds: int, threads: int) -> None:
+def speed(work: Path, out: Path, rounds: int, threads: int, note: str = "") -> None:
     torch.set_num_threads(threads)
     rows = json.loads((work / "quality.json").read_text())
     for name in dict.fromkeys(r["model"] for r in rows):
@@ -140,7 +157,7 @@ def speed(work: Path, out: Path, rounds: int, threads: int) -> None:
             r["ms"] = 1000 * statistics.median(t)
         del models
     (work / "quality.json").write_text(json.dumps(rows, indent=1))
-    out.write_text(render(rows, rounds, threads))
+    out.write_text(render(rows, rounds, threads, out.read_text() if out.is_file() else "", note))
     print(out.read_text())
 
 
@@ -148,23 +165,39 @@ def _ms(ms: float | None) -> str:
     return f"{ms:.1f}" if ms else "-"
 
 
-def render(rows: list[dict], rounds: int, threads: int) -> str:
-    lines = ["# The price of uniformity: uniform vs adaptive layouts at the same budgets", "",
+KEPT = ("_Kept as it was from the previous version of this file: this model was not rerun with the sections "
+        "that were (its speed was timed in that run, in its own interleaved group)._")
+
+
+def kept_sections(previous: str) -> dict[str, str]:
+    """The model sections of an earlier table (`## NAME ...` to the next `## `), by model name."""
+    return {sec.split(" ", 1)[0].rstrip(":"): "## " + sec.rstrip("\n") + "\n" for sec in previous.split("\n## ")[1:]}
+
+
+def render(rows: list[dict], rounds: int, threads: int, previous: str = "", note: str = "") -> str:
+    lines = ["# The price of uniformity: uniform vs adaptive layouts at the same budgets", "", *([note, ""] if note else []),
              "Method `kwon` (Fisher scores, Kwon et al.'s search and rearrangement, least-squares repair), one "
              "calibration sample and one set of scores per model for both layouts. Speed: the exported models "
              f"(standard folders loaded with plain `from_pretrained`, adaptive with `synprune.load_pruned`), float32 CPU, "
              f"{threads} threads, median of {rounds} interleaved rounds of one forward pass (`-`: not timed); `x dense` "
              "columns divide by the dense model's. `kept`: the budget's fraction (attention + feed-forward parameters, "
              "or MACs at the task's mean length) that the selection keeps; parameters: the whole exported model. "
-             "On MiniLM (a BERT config: head size = hidden / heads) uniform keeps every head. The four GLUE task "
-             "models of issue 23 need fine-tuning first and are not cached here: not run. Generated by "
-             "`benchmarks/uniformity.py` (commands in its docstring).", ""]
-    for name in dict.fromkeys(r["model"] for r in rows):
-        case = CASES[name]
+             "On MiniLM (a BERT config: head size = hidden / heads) uniform keeps every head. The GLUE task models "
+             "are the bundled MiniLM fine-tuned by `synprune finetune` (scripts/build-task-models.sh), scored on all "
+             "of their task's dev set, 512 calibration examples. Generated by `benchmarks/uniformity.py` (commands "
+             "in its docstring).", ""]
+    kept = kept_sections(previous)
+    for name, case in CASES.items():
         group = [r for r in rows if r["model"] == name]
+        if not group:
+            if name in kept:
+                header, body = kept[name].split("\n", 1)
+                lines += [header, "", KEPT, "", body.lstrip("\n").removeprefix(KEPT).lstrip("\n")]
+            continue
         dense = next(r for r in group if r["budget"] == "dense")
         higher = dense["metric"] not in ("perplexity",)
-        lines += [f"## {name} on {case['task']} ({dense['metric']}, {'higher' if higher else 'lower'} is better; "
+        lines += [f"## {name}: {case.get('title', 'on ' + case['task'])} ({dense['metric']}, "
+                  f"{'higher' if higher else 'lower'} is better; "
                   f"timing batch {case['batch'][0]} x {case['batch'][1]} tokens)", "",
                   "| budget | layout | kept | heads / layer | KV groups / layer | neurons / layer | parameters | "
                   f"{dense['metric']} | x dense | ms | speed x dense |", "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -198,18 +231,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("phase", choices=["quality", "speed", "render"])
     p.add_argument("--work", type=Path, default=Path("runs/uniformity"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/uniformity.md"))
-    p.add_argument("--models", default="minilm,smollm2")
+    p.add_argument("--models", default=",".join(CASES))
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--note", default="", help="render: a line under the title (e.g. why a column is empty)")
+    p.add_argument("--note", default="", help="a line under the title (e.g. why a column is empty, or that the "
+                   "timing ran under load)")
     a = p.parse_args(argv)
     if a.phase == "quality":
         quality(a.work, a.models.split(","))
     elif a.phase == "speed":
-        speed(a.work, a.out, a.rounds, a.threads)
+        speed(a.work, a.out, a.rounds, a.threads, a.note)
     else:  # the table from WORK/quality.json as it is (speed columns empty until `speed` ran)
-        text = render(json.loads((a.work / "quality.json").read_text()), a.rounds, a.threads)
-        a.out.write_text(text.replace("\n\n", f"\n\n{a.note}\n\n", 1) if a.note else text)
+        a.out.write_text(render(json.loads((a.work / "quality.json").read_text()), a.rounds, a.threads,
+                                a.out.read_text() if a.out.is_file() else "", a.note))
 
 
 if __name__ == "__main__":
