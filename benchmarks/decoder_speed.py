@@ -80,15 +80,22 @@ def result_variants(paths: str) -> list[tuple[str, list[tuple[int, int]]]]:
     return out
 
 
-def export_units(folder: Path, n_heads: int, n_neurons: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """The query heads and feed-forward neurons an exported folder no longer has (its synprune_pruning.json's
-    kept lists per layer; None: the layer kept all)."""
-    rec = json.loads((folder / "synprune_pruning.json").read_text())
+def export_units(model: torch.nn.Module, n_heads: int, n_neurons: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """As many query heads and neurons per layer as a loaded pruned model lacks against the dense grid (which
+    ones does not matter to the cost; any folder: synprune's or another tool's standard checkpoint)."""
+    from synprune.arch import attention_handles, ffn_handles
 
-    def gone(kept, n):
-        return [(l, u) for l, k in enumerate(kept or []) if k is not None for u in sorted(set(range(n)) - set(k))]
+    heads = [(a.layer, j) for a in attention_handles(model) for j in range(n_heads - len(a.kept_heads))]
+    neurons = [(f.layer, j) for f in ffn_handles(model) for j in range(n_neurons - len(f.kept))]
+    return heads, neurons
 
-    return gone(rec.get("kept_heads"), n_heads), gone(rec.get("kept_neurons"), n_neurons)
+
+def load_export(folder: Path, attn: str) -> torch.nn.Module:
+    """A folder synprune exported, or a peer tool's model as decoder_peers.py saved it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from decoder_peers import load_cell_model
+
+    return load_cell_model({"folder": str(folder)}, attn)
 
 
 def cache_bytes(cache) -> int:
@@ -125,13 +132,14 @@ def build(args: argparse.Namespace, workdir: Path) -> list[Variant]:
     chosen = [("dense", [])] + (result_variants(args.results) if args.results or exports else magnitude_variants(tm))
     for name, pruned in chosen + [(str(f), None) for f in exports]:
         neurons = []
-        if pruned is None:  # an export made elsewhere: timed as written
-            folder = pruned_folder = Path(name)
-            pruned, neurons = export_units(pruned_folder, tm.grid[1], cost.intermediate)
-            name = f"{pruned_folder.name} ({len(pruned)} heads, {len(neurons)} neurons)"
+        if pruned is None:  # an export made elsewhere (synprune's or another tool's folder): timed as written
+            folder = Path(name)
+            model = load_export(folder, dense.config._attn_implementation)
+            pruned, neurons = export_units(model, tm.grid[1], cost.intermediate)
+            name = f"{folder.name} ({len(pruned)} heads, {len(neurons)} neurons)"
         else:
             folder = export_pruned(dense, tm.tokenizer, pruned, workdir / f"v{len(out)}")
-        model, _ = load_pruned(folder, attn_implementation=dense.config._attn_implementation)
+            model, _ = load_pruned(folder, attn_implementation=dense.config._attn_implementation)
         saved = cost.saved(pruned, "flops", args.seq, neurons=neurons)
         out.append(Variant(name, model, pruned, sum(p.numel() for p in model.parameters()),
                            predicted=total / (total - saved), predicted_all=(total + head) / (total + head - saved)))
