@@ -66,7 +66,9 @@ def test_sigint_to_a_sweep_and_its_worker_prints_no_traceback(tmp_path, tiny_fol
     args = _args(tiny_folder, glue_dir, out, methods="random,magnitude", seeds=",".join(map(str, range(150))))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "synprune", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+                            text=True, env=env, start_new_session=True,
+                            # a test run launched in the background inherits SIGINT ignored, and so would the sweep
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not any((out / "runs").glob("*/result.json")):
         time.sleep(0.2)
