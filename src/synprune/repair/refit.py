@@ -28,9 +28,9 @@ so each layer runs a few times in all instead of the whole model per sublayer.
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -302,23 +302,14 @@ def layerwise(model: nn.Module, inputs: Sequence[dict], heads: Sequence[Unit] | 
     check = [options.holdout > 1 and len(inputs) >= options.holdout and i % options.holdout == options.holdout - 1
              for i in range(len(inputs))]
     if options.drift and adapter.sublayer_output_norm:  # a normalised sublayer output cannot carry the correction
-        options = dataclasses.replace(options, drift=False)
+        options = replace(options, drift=False)
         result.skipped.append(f"drift: off ({adapter.family} normalises each sublayer's output before the residual add)")
     stream = LayerStream(model, inputs)
     dense = list(stream.first)
     pruned = list(stream.first)
     label = "choosing and re-fitting, layer by layer" if plan is not None else "re-fitting, layer by layer"
-    with bar(label, L) as advance:
-        _walk(model, stream, dense, pruned, attn, ffn, hm, nm, plan, options, check, originals, result, advance)
-    pruned_heads = [(l, h) for l in range(hm.shape[0]) for h in range(hm.shape[1]) if hm[l, h] == 0]
-    pruned_neurons = [] if nm is None else [(l, n) for l in range(nm.shape[0]) for n in range(nm.shape[1]) if nm[l, n] == 0]
-    return pruned_heads, pruned_neurons, result
-
-
-def _walk(model, stream, dense, pruned, attn, ffn, hm, nm, plan, options, check, originals, result, advance):
-    """`layerwise`'s loop over the layers (it fills `result` and the masks `hm`/`nm`; the weights are restored)."""
-    try:
-        for layer in range(len(stream.blocks)):
+    with bar(label, L) as advance, _restoring(originals, attn, ffn):
+        for layer in range(L):
             # the dense model's projection outputs on its own inputs (unmasked, original weights)
             targets: dict[str, list[torch.Tensor]] = {"attn": [], "ffn": []}
             cur = {"i": 0}
@@ -396,6 +387,16 @@ def _walk(model, stream, dense, pruned, attn, ffn, hm, nm, plan, options, check,
                 pruned = stream.run(layer, pruned)
             dense = dense_next
             advance(1)
+    pruned_heads = [(l, h) for l in range(hm.shape[0]) for h in range(hm.shape[1]) if hm[l, h] == 0]
+    pruned_neurons = [] if nm is None else [(l, n) for l in range(nm.shape[0]) for n in range(nm.shape[1]) if nm[l, n] == 0]
+    return pruned_heads, pruned_neurons, result
+
+
+@contextlib.contextmanager
+def _restoring(originals: dict, attn: dict, ffn: dict):
+    """Put the output projections' original weights back when the walk ends, however it ends."""
+    try:
+        yield
     finally:
         for (kind, l), w in originals.items():
             module = attn[l].out_proj if kind == "attn" else ffn[l].down
