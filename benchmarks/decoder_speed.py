@@ -81,12 +81,18 @@ def result_variants(paths: str) -> list[tuple[str, list[tuple[int, int]]]]:
 
 
 def export_units(model: torch.nn.Module, n_heads: int, n_neurons: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """As many query heads and neurons per layer as a loaded pruned model lacks against the dense grid (which
-    ones does not matter to the cost; any folder: synprune's or another tool's standard checkpoint)."""
+    """The query heads and neurons a loaded pruned model lacks against the dense grid, by their original indices
+    where the model records them (synprune's exports): which heads matter, since a key/value group goes only
+    with all of its query heads. A checkpoint that does not record them (another tool's) counts as having lost
+    its last units."""
     from synprune.arch import attention_handles, ffn_handles
 
-    heads = [(a.layer, j) for a in attention_handles(model) for j in range(n_heads - len(a.kept_heads))]
-    neurons = [(f.layer, j) for f in ffn_handles(model) for j in range(n_neurons - len(f.kept))]
+    def gone(layer, kept, n):
+        kept = set(kept)
+        return [(layer, u) for u in range(n) if u not in kept]
+
+    heads = [u for a in attention_handles(model) for u in gone(a.layer, a.kept_heads, n_heads)]
+    neurons = [u for f in ffn_handles(model) for u in gone(f.layer, f.kept, n_neurons)]
     return heads, neurons
 
 
